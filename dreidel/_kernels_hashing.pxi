@@ -1,0 +1,1 @@
+# ALSH hashing kernels (included by _kernels.pyx)
