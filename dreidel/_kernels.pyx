@@ -1,10 +1,694 @@
 # cython: language_level=3
-"""Hot loops of dreidel (placeholder until the kernels land)."""
-cimport openmp
+"""Hot loops of dreidel.
+
+Numpy-free, tensor-free kernels over raw C-contiguous buffers. The numpy-facing API (validation,
+dtype / contiguity handling, errors) lives in ``dreidel/kernels.py``; call that, not this.
+
+Contents
+--------
+* Fast Walsh-Hadamard transform (natural / Sylvester order) along the last axis, in place, for
+  n = 2^k and n = m * 2^k (m in {12, 20, 28}; H_n = H_m kron H_{2^k}, H_m passed in by the caller).
+  Structure: an AVX2 in-register kernel does the first log2(base) stages on 64 floats / 32 doubles
+  (8 vectors), radix-4 lane butterflies do the rest inside an L1-sized block; rows longer than a
+  block do the remaining stages on L1-sized column panels across blocks. Small rows are processed
+  a tile of several rows at a time so the vector kernel always sees full registers.
+* Permutation gather / scatter, the fused spectral block y = H(P(x) * d) and its backward.
+* GELU (exact erf form and tanh form), forward / backward / fused bias.
+
+Every parallel loop is an OpenMP ``prange`` with the GIL released. Work is split in units that
+depend only on the shapes (never on the thread count), and reductions combine fixed chunks in a
+fixed order, so the results are bitwise identical for any number of threads.
+"""
+cimport cython
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.math cimport sqrt, erfc, exp, tanh
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <string.h>
+    #include <stdint.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int dr_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int dr_has_openmp(void) { return 1; }
+    #else
+    static int dr_omp_max_threads(void) { return 1; }
+    static int dr_has_openmp(void) { return 0; }
+    #endif
+
+    #if defined(__AVX2__) && defined(__FMA__)
+    #include <immintrin.h>
+    #define DR_AVX2 1
+    #else
+    #define DR_AVX2 0
+    #endif
+    #define DR_R __restrict__
+
+    /* ---------------- lane butterflies (vectorised over L contiguous lanes) ---------------- */
+    #define DR_BFLY(T, SFX) \\
+    static inline void dr_bfly2_##SFX(T* DR_R q0, T* DR_R q1, Py_ssize_t L) { \\
+        for (Py_ssize_t l = 0; l < L; l++) { T a = q0[l], b = q1[l]; q0[l] = a + b; q1[l] = a - b; } \\
+    } \\
+    static inline void dr_bfly4_##SFX(T* DR_R q0, T* DR_R q1, T* DR_R q2, T* DR_R q3, Py_ssize_t L) { \\
+        for (Py_ssize_t l = 0; l < L; l++) { \\
+            T a0 = q0[l], a1 = q1[l], a2 = q2[l], a3 = q3[l]; \\
+            T b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3; \\
+            q0[l] = b0 + b2; q1[l] = b1 + b3; q2[l] = b0 - b2; q3[l] = b1 - b3; \\
+        } \\
+    } \\
+    static inline void dr_scale_##SFX(T* DR_R p, Py_ssize_t n, T s) { \\
+        for (Py_ssize_t i = 0; i < n; i++) p[i] *= s; \\
+    } \\
+    /* scalar fallback for the base kernel: first nst stages on a chunk of len elements */ \\
+    static inline void dr_base_scalar_##SFX(T* p, Py_ssize_t len, int nst) { \\
+        for (int st = 0; st < nst; st++) { \\
+            Py_ssize_t h = (Py_ssize_t)1 << st; \\
+            for (Py_ssize_t i = 0; i < len; i += 2 * h) \\
+                for (Py_ssize_t j = i; j < i + h; j++) { T a = p[j], b = p[j + h]; p[j] = a + b; p[j + h] = a - b; } \\
+        } \\
+    }
+    DR_BFLY(float, f32)
+    DR_BFLY(double, f64)
+
+    /* ---------------- in-register base kernels: first nst (<= 6 / 5) stages ---------------- */
+    /* float32: a chunk of 64 = 8 vectors of 8. Sign-FMA butterflies are exact (x*(+-1) + y is
+       one rounding, identical to x+y / y-x). */
+    static inline void dr_base_f32(float* p, int nst) {
+    #if DR_AVX2
+        __m256 v[8];
+        const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+        const __m256 s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+        const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+        for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(p + 8 * i);
+        if (nst >= 1) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s1, _mm256_permute_ps(v[i], 0xB1));
+        if (nst >= 2) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s2, _mm256_permute_ps(v[i], 0x4E));
+        if (nst >= 3) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s4, _mm256_permute2f128_ps(v[i], v[i], 0x01));
+        for (int st = 3; st < nst; st++) {
+            int h = 1 << (st - 3);
+            for (int i = 0; i < 8; i += 2 * h)
+                for (int j = i; j < i + h; j++) {
+                    __m256 a = v[j], b = v[j + h];
+                    v[j] = _mm256_add_ps(a, b); v[j + h] = _mm256_sub_ps(a, b);
+                }
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(p + 8 * i, v[i]);
+    #else
+        dr_base_scalar_f32(p, 64, nst);
+    #endif
+    }
+    /* float64: a chunk of 32 = 8 vectors of 4. */
+    static inline void dr_base_f64(double* p, int nst) {
+    #if DR_AVX2
+        __m256d v[8];
+        const __m256d s1 = _mm256_setr_pd(1, -1, 1, -1);
+        const __m256d s2 = _mm256_setr_pd(1, 1, -1, -1);
+        for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_pd(p + 4 * i);
+        if (nst >= 1) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_pd(v[i], s1, _mm256_permute_pd(v[i], 0x5));
+        if (nst >= 2) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_pd(v[i], s2, _mm256_permute2f128_pd(v[i], v[i], 0x01));
+        for (int st = 2; st < nst; st++) {
+            int h = 1 << (st - 2);
+            for (int i = 0; i < 8; i += 2 * h)
+                for (int j = i; j < i + h; j++) {
+                    __m256d a = v[j], b = v[j + h];
+                    v[j] = _mm256_add_pd(a, b); v[j + h] = _mm256_sub_pd(a, b);
+                }
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_pd(p + 4 * i, v[i]);
+    #else
+        dr_base_scalar_f64(p, 32, nst);
+    #endif
+    }
+
+    /* ---------------- H_m mixing across m strided sub-rows (vectorised over 16 lanes) ------- */
+    #define DR_MIX(T, SFX) \\
+    static void dr_mix_##SFX(T* p, int m, Py_ssize_t K, const T* H, T scale, Py_ssize_t c0, Py_ssize_t c1) { \\
+        T xs[28 * 16]; T acc[16]; \\
+        memset(xs, 0, sizeof(xs)); \\
+        for (Py_ssize_t c = c0; c < c1; c += 16) { \\
+            Py_ssize_t lc = (c1 - c) < 16 ? (c1 - c) : 16; \\
+            for (int a = 0; a < m; a++) for (Py_ssize_t l = 0; l < lc; l++) xs[a * 16 + l] = p[a * K + c + l]; \\
+            for (int a = 0; a < m; a++) { \\
+                for (int l = 0; l < 16; l++) acc[l] = 0; \\
+                for (int b = 0; b < m; b++) { \\
+                    T hv = H[a * m + b]; \\
+                    for (int l = 0; l < 16; l++) acc[l] += hv * xs[b * 16 + l]; \\
+                } \\
+                for (Py_ssize_t l = 0; l < lc; l++) p[a * K + c + l] = acc[l] * scale; \\
+            } \\
+        } \\
+    }
+    DR_MIX(float, f32)
+    DR_MIX(double, f64)
+
+    /* ---------------- GELU ---------------- */
+    /* expf on [-87, 88] (clamped): Cody-Waite reduction + cephes degree-6 polynomial, ~1 ulp.
+       Branch-free so the loops vectorise (libm expf/erff would not). */
+    static inline float dr_expf(float x) {
+        x = x < -87.0f ? -87.0f : x;
+        x = x > 88.0f ? 88.0f : x;
+        float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = x - fn * 0.693359375f;
+        r = r - fn * -2.12194440e-4f;
+        float q = 1.9875691500e-4f;
+        q = q * r + 1.3981999507e-3f;
+        q = q * r + 8.3334519073e-3f;
+        q = q * r + 4.1665795894e-2f;
+        q = q * r + 1.6666665459e-1f;
+        q = q * r + 5.0000001201e-1f;
+        q = q * r * r + r + 1.0f;
+        int32_t bits = ((int32_t)fn + 127) << 23;
+        float s; memcpy(&s, &bits, 4);
+        return q * s;
+    }
+    /* 1 + erf(x / sqrt 2) = 2 Phi(x) with Abramowitz-Stegun 7.1.26 for erfc(|z|) (abs err
+       <= 1.5e-7); the x < 0 side uses erfc directly (no cancellation). Also returns
+       e = exp(-x^2/2) for the derivative. */
+    static inline float dr_cdf2_f32(float x, float* e_out) {
+        float z = fabsf(x) * 0.70710678118654752f;
+        float t = 1.0f / (1.0f + 0.3275911f * z);
+        float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+        float e = dr_expf(-z * z);
+        float q = poly * e;
+        *e_out = e;
+        return x >= 0.0f ? 2.0f - q : q;
+    }
+    #define DR_K0 0.7978845608028654f   /* sqrt(2/pi) */
+    #define DR_K1 0.044715f
+    #define DR_INV_SQRT_2PI 0.3989422804014327f
+    static inline float dr_gelu1_f32(float x, int tanh_form) {
+        if (tanh_form) {
+            float u = DR_K0 * (x + DR_K1 * x * x * x);
+            return x / (1.0f + dr_expf(-2.0f * u));
+        }
+        float e; float c = dr_cdf2_f32(x, &e);
+        return 0.5f * x * c;
+    }
+    static inline float dr_dgelu1_f32(float x, int tanh_form) {
+        if (tanh_form) {
+            float u = DR_K0 * (x + DR_K1 * x * x * x);
+            float e = dr_expf(-2.0f * u);
+            float s = 1.0f / (1.0f + e);
+            float du = DR_K0 * (1.0f + 3.0f * DR_K1 * x * x);
+            return s + 2.0f * x * s * (e * s) * du;
+        }
+        float e; float c = dr_cdf2_f32(x, &e);
+        return 0.5f * c + x * DR_INV_SQRT_2PI * e;
+    }
+    static inline double dr_gelu1_f64(double x, int tanh_form) {
+        if (tanh_form) {
+            double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+            return 0.5 * x * (1.0 + tanh(u));
+        }
+        return 0.5 * x * erfc(-x * 0.7071067811865476);
+    }
+    static inline double dr_dgelu1_f64(double x, int tanh_form) {
+        if (tanh_form) {
+            double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+            double t = tanh(u);
+            double du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
+        }
+        return 0.5 * erfc(-x * 0.7071067811865476) + x * 0.3989422804014327 * exp(-0.5 * x * x);
+    }
+    /* Loops split by form so each inner loop is branch-free and vectorisable. */
+    #define DR_GELU_LOOPS(T, SFX) \\
+    static void dr_gelu_##SFX(const T* x, const T* b, T* y, Py_ssize_t n, int tf) { \\
+        if (tf) { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i] + b[i], 1); \\
+                  else   for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i], 1); } \\
+        else    { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i] + b[i], 0); \\
+                  else   for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i], 0); } \\
+    } \\
+    static void dr_dgelu_##SFX(const T* g, const T* x, const T* b, T* y, Py_ssize_t n, int tf) { \\
+        if (tf) { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i] + b[i], 1); \\
+                  else   for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i], 1); } \\
+        else    { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i] + b[i], 0); \\
+                  else   for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i], 0); } \\
+    }
+    DR_GELU_LOOPS(float, f32)
+    DR_GELU_LOOPS(double, f64)
+    """
+    int dr_omp_max_threads() nogil
+    int dr_has_openmp() nogil
+    int DR_AVX2
+    void dr_bfly2_f32(float* q0, float* q1, Py_ssize_t L) noexcept nogil
+    void dr_bfly2_f64(double* q0, double* q1, Py_ssize_t L) noexcept nogil
+    void dr_bfly4_f32(float* q0, float* q1, float* q2, float* q3, Py_ssize_t L) noexcept nogil
+    void dr_bfly4_f64(double* q0, double* q1, double* q2, double* q3, Py_ssize_t L) noexcept nogil
+    void dr_scale_f32(float* p, Py_ssize_t n, float s) noexcept nogil
+    void dr_scale_f64(double* p, Py_ssize_t n, double s) noexcept nogil
+    void dr_base_f32(float* p, int nst) noexcept nogil
+    void dr_base_f64(double* p, int nst) noexcept nogil
+    void dr_mix_f32(float* p, int m, Py_ssize_t K, const float* H, float scale,
+                    Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void dr_mix_f64(double* p, int m, Py_ssize_t K, const double* H, double scale,
+                    Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void dr_gelu_f32(const float* x, const float* b, float* y, Py_ssize_t n, int tf) noexcept nogil
+    void dr_gelu_f64(const double* x, const double* b, double* y, Py_ssize_t n, int tf) noexcept nogil
+    void dr_dgelu_f32(const float* g, const float* x, const float* b, float* y, Py_ssize_t n,
+                      int tf) noexcept nogil
+    void dr_dgelu_f64(const double* g, const double* x, const double* b, double* y, Py_ssize_t n,
+                      int tf) noexcept nogil
+    float dr_gelu1_f32(float x, int tf) noexcept nogil
+    float dr_expf(float x) noexcept nogil
+
+ctypedef fused floating:
+    float
+    double
+
+# ------------------------------------------------------------------------------------------
+# threads
+# ------------------------------------------------------------------------------------------
+cdef int _nthreads = max(1, dr_omp_max_threads())
 
 def get_num_threads():
-    return openmp.omp_get_max_threads()
+    """Threads the kernels use (default: OpenMP's max, i.e. OMP_NUM_THREADS or the core count)."""
+    return _nthreads
 
 def set_num_threads(int n):
-    openmp.omp_set_num_threads(n)
+    """Set the number of threads the kernels use (>= 1). Results do not depend on it."""
+    global _nthreads
+    if n < 1:
+        raise ValueError(f"set_num_threads: need n >= 1, got {n}")
+    _nthreads = n if dr_has_openmp() else 1
+
+def has_openmp():
+    return bool(dr_has_openmp())
+
+def has_avx2():
+    return bool(DR_AVX2)
+
+# ------------------------------------------------------------------------------------------
+# FWHT building blocks
+# ------------------------------------------------------------------------------------------
+cdef enum:
+    BLOCK_BYTES = 16384     # an L1-resident block: all stages below it run in L1
+    PANEL_BYTES = 16384     # a column panel for the stages across blocks
+    TILE_BYTES = 16384      # rows shorter than this are processed a tile of rows at a time
+    EW_CHUNK = 16384        # elementwise kernels: elements per parallel work unit
+
+cdef inline int _log2(Py_ssize_t n) noexcept nogil:
+    cdef int k = 0
+    while ((<Py_ssize_t>1) << k) < n:
+        k += 1
+    return k
+
+cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
+                  floating scale) noexcept nogil:
+    """WHT of length R (a power of two) along stride s, vectorised over L contiguous lanes
+    (L <= s), then scale the R x L panel if scale != 1."""
+    cdef Py_ssize_t h = 1, i, j, hs, r
+    cdef floating* q
+    while 4 * h <= R:
+        hs = h * s
+        i = 0
+        while i < R:
+            for j in range(i, i + h):
+                q = p + j * s
+                if floating is float:
+                    dr_bfly4_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+                else:
+                    dr_bfly4_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+            i += 4 * h
+        h *= 4
+    if 2 * h <= R:
+        hs = h * s
+        for j in range(h):
+            q = p + j * s
+            if floating is float:
+                dr_bfly2_f32(q, q + hs, L)
+            else:
+                dr_bfly2_f64(q, q + hs, L)
+    if scale != 1:
+        for r in range(R):
+            if floating is float:
+                dr_scale_f32(p + r * s, L, scale)
+            else:
+                dr_scale_f64(p + r * s, L, scale)
+
+cdef inline Py_ssize_t _base(floating* p) noexcept nogil:
+    if floating is float:
+        return 64
+    else:
+        return 32
+
+cdef void _pow2_multi(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale) noexcept nogil:
+    """Apply H_K (K a power of two, K * itemsize <= BLOCK_BYTES) to each of the total / K
+    contiguous sub-rows of p, then scale everything."""
+    cdef Py_ssize_t base = _base(p)
+    cdef int lk = _log2(K), lb = _log2(base)
+    cdef Py_ssize_t nb, c
+    cdef bint scaled = False
+    if K >= base:
+        nb = total
+    else:
+        nb = total - total % base
+    c = 0
+    while c < nb:
+        if floating is float:
+            dr_base_f32(p + c, lk if lk < lb else lb)
+        else:
+            dr_base_f64(p + c, lk if lk < lb else lb)
+        c += base
+    if K > base:
+        c = 0
+        while c < total:
+            _stages(p + c, K // base, base, base, scale)
+            c += K
+        scaled = True
+    c = nb
+    while c < total:          # leftover sub-rows (only when K < base): scalar
+        _stages(p + c, K, 1, 1, <floating>1)
+        c += K
+    if scale != 1 and not scaled:
+        if floating is float:
+            dr_scale_f32(p, total, scale)
+        else:
+            dr_scale_f64(p, total, scale)
+
+cdef inline Py_ssize_t _blk(floating* p) noexcept nogil:
+    return BLOCK_BYTES // sizeof(floating)
+
+cdef inline Py_ssize_t _panel_lanes(floating* p, Py_ssize_t R, Py_ssize_t blk) noexcept nogil:
+    cdef Py_ssize_t L = PANEL_BYTES // (R * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t lo = 64 // <Py_ssize_t>sizeof(floating)
+    if L < lo:
+        L = lo
+    if L > blk:
+        L = blk
+    return L
+
+cdef void _pow2_any(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale) noexcept nogil:
+    """H_K on each K-sub-row of p (any power of two K), serial, cache-blocked."""
+    cdef Py_ssize_t blk = _blk(p), R, L, c, s
+    if K <= blk:
+        _pow2_multi(p, total, K, scale)
+        return
+    R = K // blk
+    L = _panel_lanes(p, R, blk)
+    s = 0
+    while s < total:
+        _pow2_multi(p + s, K, blk, <floating>1)
+        c = 0
+        while c < blk:
+            _stages(p + s + c, R, blk, L, scale)
+            c += L
+        s += K
+
+cdef void _fwht_tile(floating* p, Py_ssize_t nrows, Py_ssize_t n, int m, Py_ssize_t K,
+                     const floating* H, floating scale) noexcept nogil:
+    """Full transform of nrows contiguous rows of length n = m * K."""
+    cdef Py_ssize_t r
+    if m == 1:
+        _pow2_any(p, nrows * n, n, scale)
+    else:
+        _pow2_any(p, nrows * n, K, <floating>1)
+        for r in range(nrows):
+            if floating is float:
+                dr_mix_f32(p + r * n, m, K, H, scale, 0, K)
+            else:
+                dr_mix_f64(p + r * n, m, K, H, scale, 0, K)
+
+cdef inline Py_ssize_t _tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    cdef Py_ssize_t t = TILE_BYTES // (n * itemsize)
+    return t if t >= 1 else 1
+
+cdef void _fwht_rows(floating* p, Py_ssize_t rows, Py_ssize_t n, int m, Py_ssize_t K,
+                     const floating* H, floating scale, int nt) noexcept nogil:
+    cdef Py_ssize_t T = _tile_rows(n, sizeof(floating))
+    cdef Py_ssize_t ntiles = (rows + T - 1) // T
+    cdef Py_ssize_t t, r, r0, r1, blk = _blk(p), R, L, c, a, nch
+    if rows >= 2 * nt or n <= blk or nt == 1:
+        for t in prange(ntiles, num_threads=nt, schedule="static"):
+            r0 = t * T
+            r1 = r0 + T
+            if r1 > rows:
+                r1 = rows
+            _fwht_tile(p + r0 * n, r1 - r0, n, m, K, H, scale)
+        return
+    # few long rows: parallelise inside each row
+    for r in range(rows):
+        if m == 1:
+            R = n // blk
+            L = _panel_lanes(p, R, blk)
+            for c in prange(R, num_threads=nt, schedule="static"):
+                _pow2_multi(p + r * n + c * blk, blk, blk, <floating>1)
+            for c in prange(blk // L, num_threads=nt, schedule="static"):
+                _stages(p + r * n + c * L, R, blk, L, scale)
+        else:
+            for a in prange(m, num_threads=nt, schedule="static"):
+                _pow2_any(p + r * n + a * K, K, K, <floating>1)
+            nch = (K + 255) // 256
+            for c in prange(nch, num_threads=nt, schedule="static"):
+                if floating is float:
+                    dr_mix_f32(p + r * n, m, K, H, scale, c * 256, min(K, c * 256 + 256))
+                else:
+                    dr_mix_f64(p + r * n, m, K, H, scale, c * 256, min(K, c * 256 + 256))
+
+def fwht_inplace(floating[:, ::1] x, int m, Py_ssize_t K, const floating[:, ::1] H,
+                 bint normalized):
+    """In-place WHT of each row of the C-contiguous 2-D buffer x; row length n = m * K
+    (m = 1 or the order of H, K a power of two)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        _fwht_rows(&x[0, 0], rows, n, m, K, &H[0, 0], scale, _nthreads)
+
+# ------------------------------------------------------------------------------------------
+# permutations
+# ------------------------------------------------------------------------------------------
+def is_permutation(const long long[::1] perm):
+    """True iff perm is a permutation of range(len(perm))."""
+    cdef Py_ssize_t n = perm.shape[0], i
+    cdef long long v
+    cdef unsigned char* seen
+    cdef bint ok = True
+    if n == 0:
+        return True
+    seen = <unsigned char*>malloc(n)
+    if seen == NULL:
+        raise MemoryError()
+    memset(seen, 0, n)
+    with nogil:
+        for i in range(n):
+            v = perm[i]
+            if v < 0 or v >= n or seen[v]:
+                ok = False
+                break
+            seen[v] = 1
+    free(seen)
+    return ok
+
+cdef Py_ssize_t _row_chunk(Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t t = 65536 // (n if n > 0 else 1)
+    return t if t >= 1 else 1
+
+def permute_rows(const floating[:, ::1] x, const long long[::1] perm, floating[:, ::1] out,
+                 bint inverse):
+    """out[r, j] = x[r, perm[j]] (gather), or out[r, perm[j]] = x[r, j] when inverse (scatter)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n)
+    cdef Py_ssize_t t, r, j, r1
+    cdef const long long* pp
+    cdef const floating* xr
+    cdef floating* yr
+    if rows == 0 or n == 0:
+        return
+    pp = &perm[0]
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+            r1 = min(rows, t * T + T)
+            for r in range(t * T, r1):
+                xr = &x[0, 0] + r * n
+                yr = &out[0, 0] + r * n
+                if inverse:
+                    for j in range(n):
+                        yr[pp[j]] = xr[j]
+                else:
+                    for j in range(n):
+                        yr[j] = xr[pp[j]]
+
+# ------------------------------------------------------------------------------------------
+# fused spectral block  y = H(P(x) * d)
+# ------------------------------------------------------------------------------------------
+cdef inline Py_ssize_t _nchunks(Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """Fixed (thread-count independent) number of row chunks for deterministic reductions."""
+    cdef Py_ssize_t c = 64, cap = (1 << 22) // (n if n > 0 else 1)
+    if c > cap:
+        c = cap
+    if c > rows:
+        c = rows
+    return c if c >= 1 else 1
+
+def spectral_block_fwd(const floating[:, ::1] x, const long long[::1] perm,
+                       const floating[::1] d, floating[:, ::1] y, int m, Py_ssize_t K,
+                       const floating[:, ::1] H, bint normalized):
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), t, r, r0, r1, j
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    cdef const long long* pp
+    cdef const floating* xr
+    cdef const floating* dp
+    cdef floating* yr
+    if rows == 0:
+        return
+    pp = &perm[0]
+    dp = &d[0]
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+            r0 = t * T
+            r1 = min(rows, r0 + T)
+            for r in range(r0, r1):
+                xr = &x[0, 0] + r * n
+                yr = &y[0, 0] + r * n
+                for j in range(n):
+                    yr[j] = xr[pp[j]] * dp[j]
+            _fwht_tile(&y[0, 0] + r0 * n, r1 - r0, n, m, K, &H[0, 0], scale)
+
+def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
+                       const long long[::1] perm, const floating[::1] d,
+                       floating[:, ::1] gx, double[::1] gd, int m, Py_ssize_t K,
+                       const floating[:, ::1] H, bint normalized):
+    """gz = H g (H symmetric); gx[perm[j]] = gz[j] d[j]; gd[j] = sum_rows gz[j] x[perm[j]].
+    gd is accumulated in float64 per fixed row chunk, chunks summed in order."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), nch = _nchunks(rows, n)
+    cdef Py_ssize_t ch, r, r0, r1, j, rr, t0, t1
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    cdef const long long* pp
+    cdef const floating* dp
+    cdef const floating* xr
+    cdef floating* gxr
+    cdef floating* buf
+    cdef floating* sr
+    cdef double* part
+    cdef double* pr
+    cdef double acc
+    if rows == 0:
+        gd[:] = 0
+        return
+    pp = &perm[0]
+    dp = &d[0]
+    part = <double*>malloc(nch * n * sizeof(double))
+    if part == NULL:
+        raise MemoryError()
+    memset(part, 0, nch * n * sizeof(double))
+    buf = NULL
+    with nogil, parallel(num_threads=_nthreads):
+        buf = <floating*>malloc(T * n * sizeof(floating))
+        for ch in prange(nch, schedule="static"):
+            r0 = rows * ch // nch
+            r1 = rows * (ch + 1) // nch
+            pr = part + ch * n
+            t0 = r0
+            while t0 < r1:
+                t1 = min(r1, t0 + T)
+                memcpy(buf, &g[0, 0] + t0 * n, (t1 - t0) * n * sizeof(floating))
+                _fwht_tile(buf, t1 - t0, n, m, K, &H[0, 0], scale)
+                for rr in range(t1 - t0):
+                    sr = buf + rr * n
+                    xr = &x[0, 0] + (t0 + rr) * n
+                    gxr = &gx[0, 0] + (t0 + rr) * n
+                    for j in range(n):
+                        gxr[pp[j]] = sr[j] * dp[j]
+                    for j in range(n):
+                        pr[j] += <double>sr[j] * <double>xr[pp[j]]
+                t0 = t1
+        free(buf)
+    with nogil:
+        for j in prange(n, num_threads=_nthreads, schedule="static"):
+            acc = 0
+            for ch in range(nch):
+                acc = acc + part[ch * n + j]
+            gd[j] = acc
+    free(part)
+
+# ------------------------------------------------------------------------------------------
+# GELU
+# ------------------------------------------------------------------------------------------
+
+def gelu_fwd(const floating[::1] x, floating[::1] y, bint tanh_form):
+    cdef Py_ssize_t n = x.shape[0], c, c0, c1
+    if n == 0:
+        return
+    with nogil:
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="static"):
+            c0 = c * EW_CHUNK
+            c1 = min(n, c0 + EW_CHUNK)
+            if floating is float:
+                dr_gelu_f32(&x[0] + c0, NULL, &y[0] + c0, c1 - c0, tanh_form)
+            else:
+                dr_gelu_f64(&x[0] + c0, NULL, &y[0] + c0, c1 - c0, tanh_form)
+
+def gelu_bwd(const floating[::1] g, const floating[::1] x, floating[::1] out, bint tanh_form):
+    cdef Py_ssize_t n = x.shape[0], c, c0, c1
+    if n == 0:
+        return
+    with nogil:
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="static"):
+            c0 = c * EW_CHUNK
+            c1 = min(n, c0 + EW_CHUNK)
+            if floating is float:
+                dr_dgelu_f32(&g[0] + c0, &x[0] + c0, NULL, &out[0] + c0, c1 - c0, tanh_form)
+            else:
+                dr_dgelu_f64(&g[0] + c0, &x[0] + c0, NULL, &out[0] + c0, c1 - c0, tanh_form)
+
+def bias_gelu_fwd(const floating[:, ::1] x, const floating[::1] b, floating[:, ::1] y,
+                  bint tanh_form):
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n), t, r
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+            for r in range(t * T, min(rows, t * T + T)):
+                if floating is float:
+                    dr_gelu_f32(&x[0, 0] + r * n, &b[0], &y[0, 0] + r * n, n, tanh_form)
+                else:
+                    dr_gelu_f64(&x[0, 0] + r * n, &b[0], &y[0, 0] + r * n, n, tanh_form)
+
+def bias_gelu_bwd(const floating[:, ::1] g, const floating[:, ::1] x, const floating[::1] b,
+                  floating[:, ::1] gx, double[::1] gb, bint tanh_form):
+    """gx = g * gelu'(x + b); gb = sum over rows of gx (float64, fixed chunks, fixed order)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], nch, ch, r, r0, r1, j
+    cdef double* part
+    cdef double* pr
+    cdef floating* gr
+    cdef double acc
+    if n == 0:
+        return
+    if rows == 0:
+        gb[:] = 0
+        return
+    nch = _nchunks(rows, n)
+    part = <double*>malloc(nch * n * sizeof(double))
+    if part == NULL:
+        raise MemoryError()
+    memset(part, 0, nch * n * sizeof(double))
+    with nogil:
+        for ch in prange(nch, num_threads=_nthreads, schedule="static"):
+            r0 = rows * ch // nch
+            r1 = rows * (ch + 1) // nch
+            pr = part + ch * n
+            for r in range(r0, r1):
+                gr = &gx[0, 0] + r * n
+                if floating is float:
+                    dr_dgelu_f32(&g[0, 0] + r * n, &x[0, 0] + r * n, &b[0], gr, n, tanh_form)
+                else:
+                    dr_dgelu_f64(&g[0, 0] + r * n, &x[0, 0] + r * n, &b[0], gr, n, tanh_form)
+                for j in range(n):
+                    pr[j] += gr[j]
+        for j in prange(n, num_threads=_nthreads, schedule="static"):
+            acc = 0
+            for ch in range(nch):
+                acc = acc + part[ch * n + j]
+            gb[j] = acc
+    free(part)
+
+def _expf_check(float x):
+    """Test hook: the vectorisable float32 exp used by GELU."""
+    return dr_expf(x)
+
 include "_kernels_hashing.pxi"

@@ -1,0 +1,411 @@
+"""Numpy-facing API over the Cython kernels in ``dreidel._kernels``.
+
+Everything here works on plain numpy arrays (no tensors, no autograd): validation, dtype and
+contiguity handling, clear errors. Kernels exist for float32 and float64; transforms act on the
+last axis; any number of leading (batch) dimensions, including none.
+
+Walsh-Hadamard transform
+------------------------
+``fwht(x)`` multiplies every row by H_n in natural (Sylvester) order, H_n = H_m kron H_{2^k}.
+Supported n: every power of two 1 .. 2^24, and m * 2^k for m in {12, 20, 28} (up to 2^24).
+H_12, H_20, H_28 are the symmetric Paley II matrices (q = 5, 9, 13), so H_n is symmetric and
+``fwht(fwht(x))`` == x with ``normalized=True`` (scale 1/sqrt(n), orthonormal).
+``hadamard_matrix(n)`` gives the dense matrix in the same order.
+
+Non-contiguous inputs cost one copy (out-of-place functions), never a wrong result; in-place
+``fwht_`` refuses them with a ValueError.
+"""
+import math
+
+import numpy as np
+
+from dreidel import _kernels
+
+__all__ = [
+    "get_num_threads", "set_num_threads",
+    "fwht", "fwht_", "supported_size", "next_supported_size", "hadamard_matrix",
+    "SUPPORTED_M", "MAX_FWHT_SIZE",
+    "permute", "permute_inverse", "is_permutation",
+    "spectral_block", "spectral_block_backward",
+    "gelu", "gelu_backward", "bias_gelu", "bias_gelu_backward",
+]
+
+MAX_FWHT_SIZE = 1 << 24
+SUPPORTED_M = (12, 20, 28)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def get_num_threads():
+    """Number of threads the kernels use."""
+    return _kernels.get_num_threads()
+
+
+def set_num_threads(n):
+    """Set the number of threads the kernels use. Results are bitwise independent of it."""
+    _kernels.set_num_threads(int(n))
+
+
+# ------------------------------------------------------------------------------------------
+# Hadamard matrices
+# ------------------------------------------------------------------------------------------
+def _gf_elements(q):
+    """Elements of GF(q) as (add, mul) tables over integer codes 0..q-1.
+
+    q prime: the integers mod q. q = 9: a + b*i with i^2 = -1 over GF(3), code a + 3b.
+    """
+    if q == 9:
+        codes = [(a, b) for b in range(3) for a in range(3)]   # code = a + 3b
+        idx = {c: k for k, c in enumerate(codes)}
+        add = np.array([[idx[((a1 + a2) % 3, (b1 + b2) % 3)] for (a2, b2) in codes]
+                        for (a1, b1) in codes])
+        mul = np.array([[idx[((a1 * a2 - b1 * b2) % 3, (a1 * b2 + a2 * b1) % 3)]
+                         for (a2, b2) in codes] for (a1, b1) in codes])
+        return add, mul
+    r = np.arange(q)
+    return (r[:, None] + r[None, :]) % q, (r[:, None] * r[None, :]) % q
+
+
+def _paley2(q):
+    """Symmetric Hadamard matrix of order 2(q+1) (Paley construction II, q = 1 mod 4).
+
+    Q[a, b] = chi(a - b) (quadratic character of GF(q)); C = [[0, 1^T], [1, Q]] is a symmetric
+    conference matrix; H = C kron [[1, 1], [1, -1]] + I kron [[1, -1], [-1, -1]].
+    """
+    add, mul = _gf_elements(q)
+    neg = np.array([int(np.nonzero(add[a] == 0)[0][0]) for a in range(q)])
+    squares = {int(mul[a, a]) for a in range(1, q)}
+    chi = np.array([0] + [1 if a in squares else -1 for a in range(1, q)])
+    Q = np.array([[chi[add[a, neg[b]]] for b in range(q)] for a in range(q)])
+    C = np.zeros((q + 1, q + 1), dtype=np.int64)
+    C[0, 1:] = 1
+    C[1:, 0] = 1
+    C[1:, 1:] = Q
+    H = np.kron(C, [[1, 1], [1, -1]]) + np.kron(np.eye(q + 1, dtype=np.int64), [[1, -1], [-1, -1]])
+    return H
+
+
+_BASE = {12: _paley2(5), 20: _paley2(9), 28: _paley2(13)}
+for _m, _h in _BASE.items():   # cheap import-time sanity check of the constructions
+    assert _h.shape == (_m, _m) and (_h == _h.T).all() and (_h @ _h.T == _m * np.eye(_m)).all()
+_BASE_CACHE = {}
+_DUMMY = {dt: np.ones((1, 1), dtype=dt) for dt in _FLOATS}
+
+
+def _base_matrix(m, dtype):
+    key = (m, np.dtype(dtype))
+    h = _BASE_CACHE.get(key)
+    if h is None:
+        h = np.ascontiguousarray(_BASE[m], dtype=dtype)
+        h.flags.writeable = False
+        _BASE_CACHE[key] = h
+    return h
+
+
+def _split(n):
+    """n -> (m, K) with n = m * K, K a power of two, m in {1, 12, 20, 28}; None if unsupported."""
+    if not isinstance(n, (int, np.integer)) or n < 1 or n > MAX_FWHT_SIZE:
+        return None
+    n = int(n)
+    if n & (n - 1) == 0:
+        return 1, n
+    for m in SUPPORTED_M:
+        if n % m == 0:
+            k = n // m
+            if k & (k - 1) == 0:
+                return m, k
+    return None
+
+
+def supported_size(n):
+    """True iff the FWHT supports rows of length n."""
+    return _split(n) is not None
+
+
+def _all_sizes():
+    s = {1 << k for k in range(25)}
+    for m in SUPPORTED_M:
+        k = 1
+        while m * k <= MAX_FWHT_SIZE:
+            s.add(m * k)
+            k *= 2
+    return sorted(s)
+
+
+_SIZES = _all_sizes()
+
+
+def next_supported_size(n):
+    """Smallest supported FWHT size >= n (ValueError above 2^24)."""
+    n = int(n)
+    for s in _SIZES:
+        if s >= n:
+            return s
+    raise ValueError(f"no supported FWHT size >= {n} (the largest is {MAX_FWHT_SIZE})")
+
+
+def _prev_supported_size(n):
+    below = [s for s in _SIZES if s <= n]
+    return below[-1] if below else None
+
+
+def _check_size(n, what="fwht"):
+    sp = _split(n)
+    if sp is None:
+        below = _prev_supported_size(n)
+        above = next((s for s in _SIZES if s >= n), None)
+        raise ValueError(
+            f"{what}: last-axis size {n} is not a supported Walsh-Hadamard size (powers of two "
+            f"up to 2^24, or 12, 20, 28 times a power of two); nearest supported sizes: "
+            f"{below} below, {above} above")
+    return sp
+
+
+def hadamard_matrix(n, dtype=np.float64):
+    """Dense H_n (unnormalised, entries +-1) in the order ``fwht`` uses: H_m kron Sylvester."""
+    m, k = _check_size(n, "hadamard_matrix")
+    h = np.ones((1, 1), dtype=dtype) if m == 1 else _BASE[m].astype(dtype)
+    s = np.ones((1, 1), dtype=dtype)
+    h2 = np.array([[1, 1], [1, -1]], dtype=dtype)
+    while s.shape[0] < k:
+        s = np.kron(s, h2)
+    return np.kron(h, s)
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def _as_float_array(x, what, copy=False, allow_scalar=False):
+    """Float32/float64 C-contiguous array; other real dtypes become float64. copy=True always
+    returns a fresh array (exactly one copy)."""
+    a = np.asarray(x)
+    if a.dtype in _FLOATS:
+        dt = a.dtype
+    elif a.dtype.kind in "biuf":
+        dt = np.dtype(np.float64)
+    else:
+        raise TypeError(f"{what}: expected a real float32/float64 array, got dtype {a.dtype}")
+    if a.ndim == 0 and not allow_scalar:
+        raise ValueError(f"{what}: expected at least 1 dimension (the transform axis), got a scalar")
+    if copy:
+        return np.array(a, dtype=dt, order="C", copy=True)
+    return np.ascontiguousarray(a, dtype=dt)
+
+
+def _rows(a):
+    n = a.shape[-1]
+    return a.reshape(-1, n) if n else a.reshape(0, 0)
+
+
+def _check_perm(perm, n, validate, what):
+    p = np.ascontiguousarray(perm)
+    if p.ndim != 1 or p.dtype.kind not in "iu":
+        raise TypeError(f"{what}: perm must be a 1-D integer array, got {p.dtype} shape {p.shape}")
+    p = p.astype(np.int64, copy=False)
+    if p.shape[0] != n:
+        raise ValueError(f"{what}: len(perm) = {p.shape[0]} but the last axis has size {n}")
+    if validate and not _kernels.is_permutation(p):
+        raise ValueError(f"{what}: perm is not a permutation of range({n})")
+    return p
+
+
+def is_permutation(perm):
+    """True iff perm (1-D integers) is a permutation of range(len(perm))."""
+    p = np.ascontiguousarray(perm)
+    if p.ndim != 1 or p.dtype.kind not in "iu":
+        return False
+    return bool(_kernels.is_permutation(p.astype(np.int64, copy=False)))
+
+
+def _vector(v, n, dtype, what, name):
+    a = np.asarray(v)
+    if a.shape != (n,):
+        raise ValueError(f"{what}: {name} must have shape ({n},), got {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: {name} must be real, got {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _approx(approximate, what):
+    if approximate in ("none", None, False):
+        return False
+    if approximate == "tanh":
+        return True
+    raise ValueError(f"{what}: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# FWHT
+# ------------------------------------------------------------------------------------------
+def fwht_(x, normalized=True):
+    """In-place FWHT along the last axis of a C-contiguous, writable float32/float64 array.
+    Returns x."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"fwht_: expected a numpy array, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"fwht_: in-place transform needs float32 or float64, got {x.dtype} "
+                        f"(use fwht(x), which converts)")
+    if x.ndim == 0:
+        raise ValueError("fwht_: expected at least 1 dimension (the transform axis), got a scalar")
+    if not x.flags.c_contiguous:
+        raise ValueError("fwht_: in-place transform needs a C-contiguous array (got a strided "
+                         "view); use fwht(x) (one copy) or np.ascontiguousarray first")
+    if not x.flags.writeable:
+        raise ValueError("fwht_: array is read-only")
+    n = x.shape[-1]
+    m, k = _check_size(n, "fwht_")
+    if x.size:
+        h = _base_matrix(m, x.dtype) if m > 1 else _DUMMY[x.dtype]
+        _kernels.fwht_inplace(_rows(x), m, k, h, bool(normalized))
+    return x
+
+
+def fwht(x, normalized=True):
+    """Out-of-place FWHT along the last axis (one copy, then in place). Integer inputs become
+    float64."""
+    a = _as_float_array(x, "fwht", copy=True)
+    _check_size(a.shape[-1], "fwht")
+    return fwht_(a, normalized)
+
+
+# ------------------------------------------------------------------------------------------
+# permutations
+# ------------------------------------------------------------------------------------------
+def _permute(x, perm, validate, inverse, what):
+    a = np.asarray(x)
+    if a.ndim == 0:
+        raise ValueError(f"{what}: expected at least 1 dimension, got a scalar")
+    n = a.shape[-1]
+    p = _check_perm(perm, n, validate, what)
+    if a.dtype not in _FLOATS:
+        if inverse:
+            out = np.empty_like(a)
+            out[..., p] = a
+            return out
+        return np.take(a, p, axis=-1)
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape, dtype=a.dtype)
+    if a.size:
+        _kernels.permute_rows(_rows(a), p, _rows(out), inverse)
+    return out
+
+
+def permute(x, perm, validate=True):
+    """Gather along the last axis: ``x[..., perm]``."""
+    return _permute(x, perm, validate, False, "permute")
+
+
+def permute_inverse(x, perm, validate=True):
+    """Scatter along the last axis: ``out[..., perm] = x`` (inverse of ``permute``; its
+    backward)."""
+    return _permute(x, perm, validate, True, "permute_inverse")
+
+
+# ------------------------------------------------------------------------------------------
+# fused spectral block
+# ------------------------------------------------------------------------------------------
+def _block_args(x, perm, d, validate, what):
+    a = _as_float_array(x, what)
+    n = a.shape[-1]
+    m, k = _check_size(n, what)
+    p = _check_perm(perm, n, validate, what)
+    dv = _vector(d, n, a.dtype, what, "d")
+    h = _base_matrix(m, a.dtype) if m > 1 else _DUMMY[a.dtype]
+    return a, n, m, k, p, dv, h
+
+
+def spectral_block(x, perm, d, normalized=True, validate=True):
+    """y = H(x[..., perm] * d) along the last axis, fused (gather, scale, transform per row
+    tile). len(perm) == len(d) == x.shape[-1], a supported FWHT size."""
+    a, n, m, k, p, dv, h = _block_args(x, perm, d, validate, "spectral_block")
+    y = np.empty(a.shape, dtype=a.dtype)
+    if a.size:
+        _kernels.spectral_block_fwd(_rows(a), p, dv, _rows(y), m, k, h, bool(normalized))
+    return y
+
+
+def spectral_block_backward(grad_y, x, perm, d, normalized=True, validate=True):
+    """Backward of ``spectral_block``: returns (grad_x, grad_d), grad_d summed over all batch
+    dimensions (accumulated in float64, deterministic)."""
+    a, n, m, k, p, dv, h = _block_args(x, perm, d, validate, "spectral_block_backward")
+    g = np.ascontiguousarray(grad_y, dtype=a.dtype)
+    if g.shape != a.shape:
+        raise ValueError(f"spectral_block_backward: grad_y shape {g.shape} != x shape {a.shape}")
+    gx = np.empty(a.shape, dtype=a.dtype)
+    gd = np.zeros(n, dtype=np.float64)
+    if a.size:
+        _kernels.spectral_block_bwd(_rows(g), _rows(a), p, dv, _rows(gx), gd, m, k, h,
+                                    bool(normalized))
+    return gx, gd.astype(a.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------------
+# GELU
+# ------------------------------------------------------------------------------------------
+def gelu(x, approximate="none", out=None):
+    """GELU, exact (x * Phi(x), float32 erf approximation with abs error < 1e-6) or
+    approximate="tanh". ``out`` may be x itself (in place)."""
+    tf = _approx(approximate, "gelu")
+    a = _as_float_array(x, "gelu", allow_scalar=True)
+    if out is None:
+        out = np.empty(a.shape, dtype=a.dtype)
+    else:
+        _check_out(out, a, "gelu")
+    _kernels.gelu_fwd(a.reshape(-1), out.reshape(-1), tf)
+    return out
+
+
+def _check_out(out, a, what):
+    if not isinstance(out, np.ndarray) or out.shape != a.shape or out.dtype != a.dtype \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{what}: out must be a writable C-contiguous {a.dtype} array of shape "
+                         f"{a.shape}")
+
+
+def gelu_backward(grad, x, approximate="none", out=None):
+    """grad * gelu'(x)."""
+    tf = _approx(approximate, "gelu_backward")
+    a = _as_float_array(x, "gelu_backward", allow_scalar=True)
+    g = np.ascontiguousarray(grad, dtype=a.dtype)
+    if g.shape != a.shape:
+        raise ValueError(f"gelu_backward: grad shape {g.shape} != x shape {a.shape}")
+    if out is None:
+        out = np.empty(a.shape, dtype=a.dtype)
+    else:
+        _check_out(out, a, "gelu_backward")
+    _kernels.gelu_bwd(g.reshape(-1), a.reshape(-1), out.reshape(-1), tf)
+    return out
+
+
+def bias_gelu(x, bias, approximate="none"):
+    """gelu(x + bias), bias along the last axis, fused. Backward: ``bias_gelu_backward``."""
+    tf = _approx(approximate, "bias_gelu")
+    a = _as_float_array(x, "bias_gelu")
+    n = a.shape[-1]
+    b = _vector(bias, n, a.dtype, "bias_gelu", "bias")
+    y = np.empty(a.shape, dtype=a.dtype)
+    if a.size:
+        _kernels.bias_gelu_fwd(_rows(a), b, _rows(y), tf)
+    return y
+
+
+def bias_gelu_backward(grad, x, bias, approximate="none"):
+    """Returns (grad_x, grad_bias) of y = gelu(x + bias); grad_bias summed over the batch
+    (float64 accumulation, deterministic)."""
+    tf = _approx(approximate, "bias_gelu_backward")
+    a = _as_float_array(x, "bias_gelu_backward")
+    n = a.shape[-1]
+    b = _vector(bias, n, a.dtype, "bias_gelu_backward", "bias")
+    g = np.ascontiguousarray(grad, dtype=a.dtype)
+    if g.shape != a.shape:
+        raise ValueError(f"bias_gelu_backward: grad shape {g.shape} != x shape {a.shape}")
+    gx = np.empty(a.shape, dtype=a.dtype)
+    gb = np.zeros(n, dtype=np.float64)
+    if n:
+        _kernels.bias_gelu_bwd(_rows(g), _rows(a), b, _rows(gx), gb, tf)
+    return gx, gb.astype(a.dtype, copy=False)
+
+
+try:  # the hashing engineer's numpy API, re-exported
+    from dreidel.hashing import *  # noqa: F401,F403
+except ImportError:
+    pass
