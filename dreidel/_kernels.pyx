@@ -59,6 +59,16 @@ cdef extern from *:
             q0[l] = b0 + b2; q1[l] = b1 + b3; q2[l] = b0 - b2; q3[l] = b1 - b3; \\
         } \\
     } \\
+    static inline void dr_bfly2s_##SFX(T* DR_R q0, T* DR_R q1, Py_ssize_t L, T s) { \
+        for (Py_ssize_t l = 0; l < L; l++) { T a = q0[l], b = q1[l]; q0[l] = (a + b) * s; q1[l] = (a - b) * s; } \
+    } \
+    static inline void dr_bfly4s_##SFX(T* DR_R q0, T* DR_R q1, T* DR_R q2, T* DR_R q3, Py_ssize_t L, T s) { \
+        for (Py_ssize_t l = 0; l < L; l++) { \
+            T a0 = q0[l], a1 = q1[l], a2 = q2[l], a3 = q3[l]; \
+            T b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3; \
+            q0[l] = (b0 + b2) * s; q1[l] = (b1 + b3) * s; q2[l] = (b0 - b2) * s; q3[l] = (b1 - b3) * s; \
+        } \
+    } \
     static inline void dr_scale_##SFX(T* DR_R p, Py_ssize_t n, T s) { \\
         for (Py_ssize_t i = 0; i < n; i++) p[i] *= s; \\
     } \\
@@ -123,27 +133,41 @@ cdef extern from *:
     }
 
     /* ---------------- H_m mixing across m strided sub-rows (vectorised over 16 lanes) ------- */
-    #define DR_MIX(T, SFX) \\
-    static void dr_mix_##SFX(T* p, int m, Py_ssize_t K, const T* H, T scale, Py_ssize_t c0, Py_ssize_t c1) { \\
-        T xs[28 * 16]; T acc[16]; \\
-        memset(xs, 0, sizeof(xs)); \\
-        for (Py_ssize_t c = c0; c < c1; c += 16) { \\
-            Py_ssize_t lc = (c1 - c) < 16 ? (c1 - c) : 16; \\
-            for (int a = 0; a < m; a++) for (Py_ssize_t l = 0; l < lc; l++) xs[a * 16 + l] = p[a * K + c + l]; \\
-            for (int a = 0; a < m; a++) { \\
-                for (int l = 0; l < 16; l++) acc[l] = 0; \\
-                for (int b = 0; b < m; b++) { \\
-                    T hv = H[a * m + b]; \\
-                    for (int l = 0; l < 16; l++) acc[l] += hv * xs[b * 16 + l]; \\
-                } \\
-                for (Py_ssize_t l = 0; l < lc; l++) p[a * K + c + l] = acc[l] * scale; \\
-            } \\
-        } \\
+    /* GCC/Clang vector extensions: 16 lanes = 2 x v8sf or 4 x v4df; acc += (+-1) * x is exact. */
+    typedef float dr_v8f __attribute__((vector_size(32)));
+    typedef double dr_v4d __attribute__((vector_size(32)));
+    #define DR_MIX(T, SFX, VT, VL) \
+    static void dr_mix_##SFX(T* p, int m, Py_ssize_t K, const T* H, T scale, Py_ssize_t c0, Py_ssize_t c1) { \
+        enum { NV = 16 / VL }; \
+        VT xs[28][NV]; T tmp[16]; \
+        for (Py_ssize_t c = c0; c < c1; c += 16) { \
+            Py_ssize_t lc = (c1 - c) < 16 ? (c1 - c) : 16; \
+            for (int a = 0; a < m; a++) { \
+                if (lc == 16) memcpy(&xs[a][0], p + a * K + c, 16 * sizeof(T)); \
+                else { memset(tmp, 0, sizeof(tmp)); memcpy(tmp, p + a * K + c, lc * sizeof(T)); \
+                       memcpy(&xs[a][0], tmp, sizeof(tmp)); } \
+            } \
+            for (int a = 0; a < m; a++) { \
+                VT acc[NV]; \
+                for (int v = 0; v < NV; v++) acc[v] = xs[0][v] * H[a * m]; \
+                for (int b = 1; b < m; b++) { \
+                    T hv = H[a * m + b]; \
+                    for (int v = 0; v < NV; v++) acc[v] += hv * xs[b][v]; \
+                } \
+                for (int v = 0; v < NV; v++) acc[v] *= scale; \
+                if (lc == 16) memcpy(p + a * K + c, &acc[0], 16 * sizeof(T)); \
+                else { memcpy(tmp, &acc[0], sizeof(tmp)); memcpy(p + a * K + c, tmp, lc * sizeof(T)); } \
+            } \
+        } \
     }
-    DR_MIX(float, f32)
-    DR_MIX(double, f64)
+    DR_MIX(float, f32, dr_v8f, 8)
+    DR_MIX(double, f64, dr_v4d, 4)
 
     /* ---------------- GELU ---------------- */
+    /* no-trapping-math lets GCC if-convert the clamps/selects so the loops vectorise; it does
+       not change any computed value. */
+    #pragma GCC push_options
+    #pragma GCC optimize("no-trapping-math")
     /* expf on [-87, 88] (clamped): Cody-Waite reduction + cephes degree-6 polynomial, ~1 ulp.
        Branch-free so the loops vectorise (libm expf/erff would not). */
     static inline float dr_expf(float x) {
@@ -229,6 +253,7 @@ cdef extern from *:
     }
     DR_GELU_LOOPS(float, f32)
     DR_GELU_LOOPS(double, f64)
+    #pragma GCC pop_options
     """
     int dr_omp_max_threads() nogil
     int dr_has_openmp() nogil
@@ -237,6 +262,11 @@ cdef extern from *:
     void dr_bfly2_f64(double* q0, double* q1, Py_ssize_t L) noexcept nogil
     void dr_bfly4_f32(float* q0, float* q1, float* q2, float* q3, Py_ssize_t L) noexcept nogil
     void dr_bfly4_f64(double* q0, double* q1, double* q2, double* q3, Py_ssize_t L) noexcept nogil
+    void dr_bfly2s_f32(float* q0, float* q1, Py_ssize_t L, float s) noexcept nogil
+    void dr_bfly2s_f64(double* q0, double* q1, Py_ssize_t L, double s) noexcept nogil
+    void dr_bfly4s_f32(float* q0, float* q1, float* q2, float* q3, Py_ssize_t L, float s) noexcept nogil
+    void dr_bfly4s_f64(double* q0, double* q1, double* q2, double* q3, Py_ssize_t L,
+                       double s) noexcept nogil
     void dr_scale_f32(float* p, Py_ssize_t n, float s) noexcept nogil
     void dr_scale_f64(double* p, Py_ssize_t n, double s) noexcept nogil
     void dr_base_f32(float* p, int nst) noexcept nogil
@@ -298,19 +328,34 @@ cdef inline int _log2(Py_ssize_t n) noexcept nogil:
 cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
                   floating scale) noexcept nogil:
     """WHT of length R (a power of two) along stride s, vectorised over L contiguous lanes
-    (L <= s), then scale the R x L panel if scale != 1."""
+    (L <= s); the last pass also multiplies by scale."""
     cdef Py_ssize_t h = 1, i, j, hs, r
     cdef floating* q
+    cdef bint last
+    if R == 1:
+        if scale != 1:
+            if floating is float:
+                dr_scale_f32(p, L, scale)
+            else:
+                dr_scale_f64(p, L, scale)
+        return
     while 4 * h <= R:
         hs = h * s
+        last = scale != 1 and 4 * h == R
         i = 0
         while i < R:
             for j in range(i, i + h):
                 q = p + j * s
                 if floating is float:
-                    dr_bfly4_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+                    if last:
+                        dr_bfly4s_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
+                    else:
+                        dr_bfly4_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L)
                 else:
-                    dr_bfly4_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+                    if last:
+                        dr_bfly4s_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
+                    else:
+                        dr_bfly4_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L)
             i += 4 * h
         h *= 4
     if 2 * h <= R:
@@ -318,15 +363,26 @@ cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
         for j in range(h):
             q = p + j * s
             if floating is float:
-                dr_bfly2_f32(q, q + hs, L)
+                if scale != 1:
+                    dr_bfly2s_f32(q, q + hs, L, scale)
+                else:
+                    dr_bfly2_f32(q, q + hs, L)
             else:
-                dr_bfly2_f64(q, q + hs, L)
-    if scale != 1:
-        for r in range(R):
-            if floating is float:
-                dr_scale_f32(p + r * s, L, scale)
-            else:
-                dr_scale_f64(p + r * s, L, scale)
+                if scale != 1:
+                    dr_bfly2s_f64(q, q + hs, L, scale)
+                else:
+                    dr_bfly2_f64(q, q + hs, L)
+
+cdef void _stages_buffered(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
+                           floating scale, floating* buf) noexcept nogil:
+    """_stages on an R x L panel with a large stride s, done on a contiguous copy (a stride that
+    is a multiple of 4 KiB would map every row of the panel to the same L1 set)."""
+    cdef Py_ssize_t r
+    for r in range(R):
+        memcpy(buf + r * L, p + r * s, L * sizeof(floating))
+    _stages(buf, R, L, L, scale)
+    for r in range(R):
+        memcpy(p + r * s, buf + r * L, L * sizeof(floating))
 
 cdef inline Py_ssize_t _base(floating* p) noexcept nogil:
     if floating is float:
@@ -388,14 +444,19 @@ cdef void _pow2_any(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale)
         return
     R = K // blk
     L = _panel_lanes(p, R, blk)
+    cdef floating* buf = <floating*>malloc(R * L * sizeof(floating))
     s = 0
     while s < total:
         _pow2_multi(p + s, K, blk, <floating>1)
         c = 0
         while c < blk:
-            _stages(p + s + c, R, blk, L, scale)
+            if buf != NULL:
+                _stages_buffered(p + s + c, R, blk, L, scale, buf)
+            else:
+                _stages(p + s + c, R, blk, L, scale)
             c += L
         s += K
+    free(buf)
 
 cdef void _fwht_tile(floating* p, Py_ssize_t nrows, Py_ssize_t n, int m, Py_ssize_t K,
                      const floating* H, floating scale) noexcept nogil:
@@ -420,6 +481,7 @@ cdef void _fwht_rows(floating* p, Py_ssize_t rows, Py_ssize_t n, int m, Py_ssize
     cdef Py_ssize_t T = _tile_rows(n, sizeof(floating))
     cdef Py_ssize_t ntiles = (rows + T - 1) // T
     cdef Py_ssize_t t, r, r0, r1, blk = _blk(p), R, L, c, a, nch
+    cdef floating* buf
     if rows >= 2 * nt or n <= blk or nt == 1:
         for t in prange(ntiles, num_threads=nt, schedule="static"):
             r0 = t * T
@@ -435,8 +497,15 @@ cdef void _fwht_rows(floating* p, Py_ssize_t rows, Py_ssize_t n, int m, Py_ssize
             L = _panel_lanes(p, R, blk)
             for c in prange(R, num_threads=nt, schedule="static"):
                 _pow2_multi(p + r * n + c * blk, blk, blk, <floating>1)
-            for c in prange(blk // L, num_threads=nt, schedule="static"):
-                _stages(p + r * n + c * L, R, blk, L, scale)
+            buf = NULL
+            with parallel(num_threads=nt):
+                buf = <floating*>malloc(R * L * sizeof(floating))
+                for c in prange(blk // L, schedule="static"):
+                    if buf != NULL:
+                        _stages_buffered(p + r * n + c * L, R, blk, L, scale, buf)
+                    else:
+                        _stages(p + r * n + c * L, R, blk, L, scale)
+                free(buf)
         else:
             for a in prange(m, num_threads=nt, schedule="static"):
                 _pow2_any(p + r * n + a * K, K, K, <floating>1)

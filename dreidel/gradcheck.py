@@ -27,6 +27,9 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, projections=2, seed=0
     for t in checked:
         if t.dtype != np.float64:
             raise TypeError(f"gradcheck inputs must be float64 (got {t.dtype}): float32 differences are noise")
+    for t in checked:
+        if not (t.data.flags.c_contiguous and t.data.flags.writeable):
+            t.data = np.array(t.data, order="C")  # the checks perturb a flat view in place: it must be one
     rng = np.random.default_rng(seed)
     outputs = _outputs(fn, inputs)
     weights_per_projection = [[rng.standard_normal(o.shape) for o in outputs] for _ in range(projections)]

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, as_tensor, is_grad_enabled
 
 try:
@@ -144,12 +145,18 @@ def tanh(x):
 def _sigmoid(v):
     # exp of a non-positive number only: no overflow warnings for large |v|
     e = np.exp(-np.abs(v))
-    return np.where(v >= 0, 1 / (1 + e), e / (1 + e)).astype(v.dtype, copy=False)
+    return (np.where(v >= 0, 1, e) / (1 + e)).astype(v.dtype, copy=False)
 
 
 def sigmoid(x):
     out = _sigmoid(x.data)
     return _result(out, (x,), lambda g: (g * out * (1 - out),))
+
+
+def softplus(x):
+    """log(1 + eˣ) = max(x, 0) + log1p(e^−|x|) (no overflow); its derivative is sigmoid(x)."""
+    out = np.maximum(x.data, 0) + np.log1p(np.exp(-np.abs(x.data)))
+    return _result(out, (x,), lambda g: (g * _sigmoid(x.data),))
 
 
 def relu(x):
@@ -168,7 +175,7 @@ def _erf_array(v):
     if _kernels is not None and hasattr(_kernels, "erf"):
         return _kernels.erf(v)
     if v.dtype == np.float64:
-        return _erf_float64(v).astype(np.float64)
+        return np.asarray(_erf_float64(v), dtype=np.float64)  # a 0-d input gives back a Python float
     # Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, at float32's resolution
     a = np.abs(v)
     t = 1 / (1 + 0.3275911 * a)
@@ -206,8 +213,10 @@ def gelu(x, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
     if _kernels is not None and hasattr(_kernels, "gelu"):
-        out = _kernels.gelu(x.data, approximate=approximate)
-        return _result(out, (x,), lambda g: (_kernels.gelu_backward(g, x.data, approximate=approximate),))
+        # reshape: the kernels hand a 0-d input back as shape (1,)
+        out = _kernels.gelu(x.data, approximate=approximate).reshape(x.shape)
+        return _result(out, (x,), lambda g: (
+            _kernels.gelu_backward(g, x.data, approximate=approximate).reshape(x.shape),))
     out = _gelu_numpy(x.data, approximate).astype(x.dtype, copy=False)
     return _result(out, (x,), lambda g: (_gelu_backward_numpy(g, x.data, approximate),))
 
@@ -229,7 +238,7 @@ def _extremum(x, axis, keepdims, pick):
     out = pick(x.data, axis=_axis_arg(axis), keepdims=True)
 
     def backward(g):
-        hit = x.data == out  # ties share the gradient evenly
+        hit = (x.data == out).astype(g.dtype)  # ties share the gradient evenly
         share = hit / hit.sum(axis=_axis_arg(axis), keepdims=True)
         return _expand_reduced(g, x.shape, axis, keepdims) * share,
     return _result(out if keepdims else _squeeze_axes(out, axis, x.ndim), (x,), backward)
@@ -255,6 +264,7 @@ def var(x, axis=None, keepdims=False, correction=1):
 
 
 def logsumexp(x, axis=-1, keepdims=False):
+    axis = _axis_arg(axis)
     peak = np.max(x.data, axis=axis, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0)
     total = np.log(np.sum(np.exp(x.data - peak), axis=axis, keepdims=True)) + peak
@@ -304,6 +314,10 @@ def matmul(a, b):
 def linear(x, weight, bias=None):
     """y = x Wᵀ + b with W of shape (out_features, in_features), as in PyTorch."""
     X, W = x.data, weight.data
+    if W.ndim != 2 or X.ndim < 1 or X.shape[-1] != W.shape[1]:
+        raise ValueError(f"linear: input {X.shape} does not fit weight {W.shape} (out_features, in_features)")
+    if bias is not None and bias.shape != (W.shape[0],):
+        raise ValueError(f"linear: bias {bias.shape} does not fit weight {W.shape}")
     out = X @ W.T
     if bias is not None:
         out += bias.data
@@ -326,8 +340,10 @@ def reshape(x, *shape):
 def transpose(x, *axes):
     """Permute axes (no arguments: reverse them, like numpy)."""
     axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-    axes = tuple(axes) if axes else tuple(reversed(range(x.ndim)))
-    inverse = tuple(np.argsort(axes))
+    axes = tuple(a % x.ndim for a in axes) if axes else tuple(reversed(range(x.ndim)))
+    if sorted(axes) != list(range(x.ndim)):
+        raise ValueError(f"transpose axes {axes} are not a permutation of the {x.ndim} axes of {x.shape}")
+    inverse = tuple(np.argsort(axes))  # needs non-negative axes: -1 would sort first
     return _result(np.transpose(x.data, axes), (x,), lambda g: (np.transpose(g, inverse),))
 
 
@@ -390,6 +406,7 @@ def getitem(x, index):
 def take(x, indices, axis=0):
     """Gather along one axis (numpy's take); gradients scatter-add back."""
     indices = _index_array(indices)
+    axis = axis % x.ndim  # the backward's moveaxis ranges need a non-negative axis
     out = np.take(x.data, indices, axis=axis)
 
     def backward(g):
@@ -522,8 +539,8 @@ def dropout(x, p=0.5, training=True, rng=None):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0:
         return x
-    rng = rng if rng is not None else np.random.default_rng()
-    mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1 - p)
+    keep = generator(rng).random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
+    mask = keep.astype(x.dtype) / (1 - p)
     return _result(x.data * mask, (x,), lambda g: (g * mask,))
 
 
@@ -541,8 +558,9 @@ def install_methods(cls):
     cls.__pow__, cls.__rpow__ = pow, _reflected(pow)
     cls.__matmul__, cls.__rmatmul__ = matmul, _reflected(matmul)
     cls.__neg__ = neg
+    cls.__abs__ = abs
     cls.__getitem__ = getitem
-    for name in ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "silu", "gelu", "sin", "cos",
+    for name in ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "silu", "softplus", "gelu", "sin", "cos",
                  "sum", "mean", "max", "min", "var", "logsumexp", "reshape", "transpose", "expand",
                  "squeeze", "unsqueeze", "flatten", "clip", "softmax", "log_softmax", "matmul",
                  "maximum", "minimum", "swapaxes", "erf"):
@@ -572,5 +590,5 @@ def cast(x, dtype):
     return _cast(x, dtype) if np.dtype(dtype).kind == "f" and x.dtype.kind == "f" else Tensor(x.data.astype(dtype))
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("math", "np", "Tensor", "builtins",
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("math", "np", "Tensor", "builtins", "generator",
                                                                     "install_methods", "is_grad_enabled")]

@@ -20,8 +20,32 @@ def _as_arrays(state_dict):
         if not isinstance(name, str):
             raise TypeError(f"state_dict keys must be strings, got {name!r}")
         array = value.data if isinstance(value, Tensor) else np.asarray(value)
-        arrays[name] = np.ascontiguousarray(array)
+        # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+        arrays[name] = array if array.flags.c_contiguous else np.array(array, order="C")
     return arrays
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp's files are private (0600)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (best effort: not every platform can open a folder)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def atomic_write_bytes(path, payload):
@@ -35,7 +59,9 @@ def atomic_write_bytes(path, payload):
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, path)
+        _fsync_folder(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -62,8 +88,21 @@ def load(path):
     _check_header(payload, path)
     try:
         return dict(_safetensors_load(payload))
-    except Exception as error:  # safetensors raises its own error types
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # safetensors raises its own types, and a Rust panic is a BaseException
         raise CheckpointError(f"checkpoint {path!r} is corrupt or not safetensors: {error}") from error
+
+
+def load_metadata(path):
+    """The string metadata dict stored by `save(..., metadata=...)` ({} when there is none)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            payload = f.read()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {error}") from error
+    return dict(_check_header(payload, path).get("__metadata__") or {})
 
 
 def _check_header(payload, path):
@@ -76,10 +115,13 @@ def _check_header(payload, path):
                               f"(header claims {size} bytes, file has {len(payload) - 8})")
     try:
         header = json.loads(payload[8:8 + size])
-    except (UnicodeDecodeError, ValueError) as error:
+        if not isinstance(header, dict):
+            raise ValueError(f"header is a JSON {type(header).__name__}, not an object")
+        end = max((int(entry["data_offsets"][1]) for key, entry in header.items()
+                   if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as error:
         raise CheckpointError(f"checkpoint {path!r} has a corrupt header: {error}") from error
-    end = max((entry["data_offsets"][1] for key, entry in header.items()
-               if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
     if 8 + size + end > len(payload):
         raise CheckpointError(f"checkpoint {path!r} is truncated: tensors need {end} bytes of data, "
                               f"file has {len(payload) - 8 - size}")
+    return header

@@ -41,6 +41,10 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                  f"before assigning {name!r}")
+        if name in self._parameters and not (value is None or isinstance(value, Parameter)):
+            # silently turning a parameter into a plain attribute would drop it from training
+            raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} "
+                            f"(a Parameter or None is expected; to change the values set .data)")
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
         if isinstance(value, Parameter):
@@ -48,7 +52,7 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         elif name in self.__dict__.get("_buffer_names", ()):
-            self._buffers[name] = value
+            self._buffers[name] = value if value is None or isinstance(value, Tensor) else Tensor(np.asarray(value))
         else:
             object.__setattr__(self, name, value)
             return
@@ -192,6 +196,8 @@ class Module:
     def to(self, dtype):
         """Cast floating parameters and buffers to `dtype` in place."""
         dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"Module.to needs a floating dtype, got {dtype}")
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None

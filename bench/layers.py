@@ -1,0 +1,256 @@
+"""Spectral layers vs dense and low-rank: approximation quality on real weights, and speed.
+
+    python bench/layers.py            # both tables (a few minutes on 2 cores)
+    python bench/layers.py --quick    # smaller: fewer layers, depths and widths
+    python bench/layers.py --full     # every projection of the 4 encoder layers, K up to 16 everywhere
+    python bench/layers.py --quality-only | --speed-only
+
+1. `from_dense` quality. The dense layers are the Whisper tiny.en encoder's projections (q/k/v/out,
+   fc1, fc2; weights read from the ONNX initializers, y = x Wᵀ + b). Their real inputs are captured
+   with onnxruntime on the fixture clips: fit on clips 0–1, held-out relative output error
+   ‖Y − Ŷ‖/‖Y‖ on clip 2. DeepSpectralLinear (K blocks) and LinearWHT are compared with
+   LowRankLinear at EQUAL multiply-adds (rank = the spectral layer's cost / (in + out)), each fitted
+   on the activations (`inputs=`) and weight-only (no inputs). "mean" is the error of predicting the
+   training-mean output (what the bias alone explains).
+2. Speed: DeepSpectralLinear(K=4) forward+backward (input and parameter gradients) vs a dense
+   dreidel.nn.Linear (numpy BLAS) and torch.nn.Linear when torch is installed, same run,
+   interleaved repeats, medians. A ratio > 1 means the spectral layer is faster.
+"""
+import argparse
+import ctypes
+import os
+import sys
+import time
+
+import numpy as np
+
+import dreidel
+from dreidel.nn import Linear
+from dreidel.nn.lowrank import LowRankLinear
+from dreidel.nn.spectral import DeepSpectralLinear, LinearWHT
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "onnx", "whisper-tiny-en")
+
+
+# -- thread counts ---------------------------------------------------------------------------------
+def blas_threads():
+    """OpenBLAS's thread count, read from the library numpy loaded (None if not found)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+        lib = ctypes.CDLL(paths[0])
+        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)()
+    except (OSError, IndexError):
+        pass
+    return None
+
+
+def try_torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+# -- 1. quality on real weights --------------------------------------------------------------------
+def load_whisper_layers(kinds, layer_indices):
+    """{name: (W (out, in), b, input tensor name)} for the chosen encoder projections, and their inputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(os.path.join(FIXTURE, "encoder_model.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layers = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in initializers:
+            continue
+        parts = node.name.split("/")   # /layers.1/self_attn/q_proj/MatMul
+        index, kind = int(parts[1].split(".")[1]), parts[-2]
+        if kind not in kinds or index not in layer_indices:
+            continue
+        W = numpy_helper.to_array(initializers[node.input[1]]).T.astype(np.float64)  # ONNX: x @ W
+        b = None
+        for add in consumers.get(node.output[0], []):
+            other = [i for i in add.input if i != node.output[0]]
+            if add.op_type == "Add" and other and other[0] in initializers:
+                b = numpy_helper.to_array(initializers[other[0]]).astype(np.float64)
+        layers[f"L{index}.{kind}"] = (W, b, node.input[0])
+    wanted = sorted({v[2] for v in layers.values()})
+    model.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in wanted])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    clips = []
+    for i in range(3):
+        mel = np.load(os.path.join(FIXTURE, "clips", f"clip_{i}_logmel.npy"), allow_pickle=False)
+        clips.append(dict(zip(wanted, session.run(wanted, {"input_features": mel}))))
+    return layers, clips
+
+
+def relative_error(Y, Y_hat):
+    return float(np.linalg.norm(Y - Y_hat) / np.linalg.norm(Y))
+
+
+def predict(layer, X):
+    with dreidel.no_grad():
+        return layer(dreidel.Tensor(X)).data
+
+
+def matched_rank(multiply_adds, n_in, n_out):
+    return int(np.clip(round((multiply_adds - n_out) / (n_in + n_out)), 1, min(n_in, n_out)))
+
+
+def quality_table(args):
+    kinds = ["q_proj", "out_proj", "fc1", "fc2"] if not args.full else ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    if args.quick:
+        kinds = ["q_proj", "fc2"]
+    indices = [0, 1, 2, 3] if args.full else [1]
+    start = time.perf_counter()
+    layers, clips = load_whisper_layers(kinds, indices)
+    print(f"captured activations of {len(layers)} layers in {time.perf_counter() - start:.1f}s "
+          f"(fit: clips 0-1, held out: clip 2)")
+    depths = [1, 4] if args.quick else [1, 2, 4, 8, 16]
+    print(f"\n{'layer':<12} {'model':<11} {'mult-adds':>9} {'÷dense':>7} {'err fit-on-x':>12} "
+          f"{'err W-only':>10}   {'low-rank':>8} {'err fit-on-x':>12} {'err W-only':>10}   fit s")
+    summary = []
+    for name, (W, b, input_name) in layers.items():
+        n_out, n_in = W.shape
+        X_fit = np.concatenate([c[input_name].reshape(-1, n_in) for c in clips[:2]]).astype(np.float64)
+        X_test = clips[2][input_name].reshape(-1, n_in).astype(np.float64)
+        if args.fit_rows and X_fit.shape[0] > args.fit_rows:
+            X_fit = X_fit[np.random.default_rng(0).choice(X_fit.shape[0], args.fit_rows, replace=False)]
+        bias = b if b is not None else np.zeros(n_out)
+        Y_fit, Y_test = X_fit @ W.T + bias, X_test @ W.T + bias
+        dense = n_in * n_out + n_out
+        print(f"{name:<12} {'dense':<11} {dense:>9} {1:>7.3f}   {n_in}→{n_out}, "
+              f"mean-only error {relative_error(Y_test, Y_fit.mean(axis=0)):.3f}")
+        configs = [("LinearWHT", None)] + [(f"K={k}", k) for k in depths]
+        if n_in * n_out > 384 * 384 and not args.full:
+            configs = [c for c in configs if c[1] is None or c[1] <= 8]
+        for label, depth in configs:
+            t0 = time.perf_counter()
+            if depth is None:
+                fitted = LinearWHT.from_dense(W, b, inputs=X_fit)
+                weight_only = LinearWHT.from_dense(W, b)
+            else:
+                fitted = DeepSpectralLinear.from_dense(W, b, inputs=X_fit, depth=depth, sweeps=args.sweeps)
+                weight_only = DeepSpectralLinear.from_dense(W, b, depth=depth, sweeps=args.sweeps)
+            cost = fitted.multiply_adds()
+            rank = matched_rank(cost, n_in, n_out)
+            low = LowRankLinear.from_dense(W, b, inputs=X_fit, rank=rank)
+            low_w = LowRankLinear.from_dense(W, b, rank=rank)
+            seconds = time.perf_counter() - t0
+            errors = [relative_error(Y_test, predict(m, X_test)) for m in (fitted, weight_only, low, low_w)]
+            print(f"{'':<12} {label:<11} {cost:>9} {cost / dense:>7.3f} {errors[0]:>12.3f} {errors[1]:>10.3f}   "
+                  f"{'r=' + str(rank):>8} {errors[2]:>12.3f} {errors[3]:>10.3f}   {seconds:5.1f}")
+            summary.append((name, label, errors))
+    return summary
+
+
+# -- 2. speed --------------------------------------------------------------------------------------
+def fwd_bwd_dreidel(layer, x, g):
+    def run():
+        x.grad = None
+        for p in layer.parameters():
+            p.grad = None
+        layer(x).backward(g)
+    return run
+
+
+def fwd_bwd_torch(torch, layer, x, g):
+    def run():
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        layer(x).backward(g)
+    return run
+
+
+def median_times(runs, repeats, min_seconds=0.02):
+    """Interleaved repeats: each repeat times every candidate once (inner loops ≥ min_seconds)."""
+    inner = []
+    for run in runs:
+        run()  # warm up
+        t0 = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - t0
+        inner.append(max(1, int(min_seconds / max(elapsed, 1e-9))))
+    samples = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            t0 = time.perf_counter()
+            for _ in range(inner[i]):
+                run()
+            samples[i].append((time.perf_counter() - t0) / inner[i])
+    return [float(np.median(s)) for s in samples]
+
+
+def speed_table(args):
+    torch = try_torch() if not args.no_torch else None
+    widths = [256, 1024, 4096, 384] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 384, 1536, 3072]
+    batches = [64] if args.quick else [64, 256]
+    rng = np.random.default_rng(0)
+    header = f"{'width':>6} {'batch':>5} {'spectral ms':>11} {'dense ms':>9} {'dense÷spec':>10}"
+    header += f" {'torch ms':>9} {'torch÷spec':>10}" if torch else ""
+    print("\n" + header + f" {'mult-add ratio':>14}")
+    rows = []
+    for width in widths:
+        for batch in batches:
+            spectral = DeepSpectralLinear(width, width, depth=4)
+            dense = Linear(width, width)
+            x_np = rng.standard_normal((batch, width)).astype(np.float32)
+            g_np = rng.standard_normal((batch, width)).astype(np.float32)
+            x = dreidel.Tensor(x_np, requires_grad=True)
+            runs = [fwd_bwd_dreidel(spectral, x, g_np), fwd_bwd_dreidel(dense, x, g_np)]
+            if torch:
+                t_layer = torch.nn.Linear(width, width)
+                t_x = torch.from_numpy(x_np.copy()).requires_grad_(True)
+                runs.append(fwd_bwd_torch(torch, t_layer, t_x, torch.from_numpy(g_np.copy())))
+            repeats = 7 if width <= 2048 else 3
+            times = median_times(runs, repeats)
+            ma_ratio = (width * width + width) / spectral.multiply_adds()
+            line = f"{width:>6} {batch:>5} {times[0] * 1e3:>11.3f} {times[1] * 1e3:>9.3f} {times[1] / times[0]:>10.2f}"
+            line += f" {times[2] * 1e3:>9.3f} {times[2] / times[0]:>10.2f}" if torch else ""
+            print(line + f" {ma_ratio:>14.1f}", flush=True)
+            rows.append((width, batch, times))
+            del dense, spectral
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer layers, depths and widths")
+    parser.add_argument("--full", action="store_true", help="all encoder projections, K up to 16")
+    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--sweeps", type=int, default=3, help="ALS sweeps per DeepSpectralLinear fit")
+    parser.add_argument("--fit-rows", type=int, default=None,
+                        help="subsample the fitting activations (default: all 3000 rows; 1500 with --quick)")
+    args = parser.parse_args(argv)
+    if args.quick and args.fit_rows is None:
+        args.fit_rows = 1500
+    torch = try_torch() if not args.no_torch else None
+    print(f"dreidel kernel threads {dreidel.get_num_threads()}, numpy OpenBLAS threads {blas_threads()}, "
+          f"torch threads {torch.get_num_threads() if torch else 'n/a (not installed)'}, "
+          f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    start = time.perf_counter()
+    if not args.speed_only:
+        if not os.path.exists(os.path.join(FIXTURE, "encoder_model.onnx")):
+            print(f"quality table skipped: no Whisper fixture at {FIXTURE}")
+        else:
+            quality_table(args)
+    if not args.quality_only:
+        speed_table(args)
+    print(f"\ntotal {time.perf_counter() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

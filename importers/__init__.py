@@ -1,0 +1,1 @@
+"""Importers that turn pretrained teachers from other formats into dreidel modules."""

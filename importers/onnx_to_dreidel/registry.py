@@ -1,0 +1,116 @@
+"""The op-converter registry: (domain, op_type, since_version) → converter.
+
+A converter is a *builder*: `build(node) -> run`, called once at import time with the node's
+attributes (a `Node`), returning `run(*inputs) -> output or tuple of outputs`, called at every
+forward. Inputs are either `dreidel.Tensor` (floating data that may carry gradients) or numpy arrays
+(constants, integer/boolean data and shape arithmetic, which never touch autograd); an omitted
+optional input is None.
+
+Resolution follows ONNX's versioning: for a model importing ai.onnx opset 18, the converter with the
+greatest `since_version` ≤ 18 is used. Adding an op is one decorated function:
+
+    @register("Neg", since=6)
+    def neg(node):
+        return lambda x: -x
+"""
+import numpy as np
+import onnx
+from onnx import helper
+
+from dreidel.tensor import Tensor
+
+_REGISTRY = {}  # (domain, op_type) -> {since_version: builder}
+DEFAULT_DOMAIN = ""
+
+
+def _canonical_domain(domain):
+    return DEFAULT_DOMAIN if domain in ("", "ai.onnx") else domain
+
+
+def register(op_type, since=1, domain=DEFAULT_DOMAIN):
+    """Decorator: register `build(node) -> run` for `op_type` from opset `since` on."""
+    def decorate(build):
+        versions = _REGISTRY.setdefault((_canonical_domain(domain), op_type), {})
+        if since in versions:
+            raise ValueError(f"converter for {domain or 'ai.onnx'}::{op_type} since {since} registered twice")
+        versions[since] = build
+        return build
+    return decorate
+
+
+def supported_ops():
+    """Every registered (domain, op_type, since_version), sorted."""
+    _load_converters()
+    return sorted((domain, op, since) for (domain, op), versions in _REGISTRY.items() for since in versions)
+
+
+def resolve(domain, op_type, opset_version):
+    """The builder for `op_type` at `opset_version` (greatest since ≤ version), or None."""
+    _load_converters()
+    versions = _REGISTRY.get((_canonical_domain(domain), op_type), {})
+    usable = [v for v in versions if v <= opset_version]
+    return versions[max(usable)] if usable else None
+
+
+def _load_converters():
+    from importers.onnx_to_dreidel import ops_math, ops_nn, ops_tensor  # noqa: F401  (they register)
+
+
+class Node:
+    """What a builder sees: op, names, decoded attributes and the opset version it runs under."""
+
+    __slots__ = ("name", "op_type", "domain", "inputs", "outputs", "attrs", "opset")
+
+    def __init__(self, proto, opset):
+        self.name = proto.name
+        self.op_type = proto.op_type
+        self.domain = _canonical_domain(proto.domain)
+        self.inputs = list(proto.input)
+        self.outputs = list(proto.output)
+        self.opset = opset
+        self.attrs = {}
+        for attribute in proto.attribute:
+            value = helper.get_attribute_value(attribute)
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            elif isinstance(value, onnx.TensorProto):
+                from importers.onnx_to_dreidel.loader import tensor_to_array
+                value = tensor_to_array(value)
+            elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                value = [v.decode("utf-8") for v in value]
+            self.attrs[attribute.name] = value
+
+    def attr(self, name, default=None):
+        return self.attrs.get(name, default)
+
+    def __repr__(self):
+        return f"Node({self.op_type} {self.name!r}, opset {self.opset})"
+
+
+# -- helpers shared by the converters --------------------------------------------------------------
+def is_tensor(value):
+    return isinstance(value, Tensor)
+
+
+def array(value):
+    """The numpy array behind a value (Tensor or array)."""
+    return value.data if isinstance(value, Tensor) else np.asarray(value)
+
+
+def ints(value):
+    """A constant or shape value as a tuple of Python ints."""
+    return tuple(int(v) for v in np.asarray(array(value)).reshape(-1))
+
+
+def lift(value, like=None):
+    """A Tensor for a value mixed with Tensors (numpy constants become non-trainable leaves)."""
+    if isinstance(value, Tensor):
+        return value
+    value = np.asarray(value)
+    if like is not None and value.dtype.kind == "f" and value.dtype != like.dtype and like.dtype.kind == "f":
+        value = value.astype(like.dtype)
+    return Tensor(value)
+
+
+def any_tensor(values):
+    return any(isinstance(v, Tensor) for v in values)

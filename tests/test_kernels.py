@@ -1,0 +1,462 @@
+"""Property tests of the numpy-level kernels (dreidel.kernels) against plain numpy references.
+
+References are built here, independently of dreidel: Sylvester matrices by np.kron, the base
+Hadamard matrices H_12, H_20, H_28 by a separate Paley II construction (Euler's criterion for the
+quadratic character), GELU from math.erf in float64.
+"""
+import functools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dreidel import kernels as K
+
+SET = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+DTYPES = [np.float32, np.float64]
+
+
+# ------------------------------------------------------------------------------------------
+# independent references
+# ------------------------------------------------------------------------------------------
+def _gf9_mul(x, y):
+    """GF(9) = GF(3)[i]/(i^2 + 1); element (a, b) = a + b i, integer code a + 3 b."""
+    (a, b), (c, d) = x, y
+    return ((a * c - b * d) % 3, (a * d + b * c) % 3)
+
+
+def _chi(q, code):
+    """Quadratic character by Euler's criterion: x^((q-1)/2) in {0, 1, -1}."""
+    if code == 0:
+        return 0
+    e = (q - 1) // 2
+    if q == 9:
+        x = (code % 3, code // 3)
+        r = (1, 0)
+        for _ in range(e):
+            r = _gf9_mul(r, x)
+        return 1 if r == (1, 0) else -1
+    r = pow(code, e, q)
+    return 1 if r == 1 else -1
+
+
+def _sub(q, a, b):
+    if q == 9:
+        return ((a % 3 - b % 3) % 3) + 3 * ((a // 3 - b // 3) % 3)
+    return (a - b) % q
+
+
+def paley2(q):
+    Q = np.array([[_chi(q, _sub(q, a, b)) for b in range(q)] for a in range(q)])
+    S = np.block([[np.zeros((1, 1)), np.ones((1, q))], [np.ones((q, 1)), Q]])
+    return np.kron(S, [[1, 1], [1, -1]]) + np.kron(np.eye(q + 1), [[1, -1], [-1, -1]])
+
+
+BASE = {1: np.ones((1, 1)), 12: paley2(5), 20: paley2(9), 28: paley2(13)}
+
+
+@functools.lru_cache(maxsize=None)
+def sylvester(k):
+    s = np.ones((1, 1))
+    while s.shape[0] < k:
+        s = np.kron(s, [[1, 1], [1, -1]])
+    return s
+
+
+def ref_factors(n):
+    for m in (1, 12, 20, 28):
+        if n % m == 0 and (n // m) & (n // m - 1) == 0:
+            return BASE[m], sylvester(n // m)
+    raise AssertionError(n)
+
+
+def ref_hadamard(n):
+    a, s = ref_factors(n)
+    return np.kron(a, s)
+
+
+def ref_supported(n):
+    return 1 <= n <= 2 ** 24 and any(
+        n % m == 0 and (n // m) & (n // m - 1) == 0 for m in (1, 12, 20, 28))
+
+
+def ref_fwht(x, normalized=True):
+    """x @ kron(A, S).T, evaluated as A X S^T on x viewed as (..., m, K)."""
+    n = x.shape[-1]
+    a, s = ref_factors(n)
+    xv = x.astype(np.float64).reshape(x.shape[:-1] + (a.shape[0], s.shape[0]))
+    y = (a @ xv @ s.T).reshape(x.shape)
+    return y / math.sqrt(n) if normalized else y
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def ref_gelu(x, tanh_form=False):
+    x = np.asarray(x, dtype=np.float64)
+    if tanh_form:
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def ref_dgelu(x, tanh_form=False):
+    x = np.asarray(x, dtype=np.float64)
+    if tanh_form:
+        k = math.sqrt(2 / math.pi)
+        t = np.tanh(k * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+    return 0.5 * (1 + _erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+SMALL_SIZES = sorted({2 ** k for k in range(11)} |
+                     {m * 2 ** k for m in (12, 20, 28) for k in range(10) if m * 2 ** k <= 4096})
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
+batch_shapes = st.sampled_from([(), (1,), (3,), (2, 3), (5, 1, 2), (17,)])
+
+
+def _data(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Hadamard matrices and sizes
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("m", [12, 20, 28])
+def test_base_matrices_are_symmetric_hadamard(m):
+    h = BASE[m]
+    assert h.shape == (m, m) and set(np.unique(h)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(h @ h.T, m * np.eye(m))
+    np.testing.assert_array_equal(h, h.T)
+    np.testing.assert_array_equal(K.hadamard_matrix(m), h)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 24, 40, 112, 256, 384])
+def test_hadamard_matrix_matches_reference(n):
+    np.testing.assert_array_equal(K.hadamard_matrix(n), ref_hadamard(n))
+
+
+def test_supported_sizes_match_brute_force():
+    for n in range(1, 5000):
+        assert K.supported_size(n) == ref_supported(n), n
+        nxt = K.next_supported_size(n)
+        assert nxt >= n and ref_supported(nxt)
+        assert not any(ref_supported(j) for j in range(n, nxt))
+    assert K.supported_size(2 ** 24) and not K.supported_size(2 ** 24 + 1)
+    assert K.supported_size(12 * 2 ** 20) and not K.supported_size(0)
+
+
+@pytest.mark.parametrize("n", [3, 5, 100, 1000, 4095, 10 ** 6 + 1])
+def test_unsupported_size_error_names_neighbours(n):
+    below = max(j for j in range(1, n) if ref_supported(j))
+    above = next(j for j in range(n, 2 * n + 64) if ref_supported(j))
+    with pytest.raises(ValueError) as e:
+        K.fwht(np.zeros((2, n), dtype=np.float32))
+    assert str(below) in str(e.value) and str(above) in str(e.value)
+    with pytest.raises(ValueError):
+        K.fwht_(np.zeros(n))
+
+
+# ------------------------------------------------------------------------------------------
+# FWHT
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalized", [True, False])
+def test_fwht_every_small_size_equals_dense(dtype, normalized):
+    rng = np.random.default_rng(1)
+    for n in SMALL_SIZES:
+        for rows in (1, 5):
+            x = _data(rng, (rows, n), dtype)
+            y = K.fwht(x, normalized)
+            assert y.dtype == dtype and y.shape == x.shape
+            scale = 1.0 if normalized else math.sqrt(n)
+            np.testing.assert_allclose(y / scale, ref_fwht(x, normalized) / scale,
+                                       err_msg=f"n={n}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 16, 12, 24, 20, 80, 28, 224, 256, 384])
+def test_fwht_of_identity_is_dense_hadamard(n):
+    h = ref_hadamard(n)                       # explicit np.kron(H_m, Sylvester) matrix
+    for dtype in DTYPES:
+        np.testing.assert_allclose(K.fwht(np.eye(n, dtype=dtype), normalized=False), h.T,
+                                   rtol=0, atol=0)
+        np.testing.assert_allclose(K.fwht(np.eye(n, dtype=dtype)), h / math.sqrt(n),
+                                   **TOL[dtype])
+
+
+@SET
+@given(n=st.sampled_from(SMALL_SIZES), batch=batch_shapes, dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2 ** 31))
+def test_fwht_property_dense(n, batch, dtype, seed):
+    x = _data(np.random.default_rng(seed), batch + (n,), dtype)
+    np.testing.assert_allclose(K.fwht(x), ref_fwht(x), **TOL[dtype])
+
+
+@settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(logn=st.integers(0, 16), m=st.sampled_from([1, 1, 12, 20, 28]),
+       rows=st.integers(1, 4), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 31))
+def test_fwht_involution_parseval_linearity(logn, m, rows, dtype, seed):
+    n = m * 2 ** logn
+    if n > 2 ** 17:
+        n //= 8
+    rng = np.random.default_rng(seed)
+    x, z = _data(rng, (rows, n), dtype), _data(rng, (rows, n), dtype)
+    y = K.fwht(x)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(K.fwht(y), x, rtol=tol, atol=tol * 10)           # H(Hx) = x
+    np.testing.assert_allclose((y.astype(np.float64) ** 2).sum(-1),
+                               (x.astype(np.float64) ** 2).sum(-1), rtol=tol * 10)  # Parseval
+    a, b = 0.5, -2.0
+    np.testing.assert_allclose(K.fwht(a * x + b * z), a * y + b * K.fwht(z),
+                               rtol=tol, atol=tol * 10)                           # linearity
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fwht_large_pow2_matches_numpy_butterflies(dtype):
+    rng = np.random.default_rng(3)
+    for n, rows in [(2 ** 13, 3), (2 ** 16, 1), (2 ** 16, 5), (2 ** 18, 1)]:
+        x = _data(rng, (rows, n), dtype)
+        ref = x.astype(np.float64)
+        h = 1
+        while h < n:                       # textbook radix-2 butterflies, natural order
+            v = ref.reshape(rows, n // (2 * h), 2, h)
+            ref = np.stack([v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]], 2).reshape(rows, n)
+            h *= 2
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(K.fwht(x, normalized=False) / math.sqrt(n),
+                                   ref / math.sqrt(n), rtol=tol, atol=tol)
+
+
+def test_fwht_batch_shapes_and_edge_cases():
+    rng = np.random.default_rng(4)
+    x = _data(rng, (8,), np.float64)                 # no batch dims
+    np.testing.assert_allclose(K.fwht(x), ref_fwht(x[None])[0], rtol=1e-12, atol=1e-12)
+    for shape in [(0, 16), (3, 0, 16), (2, 1)]:
+        x = _data(rng, shape, np.float32)
+        y = K.fwht(x)
+        assert y.shape == shape
+        np.testing.assert_array_equal(y, x if shape[-1] == 1 else y)
+    one = np.array([[2.5], [-1.0]])
+    np.testing.assert_array_equal(K.fwht(one), one)   # n = 1: identity
+    np.testing.assert_array_equal(K.fwht(np.arange(4)), K.fwht(np.arange(4.0)))  # ints -> f64
+    assert K.fwht(np.arange(4)).dtype == np.float64
+    with pytest.raises(ValueError):
+        K.fwht(np.float64(1.0))
+    with pytest.raises(TypeError):
+        K.fwht(np.zeros(4, dtype=np.complex128))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fwht_strided_and_transposed_inputs(dtype):
+    rng = np.random.default_rng(5)
+    base = _data(rng, (64, 48), dtype)
+    for view in [base.T, base[::2], base[:, ::2][:, :16], base[::-1], base.T[::3]]:
+        if not K.supported_size(view.shape[-1]):
+            continue
+        before = base.copy()
+        np.testing.assert_allclose(K.fwht(view), ref_fwht(np.array(view)), **TOL[dtype])
+        np.testing.assert_array_equal(base, before)          # out of place: input untouched
+        if not view.flags.c_contiguous:
+            with pytest.raises(ValueError, match="contiguous"):
+                K.fwht_(view)
+
+
+def test_fwht_inplace_contract():
+    x = np.random.default_rng(6).standard_normal((3, 32)).astype(np.float32)
+    ref = ref_fwht(x)
+    assert K.fwht_(x) is x
+    np.testing.assert_allclose(x, ref, **TOL[np.float32])
+    with pytest.raises(TypeError):
+        K.fwht_(np.zeros(8, dtype=np.int64))
+    ro = np.zeros(8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        K.fwht_(ro)
+    with pytest.raises(TypeError):
+        K.fwht_([1.0, 2.0])
+
+
+# ------------------------------------------------------------------------------------------
+# permutations
+# ------------------------------------------------------------------------------------------
+@SET
+@given(n=st.integers(1, 300), batch=batch_shapes, dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2 ** 31))
+def test_permute_gather_scatter(n, batch, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, batch + (n,), dtype)
+    perm = rng.permutation(n)
+    y = K.permute(x, perm)
+    np.testing.assert_array_equal(y, x[..., perm])
+    np.testing.assert_array_equal(K.permute_inverse(y, perm), x)
+    np.testing.assert_array_equal(K.permute(K.permute_inverse(x, perm), perm), x)
+    ref = np.empty_like(x)
+    ref[..., perm] = x
+    np.testing.assert_array_equal(K.permute_inverse(x, perm), ref)
+
+
+def test_permute_validation_and_strided():
+    rng = np.random.default_rng(7)
+    x = _data(rng, (10, 6), np.float64)
+    with pytest.raises(ValueError, match="permutation"):
+        K.permute(x, np.array([0, 1, 2, 3, 4, 4]))
+    with pytest.raises(ValueError, match="permutation"):
+        K.permute_inverse(x, np.array([0, 1, 2, 3, 4, 6]))
+    with pytest.raises(ValueError, match="permutation"):
+        K.permute(x, np.array([0, 1, 2, 3, 4, -1]))
+    with pytest.raises(ValueError):
+        K.permute(x, np.arange(5))
+    with pytest.raises(TypeError):
+        K.permute(x, np.arange(6.0))
+    assert K.is_permutation(np.arange(5)[::-1]) and not K.is_permutation([0, 0])
+    perm = rng.permutation(10)
+    np.testing.assert_array_equal(K.permute(x.T, perm), x.T[:, perm])
+    np.testing.assert_array_equal(K.permute(np.arange(6), np.arange(6)[::-1]), np.arange(6)[::-1])
+
+
+# ------------------------------------------------------------------------------------------
+# fused spectral block
+# ------------------------------------------------------------------------------------------
+@SET
+@given(n=st.sampled_from([1, 2, 8, 12, 64, 96, 160, 448, 1024, 1536]),
+       batch=batch_shapes, dtype=st.sampled_from(DTYPES), normalized=st.booleans(),
+       seed=st.integers(0, 2 ** 31))
+def test_spectral_block_equals_unfused(n, batch, dtype, normalized, seed):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, batch + (n,), dtype)
+    g = _data(rng, batch + (n,), dtype)
+    d = _data(rng, (n,), dtype)
+    perm = rng.permutation(n)
+    y = K.spectral_block(x, perm, d, normalized)
+    scale = 1.0 if normalized else math.sqrt(n)
+    ref = K.fwht(x[..., perm] * d, normalized)
+    np.testing.assert_allclose(y / scale, ref / scale, **TOL[dtype])
+    gx, gd = K.spectral_block_backward(g, x, perm, d, normalized)
+    gz = ref_fwht(g, normalized)                     # H symmetric: H^T g = H g
+    ref_gx = np.empty_like(gz)
+    ref_gx[..., perm] = gz * d
+    ref_gd = (gz * x[..., perm].astype(np.float64)).reshape(-1, n).sum(0)
+    assert gx.dtype == dtype and gd.dtype == dtype and gd.shape == (n,)
+    np.testing.assert_allclose(gx / scale, ref_gx / scale, **TOL[dtype])
+    tol = TOL[dtype]["atol"] * max(1, x.size // n)
+    np.testing.assert_allclose(gd / scale, ref_gd / scale, rtol=tol, atol=tol)
+
+
+def test_spectral_block_errors():
+    x = np.zeros((2, 12), dtype=np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        K.spectral_block(x, np.arange(12), np.ones(8))
+    with pytest.raises(ValueError, match="permutation"):
+        K.spectral_block(x, np.zeros(12, dtype=np.int64), np.ones(12))
+    with pytest.raises(ValueError, match="nearest"):
+        K.spectral_block(np.zeros((2, 10)), np.arange(10), np.ones(10))
+
+
+# ------------------------------------------------------------------------------------------
+# GELU
+# ------------------------------------------------------------------------------------------
+def test_gelu_float32_exact_dense_sweep():
+    x = np.concatenate([np.linspace(-12, 12, 200001), [0.0, -0.0, 1e-30, -1e-30, 50, -50, 1e4,
+                                                         -1e4]]).astype(np.float32)
+    ref = ref_gelu(x)
+    err = np.abs(K.gelu(x).astype(np.float64) - ref)
+    assert (err <= 1e-6 + 2e-7 * np.abs(ref)).all(), err.max()
+    dref = ref_dgelu(x)
+    derr = np.abs(K.gelu_backward(np.ones_like(x), x).astype(np.float64) - dref)
+    assert (derr <= 2e-6 + 2e-7 * np.abs(dref)).all(), derr.max()
+    t = np.abs(K.gelu(x, approximate="tanh").astype(np.float64) - ref_gelu(x, True))
+    assert (t <= 1e-6 + 4e-7 * np.abs(x)).all(), t.max()
+    dt = np.abs(K.gelu_backward(np.ones_like(x), x, approximate="tanh") - ref_dgelu(x, True))
+    assert (dt <= 2e-6 + 4e-7 * np.abs(x)).all(), dt.max()
+
+
+@SET
+@given(batch=batch_shapes, n=st.integers(1, 70), form=st.sampled_from(["none", "tanh"]),
+       dtype=st.sampled_from(DTYPES), scale=st.sampled_from([0.1, 1.0, 4.0]),
+       seed=st.integers(0, 2 ** 31))
+def test_gelu_forward_backward_property(batch, n, form, dtype, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (scale * rng.standard_normal(batch + (n,))).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    tf = form == "tanh"
+    tol = dict(rtol=1e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    y = K.gelu(x, approximate=form)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, ref_gelu(x, tf), **tol)
+    np.testing.assert_allclose(K.gelu_backward(g, x, approximate=form), g * ref_dgelu(x, tf),
+                               rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * np.abs(g).max())
+    b = rng.standard_normal(n).astype(dtype)
+    np.testing.assert_allclose(K.bias_gelu(x, b, form), ref_gelu(x + b, tf), **tol)
+    gx, gb = K.bias_gelu_backward(g, x, b, form)
+    ref_gx = g * ref_dgelu(x + b, tf)
+    np.testing.assert_allclose(gx, ref_gx, rtol=tol["rtol"] * 10,
+                               atol=tol["atol"] * 10 * np.abs(g).max())
+    np.testing.assert_allclose(gb, ref_gx.reshape(-1, n).sum(0),
+                               rtol=1e-5, atol=tol["atol"] * 10 * max(1, x.size // n))
+
+
+def test_gelu_misc():
+    x = np.linspace(-3, 3, 11)
+    out = x.copy()
+    assert K.gelu(out, out=out) is out                    # in place
+    np.testing.assert_allclose(out, ref_gelu(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(K.gelu(x[::2]), ref_gelu(x[::2]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(K.gelu(np.float64(1.5)), ref_gelu(1.5), rtol=1e-12)
+    with pytest.raises(ValueError, match="approximate"):
+        K.gelu(x, approximate="fast")
+    with pytest.raises(ValueError):
+        K.gelu(x, out=np.empty(3))
+    with pytest.raises(ValueError):
+        K.bias_gelu(np.zeros((2, 3)), np.zeros(4))
+    gx, gb = K.bias_gelu_backward(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(3))
+    assert gx.shape == (0, 3) and (gb == 0).all()
+
+
+# ------------------------------------------------------------------------------------------
+# threads: bitwise identical results
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def restore_threads():
+    nt = K.get_num_threads()
+    yield
+    K.set_num_threads(nt)
+
+
+def test_results_identical_with_1_and_2_threads(restore_threads):
+    rng = np.random.default_rng(8)
+    cases = [(300, 1024), (7, 64), (1, 2 ** 16), (1, 12 * 2 ** 12), (2, 2 ** 15), (40, 384)]
+    outs = {}
+    for nt in (1, 2):
+        K.set_num_threads(nt)
+        assert K.get_num_threads() == nt or not K._kernels.has_openmp()
+        res = []
+        for rows, n in cases:
+            for dtype in DTYPES:
+                r = np.random.default_rng(rows * n)
+                x = r.standard_normal((rows, n)).astype(dtype)
+                g = r.standard_normal((rows, n)).astype(dtype)
+                d = r.standard_normal(n).astype(dtype)
+                perm = r.permutation(n)
+                res += [K.fwht(x), K.permute(x, perm), K.permute_inverse(x, perm),
+                        K.spectral_block(x, perm, d), *K.spectral_block_backward(g, x, perm, d),
+                        K.gelu(x), K.gelu_backward(g, x, "tanh"),
+                        *K.bias_gelu_backward(g, x, d)]
+        outs[nt] = res
+    for a, b in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        K.set_num_threads(0)
+    del rng
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2 ** 20, 2 ** 24, 12 * 2 ** 20])
+def test_fwht_huge_rows_roundtrip(n, restore_threads):
+    x = np.random.default_rng(9).standard_normal(n).astype(np.float32)
+    for nt in (1, 2):
+        K.set_num_threads(nt)
+        y = K.fwht(x)
+        np.testing.assert_allclose(K.fwht(y), x, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.sum(y.astype(np.float64) ** 2),
+                                   np.sum(x.astype(np.float64) ** 2), rtol=1e-5)
