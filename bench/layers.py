@@ -11,7 +11,8 @@
    ‖Y − Ŷ‖/‖Y‖ on clip 2. DeepSpectralLinear (K blocks) and LinearWHT are compared with
    LowRankLinear at EQUAL multiply-adds (rank = the spectral layer's cost / (in + out)), each fitted
    on the activations (`inputs=`) and weight-only (no inputs). "mean" is the error of predicting the
-   training-mean output (what the bias alone explains).
+   training-mean output (what the bias alone explains). "hybrid K=1+r" is SpectralLowRankLinear
+   (one spectral block + rank r, fitted jointly on the activations) at the same budget.
 2. Speed: DeepSpectralLinear(K=4) forward+backward (input and parameter gradients) vs a dense
    dreidel.nn.Linear (numpy BLAS) and torch.nn.Linear when torch is installed, same run,
    interleaved repeats, medians. A ratio > 1 means the spectral layer is faster.
@@ -26,25 +27,54 @@ import numpy as np
 
 import dreidel
 from dreidel.nn import Linear
-from dreidel.nn.lowrank import LowRankLinear
-from dreidel.nn.spectral import DeepSpectralLinear, LinearWHT
+from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
+from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics, LinearWHT
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "onnx", "whisper-tiny-en")
 
 
 # -- thread counts ---------------------------------------------------------------------------------
-def blas_threads():
-    """OpenBLAS's thread count, read from the library numpy loaded (None if not found)."""
+def _openblas(action, *args):
+    """Call OpenBLAS's get/set_num_threads in the library numpy loaded (None if not found)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
         lib = ctypes.CDLL(paths[0])
-        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
-            if hasattr(lib, name):
-                return getattr(lib, name)()
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                name = f"{prefix}{action}_num_threads{suffix}"
+                if hasattr(lib, name):
+                    return getattr(lib, name)(*args)
     except (OSError, IndexError):
         pass
     return None
+
+
+def blas_threads():
+    return _openblas("get")
+
+
+def set_all_threads(n, torch):
+    """One thread count for the kernels, numpy's OpenBLAS and torch."""
+    dreidel.set_num_threads(n)
+    _openblas("set", ctypes.c_int(n))
+    if torch:
+        torch.set_num_threads(n)
+
+
+def keep_freed_memory():
+    """Have glibc serve arrays up to 32 MB from the heap instead of fresh mmaps.
+
+    By default every array above ~128 kB is a new mmap: touching it page-faults on every call, which on
+    a busy VM costs more than the FWHTs themselves (PyTorch sidesteps it with its caching allocator).
+    Returns True if mallopt accepted the settings.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
 
 
 def try_torch():
@@ -119,7 +149,8 @@ def quality_table(args):
           f"(fit: clips 0-1, held out: clip 2)")
     depths = [1, 4] if args.quick else [1, 2, 4, 8, 16]
     print(f"\n{'layer':<12} {'model':<11} {'mult-adds':>9} {'÷dense':>7} {'err fit-on-x':>12} "
-          f"{'err W-only':>10}   {'low-rank':>8} {'err fit-on-x':>12} {'err W-only':>10}   fit s")
+          f"{'err W-only':>10}   {'low-rank':>8} {'err fit-on-x':>12} {'err W-only':>10}   "
+          f"{'hybrid K=1+':>13}  fit s")
     summary = []
     for name, (W, b, input_name) in layers.items():
         n_out, n_in = W.shape
@@ -127,6 +158,7 @@ def quality_table(args):
         X_test = clips[2][input_name].reshape(-1, n_in).astype(np.float64)
         if args.fit_rows and X_fit.shape[0] > args.fit_rows:
             X_fit = X_fit[np.random.default_rng(0).choice(X_fit.shape[0], args.fit_rows, replace=False)]
+        stats = InputStatistics.of(X_fit)   # every fit below needs only these moments
         bias = b if b is not None else np.zeros(n_out)
         Y_fit, Y_test = X_fit @ W.T + bias, X_test @ W.T + bias
         dense = n_in * n_out + n_out
@@ -138,19 +170,30 @@ def quality_table(args):
         for label, depth in configs:
             t0 = time.perf_counter()
             if depth is None:
-                fitted = LinearWHT.from_dense(W, b, inputs=X_fit)
+                fitted = LinearWHT.from_dense(W, b, inputs=stats)
                 weight_only = LinearWHT.from_dense(W, b)
             else:
-                fitted = DeepSpectralLinear.from_dense(W, b, inputs=X_fit, depth=depth, sweeps=args.sweeps)
+                fitted = DeepSpectralLinear.from_dense(W, b, inputs=stats, depth=depth, sweeps=args.sweeps)
                 weight_only = DeepSpectralLinear.from_dense(W, b, depth=depth, sweeps=args.sweeps)
             cost = fitted.multiply_adds()
             rank = matched_rank(cost, n_in, n_out)
-            low = LowRankLinear.from_dense(W, b, inputs=X_fit, rank=rank)
+            low = LowRankLinear.from_dense(W, b, inputs=stats, rank=rank)
             low_w = LowRankLinear.from_dense(W, b, rank=rank)
+            models = [fitted, weight_only, low, low_w]
+            # the hybrid at the same budget: one spectral block plus the rank the rest of it buys
+            block = DeepSpectralLinear(n_in, n_out, depth=1, bias=False).multiply_adds()
+            hybrid_rank = int(round((cost - n_out - block) / (n_in + n_out)))
+            hybrid = "-"
+            if depth is not None and 1 <= hybrid_rank <= min(n_in, n_out):
+                models.append(SpectralLowRankLinear.from_dense(W, b, inputs=stats, rank=hybrid_rank, depth=1,
+                                                               rounds=2, sweeps=1))
+                hybrid = f"r={hybrid_rank}"
             seconds = time.perf_counter() - t0
-            errors = [relative_error(Y_test, predict(m, X_test)) for m in (fitted, weight_only, low, low_w)]
-            print(f"{'':<12} {label:<11} {cost:>9} {cost / dense:>7.3f} {errors[0]:>12.3f} {errors[1]:>10.3f}   "
-                  f"{'r=' + str(rank):>8} {errors[2]:>12.3f} {errors[3]:>10.3f}   {seconds:5.1f}")
+            errors = [relative_error(Y_test, predict(m, X_test)) for m in models]
+            line = (f"{'':<12} {label:<11} {cost:>9} {cost / dense:>7.3f} {errors[0]:>12.3f} {errors[1]:>10.3f}   "
+                    f"{'r=' + str(rank):>8} {errors[2]:>12.3f} {errors[3]:>10.3f}   {hybrid:>6}")
+            line += f" {errors[4]:>6.3f}" if len(errors) > 4 else f" {'':>6}"
+            print(line + f"  {seconds:5.1f}", flush=True)
             summary.append((name, label, errors))
     return summary
 
@@ -230,23 +273,36 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="all encoder projections, K up to 16")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default mmap threshold (fresh page-faulting arrays on every call)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--sweeps", type=int, default=3, help="ALS sweeps per DeepSpectralLinear fit")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="one thread count for the kernels, OpenBLAS and torch (default: each its own)")
+    parser.add_argument("--sweeps", type=int, default=2, help="ALS sweeps per DeepSpectralLinear fit")
     parser.add_argument("--fit-rows", type=int, default=None,
                         help="subsample the fitting activations (default: all 3000 rows; 1500 with --quick)")
     args = parser.parse_args(argv)
     if args.quick and args.fit_rows is None:
         args.fit_rows = 1500
+    heap = keep_freed_memory() if not args.default_malloc else False
     torch = try_torch() if not args.no_torch else None
+    if args.threads:
+        set_all_threads(args.threads, torch)
     print(f"dreidel kernel threads {dreidel.get_num_threads()}, numpy OpenBLAS threads {blas_threads()}, "
           f"torch threads {torch.get_num_threads() if torch else 'n/a (not installed)'}, "
-          f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+          f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}, "
+          f"malloc: {'arrays ≤ 32 MB reused from the heap' if heap else 'glibc default'}")
     start = time.perf_counter()
     if not args.speed_only:
+        # the fits are dominated by BLAS (OpenBLAS threads); idle OpenMP workers of the kernels spin and
+        # steal their cores, so fit with one kernel thread
+        threads = dreidel.get_num_threads()
+        dreidel.set_num_threads(1)
         if not os.path.exists(os.path.join(FIXTURE, "encoder_model.onnx")):
             print(f"quality table skipped: no Whisper fixture at {FIXTURE}")
         else:
             quality_table(args)
+        dreidel.set_num_threads(threads)
     if not args.quality_only:
         speed_table(args)
     print(f"\ntotal {time.perf_counter() - start:.0f}s")

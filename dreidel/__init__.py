@@ -8,7 +8,8 @@ import numpy as np
 from dreidel.tensor import (DEFAULT_DTYPE, Function, Tensor, as_tensor, enable_grad, is_grad_enabled,
                             no_grad, tensor)
 from dreidel.gradcheck import GradcheckError, gradcheck
-from dreidel.serialization import CheckpointError, load, save
+from dreidel.serialization import CheckpointError, load, load_metadata, save
+from dreidel import random
 from dreidel import functional, ops
 from dreidel import nn, optim
 
@@ -40,5 +41,5 @@ def ones(*shape, dtype=DEFAULT_DTYPE, requires_grad=False):
 
 def randn(*shape, dtype=DEFAULT_DTYPE, requires_grad=False, rng=None):
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    rng = rng if rng is not None else np.random.default_rng()
+    rng = random.generator(rng)  # the global generator: dreidel.random.manual_seed makes it repeatable
     return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad)

@@ -69,6 +69,30 @@ cdef extern from *:
             q0[l] = (b0 + b2) * s; q1[l] = (b1 + b3) * s; q2[l] = (b0 - b2) * s; q3[l] = (b1 - b3) * s; \
         } \
     } \
+    static inline void dr_bfly8_##SFX(T* DR_R q0, T* DR_R q1, T* DR_R q2, T* DR_R q3, \
+                                      T* DR_R q4, T* DR_R q5, T* DR_R q6, T* DR_R q7, Py_ssize_t L) { \
+        for (Py_ssize_t l = 0; l < L; l++) { \
+            T a0 = q0[l], a1 = q1[l], a2 = q2[l], a3 = q3[l], a4 = q4[l], a5 = q5[l], a6 = q6[l], a7 = q7[l]; \
+            T b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3; \
+            T b4 = a4 + a5, b5 = a4 - a5, b6 = a6 + a7, b7 = a6 - a7; \
+            T c0 = b0 + b2, c1 = b1 + b3, c2 = b0 - b2, c3 = b1 - b3; \
+            T c4 = b4 + b6, c5 = b5 + b7, c6 = b4 - b6, c7 = b5 - b7; \
+            q0[l] = c0 + c4; q1[l] = c1 + c5; q2[l] = c2 + c6; q3[l] = c3 + c7; \
+            q4[l] = c0 - c4; q5[l] = c1 - c5; q6[l] = c2 - c6; q7[l] = c3 - c7; \
+        } \
+    } \
+    static inline void dr_bfly8s_##SFX(T* DR_R q0, T* DR_R q1, T* DR_R q2, T* DR_R q3, \
+                                       T* DR_R q4, T* DR_R q5, T* DR_R q6, T* DR_R q7, Py_ssize_t L, T s) { \
+        for (Py_ssize_t l = 0; l < L; l++) { \
+            T a0 = q0[l], a1 = q1[l], a2 = q2[l], a3 = q3[l], a4 = q4[l], a5 = q5[l], a6 = q6[l], a7 = q7[l]; \
+            T b0 = a0 + a1, b1 = a0 - a1, b2 = a2 + a3, b3 = a2 - a3; \
+            T b4 = a4 + a5, b5 = a4 - a5, b6 = a6 + a7, b7 = a6 - a7; \
+            T c0 = b0 + b2, c1 = b1 + b3, c2 = b0 - b2, c3 = b1 - b3; \
+            T c4 = b4 + b6, c5 = b5 + b7, c6 = b4 - b6, c7 = b5 - b7; \
+            q0[l] = (c0 + c4) * s; q1[l] = (c1 + c5) * s; q2[l] = (c2 + c6) * s; q3[l] = (c3 + c7) * s; \
+            q4[l] = (c0 - c4) * s; q5[l] = (c1 - c5) * s; q6[l] = (c2 - c6) * s; q7[l] = (c3 - c7) * s; \
+        } \
+    } \
     static inline void dr_scale_##SFX(T* DR_R p, Py_ssize_t n, T s) { \\
         for (Py_ssize_t i = 0; i < n; i++) p[i] *= s; \\
     } \\
@@ -86,7 +110,7 @@ cdef extern from *:
     /* ---------------- in-register base kernels: first nst (<= 6 / 5) stages ---------------- */
     /* float32: a chunk of 64 = 8 vectors of 8. Sign-FMA butterflies are exact (x*(+-1) + y is
        one rounding, identical to x+y / y-x). */
-    static inline void dr_base_f32(float* p, int nst) {
+    static inline __attribute__((always_inline)) void dr_base_f32(float* p, int nst) {
     #if DR_AVX2
         __m256 v[8];
         const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
@@ -96,21 +120,18 @@ cdef extern from *:
         if (nst >= 1) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s1, _mm256_permute_ps(v[i], 0xB1));
         if (nst >= 2) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s2, _mm256_permute_ps(v[i], 0x4E));
         if (nst >= 3) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s4, _mm256_permute2f128_ps(v[i], v[i], 0x01));
-        for (int st = 3; st < nst; st++) {
-            int h = 1 << (st - 3);
-            for (int i = 0; i < 8; i += 2 * h)
-                for (int j = i; j < i + h; j++) {
-                    __m256 a = v[j], b = v[j + h];
-                    v[j] = _mm256_add_ps(a, b); v[j + h] = _mm256_sub_ps(a, b);
-                }
-        }
+        #define DR_BF(a, b) { __m256 t0 = v[a], t1 = v[b]; v[a] = _mm256_add_ps(t0, t1); v[b] = _mm256_sub_ps(t0, t1); }
+        if (nst >= 4) { DR_BF(0, 1) DR_BF(2, 3) DR_BF(4, 5) DR_BF(6, 7) }
+        if (nst >= 5) { DR_BF(0, 2) DR_BF(1, 3) DR_BF(4, 6) DR_BF(5, 7) }
+        if (nst >= 6) { DR_BF(0, 4) DR_BF(1, 5) DR_BF(2, 6) DR_BF(3, 7) }
+        #undef DR_BF
         for (int i = 0; i < 8; i++) _mm256_storeu_ps(p + 8 * i, v[i]);
     #else
         dr_base_scalar_f32(p, 64, nst);
     #endif
     }
     /* float64: a chunk of 32 = 8 vectors of 4. */
-    static inline void dr_base_f64(double* p, int nst) {
+    static inline __attribute__((always_inline)) void dr_base_f64(double* p, int nst) {
     #if DR_AVX2
         __m256d v[8];
         const __m256d s1 = _mm256_setr_pd(1, -1, 1, -1);
@@ -118,50 +139,110 @@ cdef extern from *:
         for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_pd(p + 4 * i);
         if (nst >= 1) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_pd(v[i], s1, _mm256_permute_pd(v[i], 0x5));
         if (nst >= 2) for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_pd(v[i], s2, _mm256_permute2f128_pd(v[i], v[i], 0x01));
-        for (int st = 2; st < nst; st++) {
-            int h = 1 << (st - 2);
-            for (int i = 0; i < 8; i += 2 * h)
-                for (int j = i; j < i + h; j++) {
-                    __m256d a = v[j], b = v[j + h];
-                    v[j] = _mm256_add_pd(a, b); v[j + h] = _mm256_sub_pd(a, b);
-                }
-        }
+        #define DR_BF(a, b) { __m256d t0 = v[a], t1 = v[b]; v[a] = _mm256_add_pd(t0, t1); v[b] = _mm256_sub_pd(t0, t1); }
+        if (nst >= 3) { DR_BF(0, 1) DR_BF(2, 3) DR_BF(4, 5) DR_BF(6, 7) }
+        if (nst >= 4) { DR_BF(0, 2) DR_BF(1, 3) DR_BF(4, 6) DR_BF(5, 7) }
+        if (nst >= 5) { DR_BF(0, 4) DR_BF(1, 5) DR_BF(2, 6) DR_BF(3, 7) }
+        #undef DR_BF
         for (int i = 0; i < 8; i++) _mm256_storeu_pd(p + 4 * i, v[i]);
     #else
         dr_base_scalar_f64(p, 32, nst);
     #endif
     }
 
+    /* base kernel over nchunks consecutive chunks; the switch makes nst a compile-time constant
+       so the stage loops unroll and the 8 vectors stay in registers. */
+    #ifndef DR_PF_BYTES
+    #define DR_PF_BYTES 8192   /* software prefetch distance of the first (streaming) pass */
+    #endif
+    #define DR_PF(q) { const char* pf_ = (const char*)(q) + DR_PF_BYTES; \
+        __builtin_prefetch(pf_, 1, 3); __builtin_prefetch(pf_ + 64, 1, 3); \
+        __builtin_prefetch(pf_ + 128, 1, 3); __builtin_prefetch(pf_ + 192, 1, 3); }
+    #define DR_BASE_RUN(T, SFX, BASE) \
+    static void dr_base_run_##SFX(T* p, Py_ssize_t nchunks, int nst) { \
+        switch (nst) { \
+        case 0: break; \
+        case 1: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 1); } break; \
+        case 2: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 2); } break; \
+        case 3: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 3); } break; \
+        case 4: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 4); } break; \
+        case 5: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 5); } break; \
+        default: for (Py_ssize_t c = 0; c < nchunks; c++) { DR_PF(p + c * BASE) dr_base_##SFX(p + c * BASE, 6); } break; \
+        } \
+    }
+    DR_BASE_RUN(float, f32, 64)
+    DR_BASE_RUN(double, f64, 32)
+
     /* ---------------- H_m mixing across m strided sub-rows (vectorised over 16 lanes) ------- */
     /* GCC/Clang vector extensions: 16 lanes = 2 x v8sf or 4 x v4df; acc += (+-1) * x is exact. */
     typedef float dr_v8f __attribute__((vector_size(32)));
     typedef double dr_v4d __attribute__((vector_size(32)));
+    /* H_m = C kron [[1,1],[1,-1]] + I kron [[1,-1],[-1,-1]] (Paley II, C the symmetric
+       (m/2)x(m/2) conference matrix with zero diagonal, passed in as C): with u0 = x0 + x1,
+       u1 = x0 - x1 per pair of sub-rows, y[2c] = sum_c' C[c,c'] u0[c'] + u1[c] and
+       y[2c+1] = sum_c' C[c,c'] u1[c'] - u0[c] -- about 2.3x fewer operations than dense H_m. */
+    /* The conference matrices, compiled in so the mixing unrolls into plain adds/subtracts;
+       dreidel/kernels.py builds the same matrices independently and fwht_inplace checks they
+       agree. */
+    static const signed char DR_C12[36] = {0,1,1,1,1,1,1,0,1,-1,-1,1,1,1,0,1,-1,-1,1,-1,1,0,1,-1,1,-1,-1,1,0,1,1,1,-1,-1,1,0};
+    static const signed char DR_C20[100] = {0,1,1,1,1,1,1,1,1,1,1,0,1,1,1,-1,-1,1,-1,-1,1,1,0,1,-1,1,-1,-1,1,-1,1,1,1,0,-1,-1,1,-1,-1,1,1,1,-1,-1,0,1,1,1,-1,-1,1,-1,1,-1,1,0,1,-1,1,-1,1,-1,-1,1,1,1,0,-1,-1,1,1,1,-1,-1,1,-1,-1,0,1,1,1,-1,1,-1,-1,1,-1,1,0,1,1,-1,-1,1,-1,-1,1,1,1,0};
+    static const signed char DR_C28[196] = {0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0,1,-1,1,1,-1,-1,-1,-1,1,1,-1,1,1,1,0,1,-1,1,1,-1,-1,-1,-1,1,1,-1,1,-1,1,0,1,-1,1,1,-1,-1,-1,-1,1,1,1,1,-1,1,0,1,-1,1,1,-1,-1,-1,-1,1,1,1,1,-1,1,0,1,-1,1,1,-1,-1,-1,-1,1,-1,1,1,-1,1,0,1,-1,1,1,-1,-1,-1,1,-1,-1,1,1,-1,1,0,1,-1,1,1,-1,-1,1,-1,-1,-1,1,1,-1,1,0,1,-1,1,1,-1,1,-1,-1,-1,-1,1,1,-1,1,0,1,-1,1,1,1,1,-1,-1,-1,-1,1,1,-1,1,0,1,-1,1,1,1,1,-1,-1,-1,-1,1,1,-1,1,0,1,-1,1,-1,1,1,-1,-1,-1,-1,1,1,-1,1,0,1,1,1,-1,1,1,-1,-1,-1,-1,1,1,-1,1,0};
     #define DR_MIX(T, SFX, VT, VL) \
-    static void dr_mix_##SFX(T* p, int m, Py_ssize_t K, const T* H, T scale, Py_ssize_t c0, Py_ssize_t c1) { \
-        enum { NV = 16 / VL }; \
-        VT xs[28][NV]; T tmp[16]; \
-        for (Py_ssize_t c = c0; c < c1; c += 16) { \
-            Py_ssize_t lc = (c1 - c) < 16 ? (c1 - c) : 16; \
-            for (int a = 0; a < m; a++) { \
-                if (lc == 16) memcpy(&xs[a][0], p + a * K + c, 16 * sizeof(T)); \
-                else { memset(tmp, 0, sizeof(tmp)); memcpy(tmp, p + a * K + c, lc * sizeof(T)); \
-                       memcpy(&xs[a][0], tmp, sizeof(tmp)); } \
+    static inline __attribute__((always_inline)) void dr_mix_impl_##SFX(T* p, const int mc, const signed char* C, \
+                                                                       Py_ssize_t K, T scale, Py_ssize_t c0, Py_ssize_t c1) { \
+        VT u0[14], u1[14]; \
+        Py_ssize_t c = c0; \
+        for (; c + VL <= c1; c += VL) {       /* one vector of lanes at a time */ \
+            _Pragma("GCC unroll 16") \
+            for (int a = 0; a < mc; a++) { \
+                VT xa, xb; \
+                memcpy(&xa, p + (2 * a) * K + c, sizeof(VT)); \
+                memcpy(&xb, p + (2 * a + 1) * K + c, sizeof(VT)); \
+                u0[a] = xa + xb; u1[a] = xa - xb; \
             } \
-            for (int a = 0; a < m; a++) { \
-                VT acc[NV]; \
-                for (int v = 0; v < NV; v++) acc[v] = xs[0][v] * H[a * m]; \
-                for (int b = 1; b < m; b++) { \
-                    T hv = H[a * m + b]; \
-                    for (int v = 0; v < NV; v++) acc[v] += hv * xs[b][v]; \
+            _Pragma("GCC unroll 16") \
+            for (int a = 0; a < mc; a++) { \
+                VT y0 = u1[a], y1 = -u0[a]; \
+                _Pragma("GCC unroll 16") \
+                for (int b = 0; b < mc; b++) { \
+                    if (b == a) continue; \
+                    if (C[a * mc + b] > 0) { y0 += u0[b]; y1 += u1[b]; } \
+                    else { y0 -= u0[b]; y1 -= u1[b]; } \
                 } \
-                for (int v = 0; v < NV; v++) acc[v] *= scale; \
-                if (lc == 16) memcpy(p + a * K + c, &acc[0], 16 * sizeof(T)); \
-                else { memcpy(tmp, &acc[0], sizeof(tmp)); memcpy(p + a * K + c, tmp, lc * sizeof(T)); } \
+                y0 *= scale; y1 *= scale; \
+                memcpy(p + (2 * a) * K + c, &y0, sizeof(VT)); \
+                memcpy(p + (2 * a + 1) * K + c, &y1, sizeof(VT)); \
             } \
         } \
+        for (; c < c1; c++) {                 /* leftover lanes (K < VL): scalar */ \
+            T s0[14], s1[14]; \
+            for (int a = 0; a < mc; a++) { \
+                T xa = p[(2 * a) * K + c], xb = p[(2 * a + 1) * K + c]; \
+                s0[a] = xa + xb; s1[a] = xa - xb; \
+            } \
+            for (int a = 0; a < mc; a++) { \
+                T y0 = s1[a], y1 = -s0[a]; \
+                for (int b = 0; b < mc; b++) { \
+                    if (b == a) continue; \
+                    if (C[a * mc + b] > 0) { y0 += s0[b]; y1 += s1[b]; } \
+                    else { y0 -= s0[b]; y1 -= s1[b]; } \
+                } \
+                p[(2 * a) * K + c] = y0 * scale; p[(2 * a + 1) * K + c] = y1 * scale; \
+            } \
+        } \
+    } \
+    static void dr_mix_##SFX(T* p, int m, Py_ssize_t K, const T* unused, T scale, Py_ssize_t c0, Py_ssize_t c1) { \
+        (void)unused; \
+        if (m == 12) dr_mix_impl_##SFX(p, 6, DR_C12, K, scale, c0, c1); \
+        else if (m == 20) dr_mix_impl_##SFX(p, 10, DR_C20, K, scale, c0, c1); \
+        else dr_mix_impl_##SFX(p, 14, DR_C28, K, scale, c0, c1); \
     }
     DR_MIX(float, f32, dr_v8f, 8)
     DR_MIX(double, f64, dr_v4d, 4)
+
+    static int dr_conference(int m, int i) {
+        return m == 12 ? DR_C12[i] : m == 20 ? DR_C20[i] : DR_C28[i];
+    }
 
     /* ---------------- GELU ---------------- */
     /* no-trapping-math lets GCC if-convert the clamps/selects so the loops vectorise; it does
@@ -267,10 +348,18 @@ cdef extern from *:
     void dr_bfly4s_f32(float* q0, float* q1, float* q2, float* q3, Py_ssize_t L, float s) noexcept nogil
     void dr_bfly4s_f64(double* q0, double* q1, double* q2, double* q3, Py_ssize_t L,
                        double s) noexcept nogil
+    void dr_bfly8_f32(float* q0, float* q1, float* q2, float* q3, float* q4, float* q5, float* q6,
+                      float* q7, Py_ssize_t L) noexcept nogil
+    void dr_bfly8_f64(double* q0, double* q1, double* q2, double* q3, double* q4, double* q5,
+                      double* q6, double* q7, Py_ssize_t L) noexcept nogil
+    void dr_bfly8s_f32(float* q0, float* q1, float* q2, float* q3, float* q4, float* q5, float* q6,
+                       float* q7, Py_ssize_t L, float s) noexcept nogil
+    void dr_bfly8s_f64(double* q0, double* q1, double* q2, double* q3, double* q4, double* q5,
+                       double* q6, double* q7, Py_ssize_t L, double s) noexcept nogil
     void dr_scale_f32(float* p, Py_ssize_t n, float s) noexcept nogil
     void dr_scale_f64(double* p, Py_ssize_t n, double s) noexcept nogil
-    void dr_base_f32(float* p, int nst) noexcept nogil
-    void dr_base_f64(double* p, int nst) noexcept nogil
+    void dr_base_run_f32(float* p, Py_ssize_t nchunks, int nst) noexcept nogil
+    void dr_base_run_f64(double* p, Py_ssize_t nchunks, int nst) noexcept nogil
     void dr_mix_f32(float* p, int m, Py_ssize_t K, const float* H, float scale,
                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
     void dr_mix_f64(double* p, int m, Py_ssize_t K, const double* H, double scale,
@@ -282,6 +371,7 @@ cdef extern from *:
     void dr_dgelu_f64(const double* g, const double* x, const double* b, double* y, Py_ssize_t n,
                       int tf) noexcept nogil
     float dr_gelu1_f32(float x, int tf) noexcept nogil
+    int dr_conference(int m, int i) noexcept nogil
     float dr_expf(float x) noexcept nogil
 
 ctypedef fused floating:
@@ -325,13 +415,62 @@ cdef inline int _log2(Py_ssize_t n) noexcept nogil:
         k += 1
     return k
 
+cdef void _pass(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L, Py_ssize_t h, int radix,
+                floating scale) noexcept nogil:
+    """One radix-2/4/8 pass (stages h .. radix*h/2) of a length-R WHT along stride s over L
+    lanes; multiplies by scale unless scale == 1."""
+    cdef Py_ssize_t i = 0, j, hs = h * s
+    cdef floating* q
+    cdef bint sc = scale != 1
+    while i < R:
+        for j in range(i, i + h):
+            q = p + j * s
+            if radix == 8:
+                if floating is float:
+                    if sc:
+                        dr_bfly8s_f32(q, q + hs, q + 2 * hs, q + 3 * hs, q + 4 * hs, q + 5 * hs,
+                                      q + 6 * hs, q + 7 * hs, L, scale)
+                    else:
+                        dr_bfly8_f32(q, q + hs, q + 2 * hs, q + 3 * hs, q + 4 * hs, q + 5 * hs,
+                                     q + 6 * hs, q + 7 * hs, L)
+                else:
+                    if sc:
+                        dr_bfly8s_f64(q, q + hs, q + 2 * hs, q + 3 * hs, q + 4 * hs, q + 5 * hs,
+                                      q + 6 * hs, q + 7 * hs, L, scale)
+                    else:
+                        dr_bfly8_f64(q, q + hs, q + 2 * hs, q + 3 * hs, q + 4 * hs, q + 5 * hs,
+                                     q + 6 * hs, q + 7 * hs, L)
+            elif radix == 4:
+                if floating is float:
+                    if sc:
+                        dr_bfly4s_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
+                    else:
+                        dr_bfly4_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+                else:
+                    if sc:
+                        dr_bfly4s_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
+                    else:
+                        dr_bfly4_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L)
+            else:
+                if floating is float:
+                    if sc:
+                        dr_bfly2s_f32(q, q + hs, L, scale)
+                    else:
+                        dr_bfly2_f32(q, q + hs, L)
+                else:
+                    if sc:
+                        dr_bfly2s_f64(q, q + hs, L, scale)
+                    else:
+                        dr_bfly2_f64(q, q + hs, L)
+        i += radix * h
+
 cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
                   floating scale) noexcept nogil:
     """WHT of length R (a power of two) along stride s, vectorised over L contiguous lanes
-    (L <= s); the last pass also multiplies by scale."""
-    cdef Py_ssize_t h = 1, i, j, hs, r
-    cdef floating* q
-    cdef bint last
+    (L <= s): radix-8 passes, then radix-4/2 for the rest (4 = 4 + 4, not 8 + 2); the last pass
+    also multiplies by scale."""
+    cdef Py_ssize_t h = 1
+    cdef int t = _log2(R), radix
     if R == 1:
         if scale != 1:
             if floating is float:
@@ -339,39 +478,16 @@ cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
             else:
                 dr_scale_f64(p, L, scale)
         return
-    while 4 * h <= R:
-        hs = h * s
-        last = scale != 1 and 4 * h == R
-        i = 0
-        while i < R:
-            for j in range(i, i + h):
-                q = p + j * s
-                if floating is float:
-                    if last:
-                        dr_bfly4s_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
-                    else:
-                        dr_bfly4_f32(q, q + hs, q + 2 * hs, q + 3 * hs, L)
-                else:
-                    if last:
-                        dr_bfly4s_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L, scale)
-                    else:
-                        dr_bfly4_f64(q, q + hs, q + 2 * hs, q + 3 * hs, L)
-            i += 4 * h
-        h *= 4
-    if 2 * h <= R:
-        hs = h * s
-        for j in range(h):
-            q = p + j * s
-            if floating is float:
-                if scale != 1:
-                    dr_bfly2s_f32(q, q + hs, L, scale)
-                else:
-                    dr_bfly2_f32(q, q + hs, L)
-            else:
-                if scale != 1:
-                    dr_bfly2s_f64(q, q + hs, L, scale)
-                else:
-                    dr_bfly2_f64(q, q + hs, L)
+    while t > 0:
+        if t >= 3 and t != 4:
+            radix = 8
+        elif t >= 2:
+            radix = 4
+        else:
+            radix = 2
+        t -= 1 if radix == 2 else (2 if radix == 4 else 3)
+        _pass(p, R, s, L, h, radix, scale if t == 0 else <floating>1)
+        h *= radix
 
 cdef void _stages_buffered(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
                            floating scale, floating* buf) noexcept nogil:
@@ -401,13 +517,10 @@ cdef void _pow2_multi(floating* p, Py_ssize_t total, Py_ssize_t K, floating scal
         nb = total
     else:
         nb = total - total % base
-    c = 0
-    while c < nb:
-        if floating is float:
-            dr_base_f32(p + c, lk if lk < lb else lb)
-        else:
-            dr_base_f64(p + c, lk if lk < lb else lb)
-        c += base
+    if floating is float:
+        dr_base_run_f32(p, nb // base, lk if lk < lb else lb)
+    else:
+        dr_base_run_f64(p, nb // base, lk if lk < lb else lb)
     if K > base:
         c = 0
         while c < total:
@@ -443,11 +556,26 @@ cdef void _pow2_any(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale)
         _pow2_multi(p, total, K, scale)
         return
     R = K // blk
+    if R <= 64:
+        # at most 64 blocks (the row is L2-sized): the stages across blocks as direct radix-8/4/2
+        # passes over the whole row (each butterfly touches <= 8 rows: no L1 set conflicts)
+        s = 0
+        while s < total:
+            c = 0
+            while c < K:
+                _pow2_multi(p + s + c, blk, blk, <floating>1)
+                c += blk
+            _stages(p + s, R, blk, blk, scale)
+            s += K
+        return
     L = _panel_lanes(p, R, blk)
     cdef floating* buf = <floating*>malloc(R * L * sizeof(floating))
     s = 0
     while s < total:
-        _pow2_multi(p + s, K, blk, <floating>1)
+        c = 0
+        while c < K:                  # every block in L1: all stages below blk
+            _pow2_multi(p + s + c, blk, blk, <floating>1)
+            c += blk
         c = 0
         while c < blk:
             if buf != NULL:
@@ -516,12 +644,30 @@ cdef void _fwht_rows(floating* p, Py_ssize_t rows, Py_ssize_t n, int m, Py_ssize
                 else:
                     dr_mix_f64(p + r * n, m, K, H, scale, c * 256, min(K, c * 256 + 256))
 
+def conference_matrix(int m):
+    """The compiled-in Paley conference matrix C of H_m (m in 12, 20, 28), as nested lists."""
+    if m not in (12, 20, 28):
+        raise ValueError(m)
+    return [[dr_conference(m, i * (m // 2) + j) for j in range(m // 2)] for i in range(m // 2)]
+
+def _check_conference(int m, H):
+    if m not in (12, 20, 28) or tuple(H.shape) != (m // 2, m // 2):
+        raise ValueError(f"fwht: bad base size m={m} or matrix shape {tuple(H.shape)}")
+    cdef int i, j
+    for i in range(m // 2):
+        for j in range(m // 2):
+            if H[i, j] != dr_conference(m, i * (m // 2) + j):
+                raise ValueError("fwht: conference matrix differs from the compiled-in one")
+
 def fwht_inplace(floating[:, ::1] x, int m, Py_ssize_t K, const floating[:, ::1] H,
                  bint normalized):
     """In-place WHT of each row of the C-contiguous 2-D buffer x; row length n = m * K
-    (m = 1 or the order of H, K a power of two)."""
+    (m = 1, or m in {12, 20, 28} with H the (m/2 x m/2) conference matrix C of the Paley II
+    construction H_m = C kron [[1,1],[1,-1]] + I kron [[1,-1],[-1,-1]]; K a power of two)."""
     cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
     cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    if m != 1:
+        _check_conference(m, H)
     if rows == 0 or n == 0:
         return
     with nogil:

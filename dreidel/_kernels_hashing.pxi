@@ -8,6 +8,8 @@
 #   coordinate; empty bins copy the value of a bin found by probing with a universal hash.
 # * bucket_build / bucket_query_* / bucket_votes: L tables of CSR-like buckets built by counting
 #   sort, and batched lookups deduplicated with per-thread stamp arrays.
+# * bucket_scatter_columns / bucket_gather_columns / bucket_add_rows / bucket_zero_rows: the
+#   active-set moves of the sparse layer.
 #
 # Work is split by rows (or tables) only, never by thread count, and the only reduction
 # (bucket_votes) sums integers, so results are identical for any number of threads.
@@ -85,6 +87,39 @@ def simhash_fast_project(const hash_real[:, ::1] x, const hash_real[:, ::1] sign
                 hash_fwht(buf, n)
                 for p in range(r * n, min(P, r * n + n)):
                     out[b, p] = buf[coords[p]]
+    free(bufs)
+
+
+def simhash_fast_codes(const hash_real[:, ::1] x, const hash_real[:, ::1] signs,
+                       const long long[::1] coords, long long[:, ::1] codes, int bits,
+                       int nthreads):
+    """simhash_fast_project fused with simhash_pack_signs: codes (B, L) without materialising
+    the B x (L * bits) projections. Projection p = l * bits + k is bit k of code l."""
+    cdef Py_ssize_t B = x.shape[0], d = x.shape[1], R = signs.shape[0], n = signs.shape[1]
+    cdef Py_ssize_t L = codes.shape[1], P = L * bits, b, r, j, p
+    cdef hash_real* bufs
+    cdef hash_real* buf
+    if B == 0:
+        return
+    bufs = <hash_real*>malloc(nthreads * n * sizeof(hash_real))
+    if bufs == NULL:
+        raise MemoryError()
+    with nogil, parallel(num_threads=nthreads):
+        for b in prange(B, schedule="static"):
+            buf = bufs + threadid() * n
+            for j in range(L):
+                codes[b, j] = 0
+            for r in range(R):
+                if r * n >= P:
+                    break
+                for j in range(d):
+                    buf[j] = x[b, j] * signs[r, j]
+                for j in range(d, n):
+                    buf[j] = 0
+                hash_fwht(buf, n)
+                for p in range(r * n, min(P, r * n + n)):
+                    if buf[coords[p]] > 0:
+                        codes[b, p // bits] = codes[b, p // bits] | ((<long long>1) << (p % bits))
     free(bufs)
 
 
@@ -281,3 +316,53 @@ def bucket_votes(const long long[:, ::1] qcodes, const int[:, ::1] offsets,
             total[i] = acc
             best[i] = top
     free(parts)
+
+
+# ---- sparse layer helpers: move the active columns / rows without numpy's fancy-index overhead ----
+def bucket_scatter_columns(const hash_real[:, ::1] src, const long long[::1] cols,
+                           hash_real[:, ::1] out, int nthreads):
+    """out[b, :] = 0 except out[b, cols[j]] = src[b, j] (cols in [0, out.shape[1]))."""
+    cdef Py_ssize_t B = out.shape[0], N = out.shape[1], A = cols.shape[0], b, j
+    if B == 0 or N == 0:
+        return
+    with nogil:
+        for b in prange(B, num_threads=nthreads, schedule="static"):
+            memset(&out[b, 0], 0, N * sizeof(hash_real))
+            for j in range(A):
+                out[b, cols[j]] = src[b, j]
+
+
+def bucket_gather_columns(const hash_real[:, ::1] src, const long long[::1] cols,
+                          hash_real[:, ::1] out, int nthreads):
+    """out[b, j] = src[b, cols[j]]."""
+    cdef Py_ssize_t B = out.shape[0], A = cols.shape[0], b, j
+    if B == 0 or A == 0:
+        return
+    with nogil:
+        for b in prange(B, num_threads=nthreads, schedule="static"):
+            for j in range(A):
+                out[b, j] = src[b, cols[j]]
+
+
+def bucket_add_rows(hash_real[:, ::1] dst, const long long[::1] rows,
+                    const hash_real[:, ::1] src, int nthreads):
+    """dst[rows[j], :] += src[j, :] (rows distinct)."""
+    cdef Py_ssize_t A = rows.shape[0], n = dst.shape[1], j, k
+    cdef hash_real* d
+    if A == 0 or n == 0:
+        return
+    with nogil:
+        for j in prange(A, num_threads=nthreads, schedule="static"):
+            d = &dst[rows[j], 0]
+            for k in range(n):
+                d[k] = d[k] + src[j, k]
+
+
+def bucket_zero_rows(hash_real[:, ::1] dst, const long long[::1] rows, int nthreads):
+    """dst[rows[j], :] = 0."""
+    cdef Py_ssize_t A = rows.shape[0], n = dst.shape[1], j
+    if A == 0 or n == 0:
+        return
+    with nogil:
+        for j in prange(A, num_threads=nthreads, schedule="static"):
+            memset(&dst[rows[j], 0], 0, n * sizeof(hash_real))

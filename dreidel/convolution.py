@@ -3,7 +3,8 @@
 Layout is PyTorch's: inputs (N, C, *spatial) with 1, 2 or 3 spatial axes, conv weights
 (out, in/groups, *kernel), transposed-conv weights (in, out/groups, *kernel).
 
-Convolution is im2col + one matrix product. The windows of the padded input are a strided view
+Convolution is im2col + one matrix product (depthwise convolution, one input channel per group,
+is K multiply-adds of strided slices instead). The windows of the padded input are a strided view
 (`sliding_window_view`, subsampled by stride and dilation), gathered once into columns
 (groups, C/groups·K, N·P) and multiplied by the weight (groups, O/groups, C/groups·K):
 
@@ -354,12 +355,17 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, what):
     return kernel, stride, dilation, pads, extra, tuple(out_shape)
 
 
-def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    """Maximum over each window (padding never wins); the gradient goes to the first maximum."""
+def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Maximum over each window (padding never wins); the gradient goes to the first maximum.
+
+    With `return_indices` also returns, as PyTorch, each maximum's position as a flat index into its
+    (sample, channel)'s spatial grid (int64, output-shaped).
+    """
     kernel, stride, dilation, pads, extra, out_shape = _pool_geometry(
         x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool")
     all_pads = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
-    xp = _pad_array(x.data, all_pads, -np.inf)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    xp = _pad_array(x.data, all_pads, lowest)
     windows = _windows(xp, kernel, stride, dilation, out_shape)
     windows = windows.reshape(windows.shape[:2 + len(kernel)] + (-1,))
     arg = np.argmax(windows, axis=-1)
@@ -370,15 +376,24 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
         for i, offset in _offsets(kernel):
             grad[_offset_slices(offset, stride, dilation, out_shape)] += np.where(arg == i, g, 0)
         return _crop(grad, all_pads),
-    return _result(out, (x,), backward)
+    result = _result(out, (x,), backward)
+    if not return_indices:
+        return result
+    offsets = np.unravel_index(arg, kernel)  # the winning kernel offset, per axis
+    coords = []
+    for axis, (offset, s, dl, (b, _)) in enumerate(zip(offsets, stride, dilation, pads)):
+        start = (np.arange(out_shape[axis]) * s).reshape((-1,) + (1,) * (len(kernel) - axis - 1))
+        coords.append(start + offset * dl - b)
+    return result, Tensor(np.ravel_multi_index(tuple(coords), x.shape[2:]).astype(np.int64))
 
 
 def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-             divisor_override=None):
+             divisor_override=None, dilation=1):
     """Mean over each window, as PyTorch: with `count_include_pad` the zero padding counts in the
-    divisor (the extra end positions added by `ceil_mode` never do)."""
+    divisor (the extra end positions added by `ceil_mode` never do). `dilation` (ONNX opset 19)
+    spaces the window's taps; the divisor counts the taps that land on input (or counted padding)."""
     kernel, stride, dilation, pads, extra, out_shape = _pool_geometry(
-        x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool")
+        x, kernel_size, stride, padding, dilation, ceil_mode, "avg_pool")
     d = len(kernel)
     all_pads = [(b, e + x_) for (b, e), x_ in zip(pads, extra)]
     xp = _pad_array(x.data, all_pads)
@@ -689,7 +704,10 @@ def prelu(x, weight):
         gw = None
         if weight.requires_grad:
             contrib = np.where(positive, 0, g * x.data)
-            gw = contrib.sum(axis=(0,) + tuple(range(2, x.ndim))) if weight.shape[0] > 1 else contrib.sum(keepdims=True).reshape(1)
+            if weight.shape[0] > 1:
+                gw = contrib.sum(axis=(0,) + tuple(range(2, x.ndim)))
+            else:
+                gw = contrib.sum().reshape(1)
         return gx, gw
     return _result(out.astype(x.dtype, copy=False), (x, weight), backward)
 

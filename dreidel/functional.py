@@ -9,9 +9,15 @@ import numpy as np
 from dreidel.ops import (  # noqa: F401  (re-exported)
     abs, add, cast, clip, concat, cos, div, dropout, embedding, erf, exp, expand, flatten, gelu,
     layer_norm, linear, log, log_softmax, logsumexp, matmul, max, maximum, mean, min, minimum, mul,
-    neg, pow, relu, reshape, rms_norm, sigmoid, silu, sin, softmax, split, sqrt, squeeze, stack, sub,
+    neg, pow, relu, reshape, rms_norm, sigmoid, silu, sin, softmax, softplus, split, sqrt, squeeze, stack, sub,
     sum, swapaxes, take, tanh, transpose, unsqueeze, var, where, getitem,
 )
+from dreidel.convolution import (  # noqa: F401
+    adaptive_avg_pool, avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, conv, conv1d, conv2d, conv3d,
+    conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, group_norm, instance_norm,
+    interpolate, max_pool, max_pool1d, max_pool2d, max_pool3d, prelu,
+)
+from dreidel.attention_ops import causal_mask, scaled_dot_product_attention  # noqa: F401
 from dreidel import ops as _ops
 from dreidel.tensor import Tensor, as_tensor
 
@@ -39,20 +45,28 @@ def _reduce(loss, reduction):
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _target_like(target, input):
+    """The target as a Tensor of the input's floating dtype (a float64 array would promote the loss)."""
+    target = as_tensor(target, like=input)
+    if target.dtype != input.dtype and target.dtype.kind == "f" and not target.requires_grad:
+        target = Tensor(target.data.astype(input.dtype))
+    return target
+
+
 def _check_same_shape(input, target, name):
     if input.shape != target.shape:
         raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ")
 
 
 def mse_loss(input, target, reduction="mean"):
-    target = as_tensor(target, like=input)
+    target = _target_like(target, input)
     _check_same_shape(input, target, "mse_loss")
     diff = input - target
     return _reduce(diff * diff, reduction)
 
 
 def l1_loss(input, target, reduction="mean"):
-    target = as_tensor(target, like=input)
+    target = _target_like(target, input)
     _check_same_shape(input, target, "l1_loss")
     return _reduce((input - target).abs(), reduction)
 
@@ -95,6 +109,8 @@ def nll_loss(input, target, ignore_index=-100, reduction="mean"):
     target = np.asarray(target.data if isinstance(target, Tensor) else target).reshape(-1)
     keep = target != ignore_index
     safe = np.where(keep, target, 0)
+    if np.any((safe < 0) | (safe >= input.shape[-1])):  # a negative index would silently wrap around
+        raise IndexError(f"nll_loss target out of range [0, {input.shape[-1]})")
     loss = -input.reshape(-1, input.shape[-1])[np.arange(len(safe)), safe] * keep.astype(input.dtype)
     if reduction == "mean":
         return loss.sum() / builtins.max(int(keep.sum()), 1)
@@ -103,7 +119,7 @@ def nll_loss(input, target, ignore_index=-100, reduction="mean"):
 
 def kl_div(input, target, reduction="batchmean", log_target=False):
     """KL(target ‖ model) with `input` the model's log-probabilities, as in PyTorch."""
-    target = as_tensor(target, like=input)
+    target = _target_like(target, input)
     _check_same_shape(input, target, "kl_div")
     if log_target:
         loss = target.exp() * (target - input)
@@ -116,10 +132,10 @@ def kl_div(input, target, reduction="batchmean", log_target=False):
 
 
 def binary_cross_entropy_with_logits(input, target, reduction="mean"):
-    target = as_tensor(target, like=input)
+    target = _target_like(target, input)
     _check_same_shape(input, target, "binary_cross_entropy_with_logits")
-    # max(x, 0) − x·t + log(1 + exp(−|x|)): stable for large |x|
-    loss = relu(input) - input * target + log(1 + exp(-input.abs()))
+    # softplus(x) − x·t, with softplus stable for large |x| and its gradient sigmoid(x) right at x = 0
+    loss = softplus(input) - input * target
     return _reduce(loss, reduction)
 
 

@@ -17,6 +17,8 @@ random parameters. Nothing here knows about Tensors.
 * `HashTables`: L tables of CSR-like buckets over N items (per table an offsets array of 2^bits + 1
   entries and a flat ids array, built by counting sort); batched queries return the deduplicated
   union of a sample's buckets (CSR per sample) or per-item vote counts over the batch.
+* `scatter_columns`, `gather_columns`, `add_rows`, `zero_rows`: the active-set moves of the
+  hash-sparse layer (`dreidel.nn.alsh.ALSHSparseDense`), one parallel pass each.
 
 Every kernel is deterministic and independent of the thread count (`dreidel.set_num_threads`).
 """
@@ -27,7 +29,8 @@ import numpy as np
 from dreidel import _kernels
 
 __all__ = ["SimHash", "DWTAHash", "HashTables", "mips_data_transform", "mips_query_transform",
-           "pack_sign_codes", "dwta_probe", "MAX_TABLE_BITS"]
+           "pack_sign_codes", "dwta_probe", "scatter_columns", "gather_columns", "add_rows", "zero_rows",
+           "MAX_TABLE_BITS"]
 
 MAX_TABLE_BITS = 24  # 2^24 + 1 int32 offsets = 64 MiB per table: beyond that use more tables instead
 
@@ -124,7 +127,13 @@ class SimHash:
 
     def codes(self, x):
         """int64 codes (..., tables), each in [0, 2^bits)."""
-        return pack_sign_codes(self.project(x), self.bits, self.tables)
+        if not self.fast:
+            return pack_sign_codes(self.project(x), self.bits, self.tables)
+        rows, lead = _float_rows(x, self.dim, "SimHash.codes")
+        codes = np.empty((rows.shape[0], self.tables), dtype=np.int64)
+        _kernels.simhash_fast_codes(rows, self._params(rows.dtype), self.coords, codes, self.bits,
+                                    _threads(rows.shape[0] * self.n * len(self.signs) * 8))
+        return codes.reshape(lead + (self.tables,))
 
     def __repr__(self):
         return f"SimHash(dim={self.dim}, bits={self.bits}, tables={self.tables}, fast={self.fast})"
@@ -190,24 +199,31 @@ def dwta_probe(a, b, i, t, n_hashes):
     return (h ^ (h >> 31)) % n_hashes
 
 
-def mips_data_transform(x, max_norm=None):
+def mips_data_transform(x, max_norm=None, norms=None):
     """P(x) = [x/M, √(1 − ‖x/M‖²)] row-wise, M = max row norm unless given (must be ≥ it).
 
-    Returns (P (..., d+1), M). Every row of P has unit norm.
+    Returns (P (..., d+1), M). Every row of P has unit norm. `norms`: the row norms if the caller
+    already has them (saves a pass over x).
     """
     x = np.asarray(x)
     if x.dtype.kind != "f" or x.ndim < 1:
         raise TypeError(f"mips_data_transform: expected a floating array (..., d), got {x.dtype} {x.shape}")
-    norms = np.linalg.norm(x, axis=-1)
+    if norms is None:
+        norms = np.sqrt(np.einsum("...i,...i->...", x, x, dtype=np.float64))
+    else:
+        norms = np.asarray(norms, dtype=np.float64)
+        if norms.shape != x.shape[:-1]:
+            raise ValueError(f"mips_data_transform: norms shape {norms.shape} does not match rows {x.shape[:-1]}")
     largest = float(norms.max()) if norms.size else 0.0
     if max_norm is None:
         max_norm = largest if largest > 0 else 1.0
     elif not max_norm > 0 or max_norm < largest * (1 - 1e-6):
         raise ValueError(f"mips_data_transform: max_norm={max_norm} must be positive and at least "
                          f"the largest row norm {largest}")
-    scaled = x / np.asarray(max_norm, dtype=x.dtype)
-    extra = np.sqrt(np.clip(1 - (norms / max_norm) ** 2, 0, None)).astype(x.dtype)
-    return np.concatenate([scaled, extra[..., None]], axis=-1), float(max_norm)
+    out = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype)
+    np.multiply(x, np.asarray(1 / max_norm, dtype=x.dtype), out=out[..., :-1])
+    out[..., -1] = np.sqrt(np.clip(1 - (norms / max_norm) ** 2, 0, None))
+    return out, float(max_norm)
 
 
 def mips_query_transform(q):
@@ -289,3 +305,65 @@ class HashTables:
 
     def __repr__(self):
         return f"HashTables(items={self.n_items}, tables={self.n_tables}, code_bits={self.code_bits})"
+
+
+# -- moving active columns / rows (the sparse layer's gathers and scatters) --------------------------
+def _index_vector(ids, limit, who):
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu" or ids.ndim != 1:
+        raise TypeError(f"{who}: indices must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= limit):
+        raise ValueError(f"{who}: indices must lie in [0, {limit}), got range [{ids.min()}, {ids.max()}]")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def _float_matrix(a, who, name):
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64) or a.ndim != 2:
+        raise TypeError(f"{who}: {name} must be a 2-D float32/float64 array, got "
+                        f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    return a
+
+
+def scatter_columns(src, cols, n_cols):
+    """out (B, n_cols) with out[:, cols] = src (B, len(cols)) and exact zeros elsewhere."""
+    who = "scatter_columns"
+    src = np.ascontiguousarray(_float_matrix(np.asarray(src), who, "src"))
+    cols = _index_vector(cols, n_cols, who)
+    if src.shape[1] != cols.size:
+        raise ValueError(f"{who}: src has {src.shape[1]} columns but {cols.size} indices")
+    out = np.empty((src.shape[0], n_cols), dtype=src.dtype)
+    _kernels.bucket_scatter_columns(src, cols, out, _threads(out.size))
+    return out
+
+
+def gather_columns(src, cols):
+    """src[:, cols] as a new C-contiguous array."""
+    who = "gather_columns"
+    src = np.ascontiguousarray(_float_matrix(np.asarray(src), who, "src"))
+    cols = _index_vector(cols, src.shape[1], who)
+    out = np.empty((src.shape[0], cols.size), dtype=src.dtype)
+    _kernels.bucket_gather_columns(src, cols, out, _threads(out.size))
+    return out
+
+
+def add_rows(dst, rows, src):
+    """dst[rows] += src in place (rows distinct; dst C-contiguous)."""
+    who = "add_rows"
+    _float_matrix(dst, who, "dst")
+    if not dst.flags.c_contiguous or not dst.flags.writeable:
+        raise ValueError(f"{who}: dst must be a writeable C-contiguous array")
+    rows = _index_vector(rows, dst.shape[0], who)
+    src = np.ascontiguousarray(src, dtype=dst.dtype)
+    if src.shape != (rows.size, dst.shape[1]):
+        raise ValueError(f"{who}: src shape {src.shape} does not match ({rows.size}, {dst.shape[1]})")
+    _kernels.bucket_add_rows(dst, rows, src, _threads(src.size))
+
+
+def zero_rows(dst, rows):
+    """dst[rows] = 0 in place (dst C-contiguous)."""
+    who = "zero_rows"
+    _float_matrix(dst, who, "dst")
+    if not dst.flags.c_contiguous or not dst.flags.writeable:
+        raise ValueError(f"{who}: dst must be a writeable C-contiguous array")
+    rows = _index_vector(rows, dst.shape[0], who)
+    _kernels.bucket_zero_rows(dst, rows, _threads(rows.size * dst.shape[1]))

@@ -65,12 +65,9 @@ def _gf_elements(q):
     return (r[:, None] + r[None, :]) % q, (r[:, None] * r[None, :]) % q
 
 
-def _paley2(q):
-    """Symmetric Hadamard matrix of order 2(q+1) (Paley construction II, q = 1 mod 4).
-
-    Q[a, b] = chi(a - b) (quadratic character of GF(q)); C = [[0, 1^T], [1, Q]] is a symmetric
-    conference matrix; H = C kron [[1, 1], [1, -1]] + I kron [[1, -1], [-1, -1]].
-    """
+def _conference(q):
+    """Symmetric conference matrix C = [[0, 1^T], [1, Q]] of order q + 1, Q[a, b] = chi(a - b)
+    (quadratic character of GF(q), q = 1 mod 4)."""
     add, mul = _gf_elements(q)
     neg = np.array([int(np.nonzero(add[a] == 0)[0][0]) for a in range(q)])
     squares = {int(mul[a, a]) for a in range(1, q)}
@@ -80,11 +77,18 @@ def _paley2(q):
     C[0, 1:] = 1
     C[1:, 0] = 1
     C[1:, 1:] = Q
-    H = np.kron(C, [[1, 1], [1, -1]]) + np.kron(np.eye(q + 1, dtype=np.int64), [[1, -1], [-1, -1]])
-    return H
+    return C
 
 
-_BASE = {12: _paley2(5), 20: _paley2(9), 28: _paley2(13)}
+def _paley2(C):
+    """Symmetric Hadamard matrix of order 2(q+1) (Paley construction II):
+    H = C kron [[1, 1], [1, -1]] + I kron [[1, -1], [-1, -1]]. The kernel evaluates exactly this
+    structure from C."""
+    return np.kron(C, [[1, 1], [1, -1]]) + np.kron(np.eye(len(C), dtype=np.int64), [[1, -1], [-1, -1]])
+
+
+_CONF = {12: _conference(5), 20: _conference(9), 28: _conference(13)}
+_BASE = {m: _paley2(c) for m, c in _CONF.items()}
 for _m, _h in _BASE.items():   # cheap import-time sanity check of the constructions
     assert _h.shape == (_m, _m) and (_h == _h.T).all() and (_h @ _h.T == _m * np.eye(_m)).all()
 _BASE_CACHE = {}
@@ -92,10 +96,11 @@ _DUMMY = {dt: np.ones((1, 1), dtype=dt) for dt in _FLOATS}
 
 
 def _base_matrix(m, dtype):
+    """What the kernel takes for H_m: the conference matrix C of its Paley II construction."""
     key = (m, np.dtype(dtype))
     h = _BASE_CACHE.get(key)
     if h is None:
-        h = np.ascontiguousarray(_BASE[m], dtype=dtype)
+        h = np.ascontiguousarray(_CONF[m], dtype=dtype)
         h.flags.writeable = False
         _BASE_CACHE[key] = h
     return h

@@ -355,7 +355,10 @@ def swapaxes(x, axis1, axis2):
 
 def expand(x, *shape):
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    shape = tuple(x.shape[i - len(shape) + x.ndim] if n == -1 else n for i, n in enumerate(shape))
+    new = len(shape) - x.ndim
+    if new < 0 or any(n == -1 for n in shape[:new]):
+        raise ValueError(f"cannot expand shape {x.shape} to {tuple(shape)} (-1 only keeps an existing axis)")
+    shape = tuple(x.shape[i - new] if n == -1 else n for i, n in enumerate(shape))
     return _result(np.broadcast_to(x.data, shape), (x,), lambda g: (g,))
 
 
@@ -482,9 +485,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     centred = x.data - x.data.mean(axis=axes, keepdims=True)
     inv_std = 1 / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + eps)
     normed = centred * inv_std
-    out = normed * weight.data if weight is not None else normed.copy()
-    if bias is not None:
-        out += bias.data
+    out = normed * weight.data if weight is not None else normed
+    if bias is not None:  # in place unless out is still `normed`, which the backward needs
+        out = out + bias.data if out is normed else np.add(out, bias.data, out=out)
     lead = tuple(range(x.ndim - len(axes)))
 
     def backward(g):
@@ -517,8 +520,10 @@ def rms_norm(x, normalized_shape, weight=None, eps=1e-6):
     return _result(out, (x,) if weight is None else (x, weight), backward)
 
 
-def embedding(indices, weight):
-    """Rows of `weight` picked by integer `indices`; gradients scatter-add into the rows used."""
+def embedding(indices, weight, padding_idx=None):
+    """Rows of `weight` picked by integer `indices`; gradients scatter-add into the rows used.
+
+    The row `padding_idx` (if given) gets no gradient, as in PyTorch: padding stays what it is."""
     idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding indices must be integers, got {idx.dtype}")
@@ -529,12 +534,16 @@ def embedding(indices, weight):
     def backward(g):
         full = np.zeros(weight.shape, dtype=g.dtype)
         np.add.at(full, idx.reshape(-1), g.reshape(-1, weight.shape[-1]))
+        if padding_idx is not None:
+            full[padding_idx] = 0
         return full,
     return _result(weight.data[idx], (weight,), backward)
 
 
 def dropout(x, p=0.5, training=True, rng=None):
-    """Zero each element with probability p and scale the rest by 1/(1-p) (identity when not training)."""
+    """Zero each element with probability p and scale the rest by 1/(1-p) (identity when not training).
+
+    `rng` defaults to dreidel's global generator, so `dreidel.random.manual_seed` makes masks repeatable."""
     if not 0 <= p < 1:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0:

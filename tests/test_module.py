@@ -227,3 +227,43 @@ def test_zero_grad_and_requires_grad():
     assert all(p.grad is None for p in net.parameters())
     net.requires_grad_(False)
     assert not net(Tensor(np.ones((2, 3), np.float32))).requires_grad
+
+
+def test_from_weights_copies_and_leaves_the_global_generator_alone():
+    dreidel.random.manual_seed(5)
+    expected = dreidel.random.generator().random()
+    dreidel.random.manual_seed(5)
+    weight = np.ones((2, 3), np.float32)
+    layer = nn.Linear.from_weights(weight)
+    assert dreidel.random.generator().random() == expected
+    weight[:] = 7
+    assert (layer.weight.data == 1).all() and layer.bias is None
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    with pytest.raises(ValueError, match="bias"):
+        nn.Linear.from_weights(weight, np.zeros(3))
+    with pytest.raises(ValueError, match="2-D"):
+        nn.Linear.from_weights(np.ones(3))
+
+
+def test_embedding_padding_row_gets_no_gradient():
+    emb = nn.Embedding(4, 2, padding_idx=0, rng=np.random.default_rng(0))
+    assert (emb.weight.data[0] == 0).all()
+    emb(np.array([[0, 2], [2, 0]])).sum().backward()
+    np.testing.assert_array_equal(emb.weight.grad, [[0, 0], [0, 0], [2, 2], [0, 0]])
+
+
+def test_to_the_same_dtype_does_not_copy_weights():
+    net = Net()
+    weight = net.block.fc.weight.data
+    net.float()
+    assert net.block.fc.weight.data is weight
+
+
+def test_deepcopy_gives_an_independent_module():
+    import copy
+    net = Net()
+    twin = copy.deepcopy(net)
+    assert [n for n, _ in twin.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert isinstance(twin.gain, nn.Parameter) and twin.gain is not net.gain
+    twin.gain.data += 1
+    assert (net.gain.data == 1).all()

@@ -35,11 +35,29 @@ EXOTIC_TYPES = {"FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ"
 RANDOM_OPS = {"Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
               "RandomUniformLike"}
 CASE_TIMEOUT_S = 20  # one backend case is tiny; longer means a hang
+DTYPE_ALLOWANCES = Counter()  # how often compare() let a float32 stand in for float16/float64
 
-# Known importer failures, checked by hand to be genuine importer limitations: name -> reason.
-# They are xfail(strict=True), so a fix turns them into a (strict) XPASS failure to clean up here.
+# Known importer failures, each checked by hand to be a genuine importer bug or limitation (the
+# expected outputs agree with onnxruntime): case-name pattern -> reason. They are xfail(strict=True),
+# so a fix shows up as an XPASS failure: then delete the entry.
 KNOWN_FAILURES = {
+    r"test_(de)?quantizelinear_blocked.*":
+        "(De)QuantizeLinear: blocked quantization (block_size, opset 21) unsupported",
+    r"test_maxpool_with_argmax_.*":
+        "MaxPool: the Indices output is unsupported",
+    r"test_resize_downsample_(scales|sizes)_(cubic|linear)_antialias":
+        "Resize: antialias=1 (opset 18) refused",
+    r"test_resize_tf_crop_and_resize.*":
+        "Resize: coordinate_transformation_mode='tf_crop_and_resize' (roi input) refused",
 }
+
+
+def known_failure(name):
+    """The reason a case is known to fail, or None."""
+    for pattern, reason in KNOWN_FAILURES.items():
+        if re.fullmatch(pattern, name):
+            return reason
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,6 +222,11 @@ def compare(actual, expected, rtol, atol, name):
     assert actual.shape == expected.shape, \
         f"output {name!r}: shape {actual.shape}, expected {expected.shape}"
     if expected.dtype in (np.float16, np.float64) and actual.dtype == np.float32:
+        DTYPE_ALLOWANCES[f"{expected.dtype} output returned as float32"] += 1
+        if expected.dtype == np.float16:
+            # the reference rounds every intermediate to float16 (eps 9.8e-4); float32 compute is
+            # more exact, so allow two float16 ulps
+            rtol = max(rtol, 2 * float(np.finfo(np.float16).eps))
         actual = actual.astype(expected.dtype)
     assert actual.dtype == expected.dtype, \
         f"output {name!r}: dtype {actual.dtype}, expected {expected.dtype}"
@@ -254,8 +277,8 @@ def _params():
         marks = []
         if reason is not None:
             marks.append(pytest.mark.skip(reason=reason))
-        elif name in KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[name]))
+        elif known_failure(name) is not None:
+            marks.append(pytest.mark.xfail(strict=True, reason=known_failure(name)))
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 
@@ -278,3 +301,16 @@ def test_the_filter_runs_every_case_of_a_registered_op_it_can():
     ops = Counter(case_op(c) for c in runnable)
     for op in ("MatMul", "Add", "Softmax", "Reshape", "Transpose"):
         assert ops[op] > 0, f"no runnable backend case for {op}"
+
+
+def test_positional_and_named_inputs_agree():
+    """The cases above feed inputs by name; positional calls (graph-input order) give the same."""
+    case = backend_cases()["test_sub_bcast"]
+    if classify(case) is not None:
+        pytest.skip(classify(case))
+    module = importer.load(case.model.SerializeToString())
+    (a, b), (expected,) = case.data_sets[0]
+    positional = _outputs_as_list(module(a, b), ["z"])[0]
+    named = _outputs_as_list(module(y=b, x=a), ["z"])[0]
+    compare(positional, expected, case.rtol, case.atol, "z")
+    compare(named, expected, case.rtol, case.atol, "z")

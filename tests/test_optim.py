@@ -513,3 +513,141 @@ def test_every_optimizer_reduces_a_real_training_loss(name):
         schedule.step()
     end = full_loss()
     assert end < 0.5 * start, f"{name}: loss {start:.3f} → {end:.3f}"
+
+
+def test_diagonal_newton_with_linear_wht_gauss_newton_solves_its_least_squares_in_one_step():
+    from dreidel.nn.spectral import LinearWHT
+    rng = np.random.default_rng(0)
+    teacher = LinearWHT(8, 8, bias=False, rng=rng, dtype=np.float64)
+    teacher.d.data = rng.standard_normal(8)
+    x = rng.standard_normal((40, 8)) * np.array([0.01, 0.1, 0.5, 1, 2, 5, 10, 100])
+    with dreidel.no_grad():
+        target = teacher(dreidel.Tensor(x)).data
+    model = LinearWHT(8, 8, bias=False, rng=rng, dtype=np.float64)
+    # LinearWHT reports diag(JᵀJ) for ½Σ‖y − t‖²; F.mse_loss averages over the N·m entries
+    opt = optim.DiagonalNewton(model.parameters(), modules=model, damping=0.0, line_search=False,
+                               module_curvature_scale=2 / target.size)
+    assert model.capture_curvature
+    opt.zero_grad()
+    F.mse_loss(model(dreidel.Tensor(x)), target).backward()
+    opt.step()
+    np.testing.assert_allclose(model.d.data, teacher.d.data, rtol=1e-8)
+
+
+def conv2d_patches(x, kernel, padding):
+    """Naive patches (N·P, C·k·k) of a stride-1 2-D convolution, written with loops."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+    rows = []
+    for i in range(n):
+        for r in range(oh):
+            for s in range(ow):
+                rows.append(xp[i, :, r:r + kernel, s:s + kernel].ravel())
+    return np.array(rows), (oh, ow)
+
+
+def test_kfac_solves_single_conv_regression_in_one_step_at_zero_damping():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 2, 5, 5))
+    patches, (oh, ow) = conv2d_patches(x, 3, 1)
+    true_w = rng.standard_normal((3, 2 * 9))
+    y_rows = patches @ true_w.T + 0.1 * rng.standard_normal((len(patches), 3))
+    y = y_rows.reshape(6, oh, ow, 3).transpose(0, 3, 1, 2)
+    design = np.concatenate([patches, np.ones((len(patches), 1))], axis=1)
+    solution = np.linalg.lstsq(design, y_rows, rcond=None)[0].T          # (3, 19)
+    from dreidel.nn.conv import Conv2d
+    model = Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64)
+    opt = optim.KFAC(model, lr=1.0, damping=0.0, line_search=False)
+    out = model(dreidel.Tensor(x))
+    loss = F.mse_loss(out, y)
+    opt.curvature_backward(out, "mse", exact=True)
+    loss.backward()
+    opt.step()
+    np.testing.assert_allclose(model.weight.data.reshape(3, -1), solution[:, :-1], atol=1e-9)
+    np.testing.assert_allclose(model.bias.data, solution[:, -1], atol=1e-9)
+
+
+def test_kfac_keeps_one_param_group():
+    opt = optim.KFAC(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="one group"):
+        opt.add_param_group({"params": [nn.Parameter(np.zeros(1))]})
+
+
+def test_diagonal_newton_fisher_follows_its_formula_without_a_closure():
+    rng = np.random.default_rng(4)
+    p = nn.Parameter(rng.standard_normal(5))
+    theta = p.data.copy()
+    opt = optim.DiagonalNewton([p], lr=0.5, beta=0.9, damping=0.1, curvature="fisher", fisher_scale=8.0,
+                               momentum=0.5)
+    h = np.zeros(5)
+    m = np.zeros(5)
+    for k in range(1, 4):
+        g = rng.standard_normal(5)
+        p.grad = g.copy()
+        opt.step()
+        h = 0.9 * h + 0.1 * 8.0 * g ** 2
+        m = 0.5 * m + 0.5 * g
+        theta = theta - 0.5 * (m / (1 - 0.5 ** k)) / (h / (1 - 0.9 ** k) + 0.1)
+        np.testing.assert_allclose(p.data, theta, rtol=1e-12)
+
+
+class BlockQuadratic(nn.Module):
+    """L(θ) = ½ (θ − θ*)ᵀ M (θ − θ*) with M block-diagonal in blocks of 4; reports M's blocks."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.theta = nn.Parameter(np.zeros(6))
+        self.target = rng.standard_normal(6)
+        full, tail = rng.standard_normal((4, 4)), rng.standard_normal((2, 2))
+        self.blocks = (full @ full.T + np.eye(4), tail @ tail.T + np.eye(2))
+
+    def loss(self):
+        diff = self.theta - dreidel.Tensor(self.target)
+        m = np.zeros((6, 6))
+        m[:4, :4], m[4:, 4:] = self.blocks
+        return (diff * (dreidel.Tensor(m) @ diff)).sum() * 0.5
+
+    def block_curvature(self, block_size):
+        assert block_size == 4
+        return {self.theta: (self.blocks[0][None], self.blocks[1])}
+
+
+def test_block_diagonal_with_supplied_curvature_is_a_newton_step():
+    module = BlockQuadratic(np.random.default_rng(5))
+    opt = optim.BlockDiagonal(module.parameters(), block_size=4, damping=0.0, modules=module, line_search=False)
+    module.loss().backward()
+    opt.step()
+    np.testing.assert_allclose(module.theta.data, module.target, atol=1e-10)
+
+
+def test_step_length_safeguard_is_the_exact_line_minimiser_on_a_quadratic():
+    """On L = ½θᵀMθ (coupled M), the proposed diagonal step is scaled by α = gᵀd / dᵀMd."""
+    rng = np.random.default_rng(6)
+    root = rng.standard_normal((5, 5))
+    M = root @ root.T + 0.1 * np.eye(5)
+    theta = nn.Parameter(rng.standard_normal(5))
+    h = np.diag(M)
+    opt = optim.DiagonalNewton([theta], damping=0.0, modules=[_FixedDiagonal(theta, h)])
+
+    def closure():
+        opt.zero_grad()
+        loss = (theta * (dreidel.Tensor(M) @ theta)).sum() * 0.5
+        loss.backward()
+        return loss
+    start = theta.data.copy()
+    g = M @ start
+    d = g / h
+    opt.step(closure)
+    alpha = min(1.0, g @ d / (d @ M @ d))
+    assert opt.last_step_scale == pytest.approx(alpha, rel=1e-5)
+    np.testing.assert_allclose(theta.data, start - alpha * d, rtol=1e-5)
+
+
+class _FixedDiagonal(nn.Module):
+    def __init__(self, parameter, diagonal):
+        super().__init__()
+        self.parameter, self.diagonal = parameter, diagonal
+
+    def gauss_newton_diagonal(self):
+        return {self.parameter: self.diagonal}

@@ -5,8 +5,8 @@ import weakref
 import numpy as np
 
 from dreidel import functional as F
-from dreidel.hashing import (MAX_TABLE_BITS, DWTAHash, HashTables, SimHash, mips_data_transform,
-                             mips_query_transform)
+from dreidel.hashing import (MAX_TABLE_BITS, DWTAHash, HashTables, SimHash, add_rows, gather_columns,
+                             mips_data_transform, mips_query_transform, scatter_columns)
 from dreidel.nn.layers import uniform_parameter
 from dreidel.nn.module import Module
 from dreidel.tensor import Tensor, _result, no_grad
@@ -15,29 +15,33 @@ _BUILD_CHUNK = 8192  # weight rows hashed per chunk when (re)building: bounds th
 
 
 def sparse_linear(x, weight, bias, active):
-    """y[:, j] = x · weight[j] + bias[j] for j in `active` (sorted unique ids), 0 elsewhere.
+    """y[:, j] = x · weight[j] + bias[j] for j in `active` (sorted unique int64 ids), 0 elsewhere.
 
     One gather of the active rows and one matrix product for the whole batch. Backward touches
     only the active rows: grad_x = g_A W_A, grad_W[A] += g_Aᵀ x, grad_b[A] = Σ_batch g_A.
     x is (B, in). The weight gradient is accumulated into `weight.grad` directly (a lazily zeroed
-    array with only the active rows written) rather than returned to the engine, which would
-    copy a full dense (out, in) gradient on every backward.
+    array of which only the active rows are written) instead of being returned to the engine,
+    which would copy a full dense (out, in) gradient on every backward.
     """
     n_out = weight.shape[0]
-    w_active = weight.data[active]
+    w_active = np.take(weight.data, active, axis=0)
     y_active = x.data @ w_active.T
     if bias is not None:
         y_active += bias.data[active]
-    out = np.zeros((x.shape[0], n_out), dtype=y_active.dtype)
-    out[:, active] = y_active
+    out = scatter_columns(y_active, active, n_out)
 
     def backward(g):
-        g_active = np.ascontiguousarray(g[:, active])
+        g_active = gather_columns(np.ascontiguousarray(g, dtype=y_active.dtype), active)
         grad_x = g_active @ w_active if x.requires_grad else None
         if weight.requires_grad:
+            grad_w = g_active.T @ x.data
             if weight.grad is None:
                 weight.grad = np.zeros(weight.shape, dtype=weight.dtype)
-            weight.grad[active] += (g_active.T @ x.data).astype(weight.dtype, copy=False)
+            if weight.grad.flags.c_contiguous and weight.grad.flags.writeable:
+                add_rows(weight.grad, active, grad_w)
+            else:
+                weight.grad = weight.grad.copy()
+                weight.grad[active] += grad_w
         grad_b = None
         if bias is not None and bias.requires_grad:
             grad_b = np.zeros(n_out, dtype=bias.dtype)
@@ -56,11 +60,15 @@ class ALSHSparseDense(Module):
     (M the largest row norm), a query x becomes Q = [x/‖x‖, 0], so ⟨P(w_j), Q⟩ = w_j·x / (M‖x‖):
     a larger inner product means a smaller angle, i.e. more tables where j shares the query's
     bucket. The bias is not hashed (as in SLIDE): appending it as a coordinate would need a
-    constant query coordinate that shrinks every angle's contrast. Each table code is `bits` hash functions (SimHash: 1 bit each;
-    DWTA: ⌈log2 bin_size⌉ bits each). For a batch, a neuron's score is the largest number of tables
-    in which it shares one sample's bucket (then its total votes over the batch); A is the union of
-    the candidates over the batch, capped at the `max_active` best scores.
-    Then one gather of W_A and one matrix product for the whole batch, forward and backward.
+    constant query coordinate that shrinks every angle's contrast.
+
+    Each table code is `bits` hash functions (SimHash: 1 bit each; DWTA: ⌈log2 bin_size⌉ bits
+    each). For a batch, a neuron's score is the largest number of tables in which it shares one
+    sample's bucket, then its total votes over the batch (ranking by total votes alone lets the
+    B·L random collisions of a big batch drown the real matches); A is the union of the
+    candidates over the batch, capped at the `max_active` best scores (it may be smaller, even
+    empty, if few neurons collide). Then one gather of W_A and one matrix product for the whole
+    batch, forward and backward.
 
     Tables are rebuilt every `rebuild_every` training forward calls, when the weight array is
     replaced (load_state_dict, to()), and when a fixed sample of weight rows has drifted by more
@@ -103,7 +111,7 @@ class ALSHSparseDense(Module):
             raise ValueError(f"ALSHSparseDense: {self.hasher.code_bits} bits per table code is more than "
                              f"{MAX_TABLE_BITS}; use fewer bits")
         probe_rng = np.random.default_rng(seed + 1)
-        self._probe_rows = np.sort(probe_rng.choice(out_features, min(out_features, 1024), replace=False))
+        self._probe_rows = np.sort(probe_rng.choice(out_features, min(out_features, 256), replace=False))
         self._hash_tables = None
         self._built_from = None       # weakref to the weight array the tables were built from
         self._probe_snapshot = None
@@ -121,7 +129,8 @@ class ALSHSparseDense(Module):
         codes = np.empty((self.out_features, self.tables), dtype=np.int64)
         for start in range(0, self.out_features, _BUILD_CHUNK):
             rows = slice(start, start + _BUILD_CHUNK)
-            data, _ = mips_data_transform(w[rows], max_norm=max_norm * (1 + 1e-6))
+            data, _ = mips_data_transform(w[rows], max_norm=max_norm * (1 + 1e-6),
+                                          norms=np.sqrt(norms2[rows]))
             codes[rows] = self.hasher.codes(data)
         self._hash_tables = HashTables(codes, self.hasher.code_bits)
         self._built_from = weakref.ref(self.weight.data)
@@ -145,8 +154,7 @@ class ALSHSparseDense(Module):
         x = np.asarray(x)
         codes = self.hasher.codes(mips_query_transform(x))
         total, best = self._hash_tables.votes(codes)
-        # Rank by the best single-sample count first: summed votes would let the B·L random
-        # collisions of a large batch drown a neuron that one sample hits in many tables.
+        # Best single-sample count first (see the class docstring), then total votes.
         score = best.astype(np.int64) * (int(total.max(initial=0)) + 1) + total
         if include is not None:
             score[self._check_ids(include, "include")] = np.iinfo(np.int64).max // 2  # always kept

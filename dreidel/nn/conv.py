@@ -9,6 +9,7 @@ import numpy as np
 
 from dreidel import convolution as C
 from dreidel import ops
+from dreidel.tensor import Tensor, no_grad
 from dreidel.nn.module import Module, Parameter
 from dreidel.nn.layers import uniform_parameter
 
@@ -34,7 +35,8 @@ class _ConvNd(Module):
         super().__init__()
         d = self._dims
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"{type(self).__name__} needs positive channel counts, got {in_channels} → {out_channels}")
+            raise ValueError(f"{type(self).__name__} needs positive channel counts, "
+                             f"got {in_channels} → {out_channels}")
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         if padding_mode != "zeros":
@@ -140,9 +142,55 @@ class Conv3DSpectral(Module):
                                 groups=in_channels, bias=False, rng=rng, dtype=dtype)
         if mixing is None:
             from dreidel.nn.spectral import LinearWHT  # a sibling layer module, imported when first needed
-            mixing = LinearWHT
-        self.mixing = mixing(in_channels, out_channels, bias)
+            self.mixing = LinearWHT(in_channels, out_channels, bias=bias, rng=rng, dtype=dtype)
+        else:
+            self.mixing = mixing(in_channels, out_channels, bias).to(dtype)
         self.in_channels, self.out_channels = in_channels, out_channels
+
+    @classmethod
+    def from_dense(cls, weight, bias=None, inputs=None, stride=1, padding=0, dilation=1, mixing=None):
+        """Approximate a dense Conv3d (weight (O, C, *k), bias) by depthwise kernels and a mixing layer.
+
+        Stage 1 (exact optimum of the separable form W[o, c, k] ≈ M[o, c]·w_c[k]): per input channel
+        c, the best rank-1 approximation of the slice W[:, c, :] (O × K) by SVD gives the depthwise
+        kernel w_c (unit norm) and the column M[:, c] = s_c·u_c. Stage 2: the mixing layer is fitted to
+        the dense M by its own `from_dense` (LinearWHT's closed form by default; `mixing` is a class
+        with `from_dense(weight, bias, inputs)`), on the depthwise outputs of `inputs` (N, C, *S) if
+        given. Exact when W is itself of the layer's form. `layer.fit_report["relative_error"]` is
+        ‖W − Ŵ‖/‖W‖ for the whole kernel.
+        """
+        weight = np.asarray(weight)
+        if weight.ndim != 5:
+            raise ValueError(f"Conv3DSpectral.from_dense needs a Conv3d weight (out, in, kd, kh, kw), "
+                             f"got {weight.shape}")
+        out_channels, in_channels, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
+        slices = np.moveaxis(weight.reshape(out_channels, in_channels, -1).astype(np.float64), 1, 0)  # (C, O, K)
+        u, sv, vt = np.linalg.svd(slices, full_matrices=False)
+        taps = vt[:, 0, :]  # (C, K)
+        columns = u[:, :, 0] * sv[:, :1]  # (C, O): M[:, c]
+        if mixing is None:
+            from dreidel.nn.spectral import LinearWHT
+            mixing = LinearWHT
+        layer = cls(in_channels, out_channels, kernel, stride, padding, dilation, bias=True,
+                    mixing=lambda i, o, b: mixing(i, o, bias=b), dtype=weight.dtype)
+        layer.depthwise.weight.data = taps.reshape((in_channels, 1) + kernel).astype(weight.dtype)
+        mix_inputs = None
+        if inputs is not None:
+            with no_grad():
+                z = layer.depthwise(inputs if isinstance(inputs, Tensor) else Tensor(np.asarray(inputs)))
+            mix_inputs = np.moveaxis(z.data, 1, -1).reshape(-1, in_channels)
+        layer.mixing = mixing.from_dense(columns.T.astype(weight.dtype), bias, inputs=mix_inputs)
+        # the kernel the fitted layer computes: Ŵ[o, c, k] = M̂[o, c]·w_c[k], M̂ read off the mixing layer
+        with no_grad():
+            eye = np.eye(in_channels, dtype=weight.dtype)
+            offset = layer.mixing(Tensor(np.zeros((1, in_channels), weight.dtype))).data
+            fitted = (layer.mixing(Tensor(eye)).data - offset).T  # (O, C)
+        approx = fitted[:, :, None] * taps[None]
+        norm = max(np.linalg.norm(weight), 1e-30)
+        layer.fit_report = {
+            "relative_error": float(np.linalg.norm(approx - weight.reshape(out_channels, in_channels, -1)) / norm),
+            "separable_relative_error": float(np.sqrt(np.sum(sv[:, 1:] ** 2)) / norm)}
+        return layer
 
     def forward(self, x):
         _check_dims(x, 3, "Conv3DSpectral")
@@ -295,6 +343,26 @@ class _BatchNorm(Module):
         return C.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch, momentum=momentum, eps=self.eps)
 
+    @classmethod
+    def from_weights(cls, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, momentum=0.1):
+        """A layer holding copies of the given affine parameters and running statistics (ONNX
+        BatchNormalization: scale, B, input_mean, input_var)."""
+        given = [np.asarray(a) for a in (weight, bias, running_mean, running_var) if a is not None]
+        if not given:
+            raise ValueError(f"{cls.__name__}.from_weights needs at least one array")
+        shapes = {a.shape for a in given}
+        if len(shapes) != 1 or len(given[0].shape) != 1:
+            raise ValueError(f"{cls.__name__}.from_weights: arrays must be 1-D of one length, got {sorted(shapes)}")
+        dtype = given[0].dtype if given[0].dtype.kind == "f" else np.float32
+        tracked = running_mean is not None or running_var is not None
+        layer = cls(given[0].shape[0], eps=eps, momentum=momentum, affine=weight is not None or bias is not None,
+                    track_running_stats=tracked, dtype=dtype)
+        for name, value in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                            ("running_var", running_var)):
+            if value is not None:
+                getattr(layer, name).data = np.array(value, dtype=dtype, copy=True)
+        return layer
+
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
@@ -378,6 +446,14 @@ class PReLU(Module):
             raise ValueError(f"num_parameters must be positive, got {num_parameters}")
         self.num_parameters = num_parameters
         self.weight = Parameter(np.full(num_parameters, init, dtype))
+
+    @classmethod
+    def from_weights(cls, weight):
+        weight = np.asarray(weight)
+        weight = weight.reshape(-1) if weight.dtype.kind == "f" else weight.reshape(-1).astype(np.float32)
+        layer = cls(weight.shape[0], dtype=weight.dtype)
+        layer.weight.data = weight.copy()
+        return layer
 
     def forward(self, x):
         return C.prelu(x, self.weight)

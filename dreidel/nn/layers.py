@@ -123,10 +123,16 @@ class Linear(Module):
     def from_weights(cls, weight, bias=None):
         """A Linear holding copies of `weight` (out, in) and `bias`."""
         weight = np.asarray(weight)
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        layer.weight.data = np.array(weight, copy=True)
-        if bias is not None:
-            layer.bias.data = np.array(bias, dtype=weight.dtype, copy=True)
+        if weight.ndim != 2 or min(weight.shape) < 1:
+            raise ValueError(f"Linear.from_weights needs a 2-D (out_features, in_features) weight, got {weight.shape}")
+        if bias is not None and np.shape(bias) != weight.shape[:1]:
+            raise ValueError(f"Linear.from_weights: bias {np.shape(bias)} does not fit weight {weight.shape}")
+        # no __init__: a random initialisation would be thrown away and would draw from the global generator
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        layer.out_features, layer.in_features = weight.shape
+        layer.weight = Parameter(weight)  # Parameter copies
+        layer.bias = None if bias is None else Parameter(np.asarray(bias, dtype=layer.weight.dtype))
         return layer
 
     def forward(self, x):
@@ -148,7 +154,7 @@ class Embedding(Module):
         self.weight = Parameter(weight)
 
     def forward(self, indices):
-        return F.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight, padding_idx=self.padding_idx)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"

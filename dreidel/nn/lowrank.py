@@ -5,29 +5,24 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel.nn.module import Module, Parameter
-from dreidel.nn.spectral import DeepSpectralLinear, _as_array, _dense_problem, _relative_error
+from dreidel.nn.spectral import DeepSpectralLinear, DenseProblem
 from dreidel.random import generator
 
 
-def _output_subspace(W, X, rank):
-    """Top-`rank` left singular vectors P_r of W C^{1/2}, C the centred covariance of the rows of X.
+def _output_subspace(W, C, rank):
+    """Top-`rank` left singular vectors P_r of W C^{1/2}, C the centred input covariance.
 
     min over rank-r Ŵ of ‖(W − Ŵ) C^{1/2}‖_F (the centred output error on the data) is reached at
     Ŵ = [W C^{1/2}]_r C^{−1/2} = P_r P_rᵀ W (Eckart–Young: [W S]_r = P_r P_rᵀ W S), so only P_r is needed:
     the top eigenvectors of W C Wᵀ, the covariance of the outputs. This needs no C^{−1/2}, hence no
-    ridge, and is exact even when C is singular. Without inputs (C = I) it is the truncated SVD.
+    ridge, and stays exact when C is singular; then the directions the data does not reach are taken
+    from W itself (truncated SVD of what is left). Without inputs (C = I) it is the truncated SVD.
     """
-    if X is None:
-        P, _, _ = np.linalg.svd(W, full_matrices=False)
-        return P[:, :rank]
-    Xc = X - X.mean(axis=0)
-    Yc = Xc @ W.T
-    if Yc.shape[0] >= Yc.shape[1]:
-        values, vectors = np.linalg.eigh(Yc.T @ Yc)
-        return vectors[:, ::-1][:, :rank]
-    _, _, Vt = np.linalg.svd(Yc, full_matrices=False)  # fewer samples than outputs
-    P = Vt[:rank].T
-    if P.shape[1] < rank:  # the data spans fewer directions: complete with W's own
+    values, vectors = np.linalg.eigh(W @ C @ W.T)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    reached = int(np.sum(values > 1e-12 * max(values[0], 1e-300)))
+    P = vectors[:, :min(rank, reached)]
+    if P.shape[1] < rank:
         extra, _, _ = np.linalg.svd(W - P @ (P.T @ W), full_matrices=False)
         P = np.concatenate([P, extra[:, :rank - P.shape[1]]], axis=1)
     return P
@@ -78,31 +73,102 @@ class LowRankLinear(Module):
         `layer.fit_report` holds the relative error ‖Y − Ŷ‖/‖Y‖ on the fitting data (‖W − Ŵ‖/‖W‖
         without inputs).
         """
-        X, Y, b, fit_intercept = _dense_problem(weight, bias, inputs)
-        W = _as_array(weight, "weight").astype(np.float64)
-        out_features, in_features = W.shape
+        problem = DenseProblem(weight, bias, inputs)
         if rank is None:
             raise ValueError("LowRankLinear.from_dense needs rank=")
-        W_dtype = _as_array(weight, "weight").dtype
-        dtype = np.dtype(dtype or (W_dtype if W_dtype.kind == "f" else np.float32))
-        layer = cls(in_features, out_features, rank, bias=b is not None or fit_intercept, dtype=dtype)
-        P = _output_subspace(W, X if fit_intercept else None, layer.rank)
-        U, V = W.T @ P, P.T
+        dtype = np.dtype(dtype or problem.dtype)
+        layer = cls(problem.in_features, problem.out_features, rank,
+                    bias=problem.b is not None or problem.fit_intercept, dtype=dtype)
+        P = _output_subspace(problem.W, problem.C, layer.rank)
+        U, V = problem.W.T @ P, P.T
         scale = np.sqrt(np.maximum(np.linalg.norm(U, axis=0), 1e-30))
         U, V = U / scale, V * scale[:, None]
         W_hat = (U @ V).T
-        if fit_intercept:
-            c = (b if b is not None else 0) + (W - W_hat) @ X.mean(axis=0)
-            error = _relative_error(Y, X @ W_hat.T + c)
-        else:
-            c = b
-            error = _relative_error(W, W_hat)
         layer.U.data, layer.V.data = U.astype(dtype), V.astype(dtype)
-        if c is not None:
-            layer.bias.data = np.asarray(c).astype(dtype)
-        layer.fit_report = {"relative_error": error, "iterations": 1, "used_inputs": fit_intercept}
+        if layer.bias is not None:
+            layer.bias.data = np.asarray(problem.offset(W_hat)).astype(dtype)
+        layer.fit_report = {"relative_error": problem.relative_error(W_hat), "iterations": 1,
+                            "used_inputs": problem.fit_intercept}
         return layer
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"bias={self.bias is not None}")
+
+
+class SpectralLowRankLinear(Module):
+    """y = S(x) + (x U) V + b: a DeepSpectralLinear S (no bias) plus a low-rank correction.
+
+    The spectral part is cheap and full-rank, the low-rank part captures the dominant directions
+    of the outputs. Cost per sample: S's K·(FWHT(N) + N) plus rank·(in + out) (+ out for the bias).
+    Parameters: `spectral.d`, `low_rank.U`, `low_rank.V`, `bias`; the permutations are buffers.
+    """
+
+    def __init__(self, in_features, out_features, rank, depth=4, bias=True, seed=0, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.spectral = DeepSpectralLinear(in_features, out_features, depth=depth, bias=False, seed=seed, dtype=dtype)
+        self.low_rank = LowRankLinear(in_features, out_features, rank, bias=False, rng=rng, dtype=dtype)
+        self.bias = Parameter(np.zeros(self.out_features, dtype=dtype)) if bias else None
+
+    def multiply_adds(self):
+        return (self.spectral.multiply_adds() + self.low_rank.multiply_adds()
+                + (self.out_features if self.bias is not None else 0))
+
+    def forward(self, x):
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"SpectralLowRankLinear expected input of shape (..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
+        y = self.spectral(x) + self.low_rank(x)
+        return y + self.bias if self.bias is not None else y
+
+    def dense_weight(self):
+        return self.spectral.dense_weight() + self.low_rank.weight()
+
+    @classmethod
+    def from_dense(cls, weight, bias=None, inputs=None, rank=None, depth=4, seed=0, rounds=3, sweeps=2,
+                   ridge=1e-9, dtype=None):
+        """Fit both parts jointly to y = W x + b by block-coordinate descent on one objective.
+
+        The error is tr((W − Ŝ − L̂) C (W − Ŝ − L̂)ᵀ) (C = the centred input covariance, or I without
+        inputs; see `DenseProblem`). Start with L̂ the best rank-r fit of W, then repeat `rounds`
+        times: `sweeps` ALS sweeps of the spectral diagonals on the residual W − L̂ (warm-started),
+        then the exact best rank-r L̂ of W − Ŝ. Every step minimises the objective over its part, so
+        the error never increases, and it is never worse than the low-rank fit alone (the first
+        diagonal update can always choose d_k = 0, i.e. Ŝ = 0). Bias: the optimal offset.
+        `fit_report`: relative_error, history (after the low-rank start and after each round).
+        """
+        problem = DenseProblem(weight, bias, inputs)
+        if rank is None:
+            raise ValueError("SpectralLowRankLinear.from_dense needs rank=")
+        dtype = np.dtype(dtype or problem.dtype)
+        layer = cls(problem.in_features, problem.out_features, rank, depth=depth,
+                    bias=problem.b is not None or problem.fit_intercept, seed=seed, dtype=dtype)
+        spectral = layer.spectral
+        D = spectral.d.data.astype(np.float64)
+
+        def low_rank_fit(target):
+            P = _output_subspace(target, problem.C, layer.low_rank.rank)
+            return target.T @ P, P.T
+
+        U, V = low_rank_fit(problem.W)
+        history = [problem.relative_error((U @ V).T)]
+        for _ in range(rounds):
+            residual = problem.with_weight(problem.W - (U @ V).T)
+            for _ in range(sweeps):
+                spectral._als_sweep(residual, D, ridge)
+            U, V = low_rank_fit(problem.W - spectral._dense_weight(D))
+            history.append(problem.relative_error(spectral._dense_weight(D) + (U @ V).T))
+        scale = np.sqrt(np.maximum(np.linalg.norm(U, axis=0), 1e-30))
+        U, V = U / scale, V * scale[:, None]
+        spectral.d.data = D.astype(dtype)
+        layer.low_rank.U.data, layer.low_rank.V.data = U.astype(dtype), V.astype(dtype)
+        if layer.bias is not None:
+            layer.bias.data = np.asarray(problem.offset(spectral._dense_weight(D) + (U @ V).T)).astype(dtype)
+        layer.fit_report = {"relative_error": history[-1], "iterations": rounds, "history": history,
+                            "used_inputs": problem.fit_intercept}
+        return layer
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.low_rank.rank}, depth={self.spectral.depth}, bias={self.bias is not None}")

@@ -199,12 +199,13 @@ class Module:
         if dtype.kind != "f":
             raise TypeError(f"Module.to needs a floating dtype, got {dtype}")
         for p in self.parameters():
-            p.data = p.data.astype(dtype)
-            p.grad = None
+            if p.dtype != dtype:  # no copy of weights that already have the dtype
+                p.data = p.data.astype(dtype)
+                p.grad = None
         for module in self.modules():
             for name, buffer in module._buffers.items():
                 if buffer is not None and buffer.dtype.kind == "f":
-                    buffer.data = buffer.data.astype(dtype)
+                    buffer.data = buffer.data.astype(dtype, copy=False)
         return self
 
     def double(self):

@@ -10,20 +10,19 @@ N·k + N·m (k butterfly stages plus one dense H_m per group; m = 1 for powers o
 A dense layer costs in·out.
 
 `from_dense` fits the layer to a dense y = W x + b by (alternating) least squares; the math is in
-`_fit_diagonal`. It runs in float64 and leaves `layer.fit_report` (relative error on the fitting data,
-sweeps, per-update objective history).
+`_fit_diagonal` and `DenseProblem` (fits need only the inputs' mean and covariance, which
+`InputStatistics` can accumulate batch by batch). It runs in float64 and leaves `layer.fit_report`
+(relative error on the fitting data, sweeps, per-update history).
 """
-import math
-
 import numpy as np
 
+from dreidel import kernels
 from dreidel.nn.module import Module, Parameter
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result
 
-from dreidel import kernels
 
-
+# -- numpy-level building blocks (kernels) ---------------------------------------------------------
 def fwht(x):
     """Orthonormal FWHT along the last axis of a numpy array (a new array)."""
     return kernels.fwht(np.ascontiguousarray(x), normalized=True)
@@ -38,9 +37,20 @@ def _block_forward(x, perm, d):
     return kernels.spectral_block(x, perm, d, validate=False)
 
 
+# The fused backward kernel (float64, thread-count-independent reduction of ∂/∂d) measured 2.5× slower
+# than composing it from the FWHT and permutation kernels plus one numpy reduction (bench/layers.py,
+# 1024 wide, batch 64): use the composition until the fused one catches up.
+FUSED_BACKWARD = False
+
+
 def _block_backward(g, x, perm, d):
     """Given y = H(P x ⊙ d): ∂/∂x = Pᵀ(d ⊙ H g), ∂/∂d = Σ_rows (H g) ⊙ P x  (H is symmetric)."""
-    return kernels.spectral_block_backward(g, x, perm, d, validate=False)
+    if FUSED_BACKWARD:
+        return kernels.spectral_block_backward(g, x, perm, d, validate=False)
+    gz = kernels.fwht(g, normalized=True)
+    grad_d = np.einsum("bn,bn->n", gz, kernels.permute(x, perm, validate=False))
+    gz *= d
+    return kernels.permute_inverse(gz, perm, validate=False), grad_d
 
 
 def fwht_multiply_adds(n):
@@ -70,70 +80,164 @@ def _as_array(value, name):
     return array
 
 
-def _dense_problem(weight, bias, inputs):
-    """Validate a dense layer (W (out, in), b) and build the fitting problem in float64.
+class InputStatistics:
+    """Streaming first and second moments of a layer's inputs: all that `from_dense` needs.
 
-    Returns (X, Y, bias_or_None, fit_intercept): with inputs, X are the samples and Y = X Wᵀ + b, and
-    the intercept is refitted; without, X = I (the columns of W are the targets: the Frobenius fit
-    of the operator) and the bias is copied.
+    `stats = InputStatistics(in_features); stats.update(batch)` for each batch (any leading shape),
+    then pass `inputs=stats` to any `from_dense`: activations never need to be kept in memory, and one
+    set of statistics serves every fit of the same layer. Accumulated in float64 as n, Σv, Σvvᵀ of
+    v = x − x₀ (x₀ the first batch's mean, so large means do not cancel digits); the centred
+    covariance is C = Σvvᵀ − (Σv)(Σv)ᵀ/n.
     """
-    W = _as_array(weight, "weight")
-    if W.ndim != 2:
-        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {W.shape}")
-    out_features, in_features = W.shape
-    W = W.astype(np.float64)
-    b = None
-    if bias is not None:
-        b = _as_array(bias, "bias").astype(np.float64)
-        if b.shape != (out_features,):
-            raise ValueError(f"bias must have shape ({out_features},) to match weight {W.shape}, got {b.shape}")
-    if inputs is None:
-        return np.eye(in_features), W.T.copy(), b, False
-    X = _as_array(inputs, "inputs").astype(np.float64)
-    if X.ndim < 2 or X.shape[-1] != in_features:
-        raise ValueError(f"inputs must have shape (..., {in_features}) to match weight {W.shape}, got {X.shape}")
-    X = X.reshape(-1, in_features)
-    if X.shape[0] < 2:
-        raise ValueError(f"need at least 2 input samples to fit, got {X.shape[0]}")
-    Y = X @ W.T + (b if b is not None else 0)
-    return X, Y, b, True
+
+    def __init__(self, in_features):
+        self.in_features = int(in_features)
+        self.count = 0
+        self.shift = None
+        self.total = np.zeros(self.in_features)
+        self.outer = np.zeros((self.in_features, self.in_features))
+
+    @classmethod
+    def of(cls, inputs):
+        X = _as_array(inputs, "inputs")
+        if X.ndim < 2:
+            raise ValueError(f"inputs must have shape (samples..., in_features), got {X.shape}")
+        return cls(X.shape[-1]).update(X)
+
+    def update(self, batch):
+        X = _as_array(batch, "inputs")
+        if X.ndim < 1 or X.shape[-1] != self.in_features:
+            raise ValueError(f"inputs must have shape (..., {self.in_features}), got {X.shape}")
+        X = X.reshape(-1, self.in_features).astype(np.float64)
+        if X.shape[0] == 0:
+            return self
+        if self.shift is None:
+            self.shift = X.mean(axis=0)
+        X = X - self.shift
+        self.count += X.shape[0]
+        self.total += X.sum(axis=0)
+        self.outer += X.T @ X
+        return self
+
+    @property
+    def mean(self):
+        return (self.shift if self.shift is not None else 0) + self.total / max(self.count, 1)
+
+    @property
+    def covariance(self):
+        """Σ_s (x_s − μ)(x_s − μ)ᵀ (a sum, not divided by n)."""
+        return self.outer - np.outer(self.total, self.total) / max(self.count, 1)
 
 
-def _fit_diagonal(U, A, Y, d_old, fit_intercept, ridge=1e-9):
-    """Least-squares diagonal of the model y = A (u ⊙ d) (+ c), the one step of every fit here.
+class DenseProblem:
+    """A dense layer y = W x + b to approximate, and the data it is approximated on, in float64.
 
-    For samples u_s (rows of U, width N), targets y_s (rows of Y, width out) and A (out, N):
-        Σ_s ‖y_s − c − A diag(u_s) d‖²
-    is quadratic in d. With centred u, y (c optimal = mean residual) its normal equations are
-        G d = r,   G = (AᵀA) ⊙ (Σ_s u_s u_sᵀ),   r = Σ_s u_s ⊙ (Aᵀ y_s)
-    (G_ij = Σ_s u_si u_sj ⟨A_:i, A_:j⟩). We solve the proximal version (G + λI) d = r + λ d_old with
-    a tiny λ: it is well posed when G is singular (padding, unused coordinates keep d_old) and never
-    increases the objective f(d) = ‖Y‖² − 2 rᵀd + dᵀG d, since f(d) + λ‖d − d_old‖² ≤ f(d_old).
-
-    Returns (d, f(d_old), f(d)) with f the centred residual sum of squares.
+    Every fit here depends on the data only through its second moments, so they are all we keep:
+    with inputs X (n, in), μ their mean and C = Σ_s (x_s − μ)(x_s − μ)ᵀ, the squared output error of
+    any affine Ŵ x + ĉ with its optimal offset ĉ = b + (W − Ŵ)μ is tr((W − Ŵ) C (W − Ŵ)ᵀ). Without
+    inputs, C = I and no offset is fitted (the bias is copied): the error is ‖W − Ŵ‖_F², the fit of
+    the operator itself. `total` is ‖Y‖² (‖W‖² without inputs), the denominator of relative errors.
     """
-    if fit_intercept:
-        U = U - U.mean(axis=0)
-        Y = Y - Y.mean(axis=0)
-    G = (A.T @ A) * (U.T @ U)
-    r = np.einsum("sn,sn->n", U, Y @ A)
-    yy = float(np.sum(Y * Y))
+
+    def __init__(self, weight, bias=None, inputs=None):
+        W = _as_array(weight, "weight")
+        if W.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {W.shape}")
+        self.dtype = W.dtype if W.dtype.kind == "f" else np.dtype(np.float32)
+        self.W = W = W.astype(np.float64)
+        self.out_features, self.in_features = W.shape
+        self.b = None
+        if bias is not None:
+            self.b = _as_array(bias, "bias").astype(np.float64)
+            if self.b.shape != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},) to match weight {W.shape}, "
+                                 f"got {self.b.shape}")
+        self.fit_intercept = inputs is not None
+        if inputs is None:
+            self.C, self.mean = np.eye(self.in_features), None
+            self.total = float(np.sum(W * W))
+            return
+        if not isinstance(inputs, InputStatistics):
+            X = _as_array(inputs, "inputs")
+            if X.ndim < 2 or X.shape[-1] != self.in_features:
+                raise ValueError(f"inputs must have shape (..., {self.in_features}) to match weight {W.shape}, "
+                                 f"got {X.shape}")
+            inputs = InputStatistics.of(X)
+        if inputs.in_features != self.in_features:
+            raise ValueError(f"input statistics of width {inputs.in_features} do not match weight {W.shape}")
+        if inputs.count < 2:
+            raise ValueError(f"need at least 2 input samples to fit, got {inputs.count}")
+        self.mean, self.C = inputs.mean, inputs.covariance
+        y_mean = W @ self.mean + (self.b if self.b is not None else 0)
+        self.total = float(np.sum((W @ self.C) * W)) + inputs.count * float(y_mean @ y_mean)
+
+    def with_weight(self, W):
+        """The same data with another target weight (used to fit one part of a sum to a residual)."""
+        other = object.__new__(DenseProblem)
+        other.__dict__.update(self.__dict__)
+        other.W = np.asarray(W, dtype=np.float64)
+        return other
+
+    def offset(self, W_hat):
+        """The bias of the fitted layer: optimal with inputs (mean residual zero), else copied."""
+        if self.fit_intercept:
+            return (self.b if self.b is not None else 0) + (self.W - W_hat) @ self.mean
+        return self.b
+
+    def relative_error(self, W_hat):
+        E = self.W - W_hat
+        return float(np.sqrt(max(float(np.sum((E @ self.C) * E)), 0.0) / max(self.total, 1e-300)))
+
+
+def _fit_diagonal(C_u, S_u, A, M, d_old, ridge=1e-9):
+    """Least-squares diagonal of the model y = A (u ⊙ d), the one step of every fit here.
+
+    For (centred) samples u_s of width N, targets y_s of width out and A (out, N), the error
+        f(d) = Σ_s ‖y_s − A diag(u_s) d‖²
+    is quadratic in d, with normal equations
+        G d = r,   G = (AᵀA) ⊙ C_u,   r = colsum(A ⊙ S_u),
+    where C_u = Σ_s u_s u_sᵀ (N, N) and S_u = Σ_s y_s u_sᵀ (out, N): G_ij = Σ_s u_si u_sj ⟨A_:i, A_:j⟩
+    and r_i = Σ_s u_si ⟨A_:i, y_s⟩. `M` is AᵀA. We solve the proximal version
+    (G + λI) d = r + λ d_old with a tiny λ: well posed when G is singular (padding; unused coordinates
+    keep d_old), and it never increases f, since f(d) + λ‖d − d_old‖² ≤ f(d_old).
+
+    Returns (d, f(d) − f(d_old)) (f up to the constant Σ‖y_s‖²).
+    """
+    G = M * C_u
+    r = np.einsum("on,on->n", A, S_u)
 
     def objective(d):
-        return yy - 2 * float(r @ d) + float(d @ G @ d)
+        return float(d @ G @ d) - 2 * float(r @ d)
 
     lam = ridge * max(float(np.mean(np.diag(G))), 1e-300)
     G[np.diag_indices_from(G)] += lam
     d = np.linalg.solve(G, r + lam * d_old)
     G[np.diag_indices_from(G)] -= lam
-    before, after = objective(d_old), objective(d)
-    if after > before:  # rounding only; keep the old value so the fit stays monotone
-        d, after = d_old.copy(), before
-    return d, before, after
+    change = objective(d) - objective(d_old)
+    if change > 0:  # rounding only; keep the old value so the fit stays monotone
+        return d_old.copy(), 0.0
+    return d, change
 
 
-def _relative_error(Y, Y_hat):
-    return float(np.linalg.norm(Y - Y_hat) / max(np.linalg.norm(Y), 1e-300))
+def _hxh(X):
+    """H X H for a square X (both FWHTs along rows, H symmetric)."""
+    return fwht(np.ascontiguousarray(fwht(X).T)).T
+
+
+def _scatter_both(X, perm):
+    """Pᵀ X P: Y[perm[i], perm[j]] = X[i, j]."""
+    Y = np.empty_like(X)
+    Y[np.ix_(perm, perm)] = X
+    return Y
+
+
+def _padded_rows(a, N, dtype):
+    """Rows of `a` zero-padded to width N in `dtype`, C-contiguous (no copy when already so)."""
+    if a.shape[1] == N:
+        return np.ascontiguousarray(a, dtype=dtype)
+    out = np.zeros((a.shape[0], N), dtype=dtype)
+    out[:, :a.shape[1]] = a
+    return out
 
 
 def _check_width(x, in_features, name):
@@ -146,7 +250,8 @@ class LinearWHT(Module):
     """One Walsh–Hadamard block: y = trunc(H · pad(x ⊙ d)) + b.
 
     d has one entry per input feature (the padded coordinates of x are zero, so their entries of d
-    would be dead). The operator is W = H[:out, :in] · diag(d): in·N-free, N log N work per sample.
+    would be dead). The operator is W = H[:out, :in] · diag(d), applied without forming it: one FWHT
+    (N log N) per sample instead of in·out.
 
     Initialisation keeps the per-coordinate variance: d_i = ±√(N / in) (random signs) gives
     Var(y_j) = Σ_i H_ji² d_i² Var(x) = Var(x), since H_ji² = 1/N. The bias starts at zero.
@@ -170,26 +275,27 @@ class LinearWHT(Module):
 
     def forward(self, x):
         _check_width(x, self.in_features, "LinearWHT")
-        d, n_in, n_out, N = self.d, self.in_features, self.out_features, self.size
+        d, bias, n_in, n_out, N = self.d, self.bias, self.in_features, self.out_features, self.size
         lead = x.shape[:-1]
         X = x.data.reshape(-1, n_in)
         dtype = np.result_type(X.dtype, d.dtype)
-        z = np.zeros((X.shape[0], N), dtype=dtype)
-        z[:, :n_in] = X * d.data
-        y = fwht(z)[:, :n_out]
+        y = kernels.fwht_(_padded_rows(X * d.data, N, dtype), normalized=True)
+        y = y if n_out == N else np.ascontiguousarray(y[:, :n_out])
+        if bias is not None:
+            y += bias.data
         if self.capture_curvature:
             self._curvature = (np.sum(X.astype(np.float64) ** 2, axis=0), X.shape[0])
 
         def backward(g):
-            gz = np.zeros((X.shape[0], N), dtype=dtype)
-            gz[:, :n_out] = g.reshape(-1, n_out)
-            gz = fwht(gz)[:, :n_in]  # Hᵀ = H
+            gz = _padded_rows(g.reshape(-1, n_out), N, dtype)
+            gz = kernels.fwht_(gz.copy() if np.may_share_memory(gz, g) else gz, normalized=True)[:, :n_in]
             gx = (gz * d.data).reshape(lead + (n_in,)) if x.requires_grad else None
             gd = np.einsum("bn,bn->n", gz, X) if d.requires_grad else None
-            return gx, gd
+            gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
+            return gx, gd, gb
 
-        out = _result(np.ascontiguousarray(y).reshape(lead + (n_out,)), (x, d), backward)
-        return out + self.bias if self.bias is not None else out
+        parents = (x, d) if bias is None else (x, d, bias)
+        return _result(y.reshape(lead + (n_out,)), parents, backward)
 
     def gauss_newton_diagonal(self):
         """Diagonal of JᵀJ for the last forward batch (needs `capture_curvature = True`).
@@ -219,25 +325,23 @@ class LinearWHT(Module):
         `layer.fit_report` holds the relative error ‖Y − Ŷ‖/‖Y‖ on the fitting data (on W itself
         without inputs).
         """
-        X, Y, b, fit_intercept = _dense_problem(weight, bias, inputs)
-        out_features, in_features = Y.shape[1], X.shape[1]
-        W_dtype = _as_array(weight, "weight").dtype
-        dtype = np.dtype(dtype or (W_dtype if W_dtype.kind == "f" else np.float32))
-        layer = cls(in_features, out_features, bias=b is not None or fit_intercept, dtype=dtype)
-        A = hadamard_rows(layer.size, out_features)[:, :in_features]
-        d, before, after = _fit_diagonal(X, A, Y, np.zeros(in_features), fit_intercept, ridge)
-        prediction = (X * d) @ A.T
-        if fit_intercept:  # the optimal offset: the mean residual
-            c = (Y - prediction).mean(axis=0)
-            prediction = prediction + c
-        else:  # weight-only: the error is ‖W − Ŵ‖/‖W‖, the bias is copied
-            c = b
-        if c is not None:
-            layer.bias.data = c.astype(dtype)
+        problem = DenseProblem(weight, bias, inputs)
+        n_out, n_in = problem.out_features, problem.in_features
+        dtype = np.dtype(dtype or problem.dtype)
+        layer = cls(n_in, n_out, bias=problem.b is not None or problem.fit_intercept, dtype=dtype)
+        A = hadamard_rows(layer.size, n_out)[:, :n_in]
+        d, _ = _fit_diagonal(problem.C, problem.W @ problem.C, A, A.T @ A, np.zeros(n_in), ridge)
+        W_hat = A * d
         layer.d.data = d.astype(dtype)
-        layer.fit_report = {"relative_error": _relative_error(Y, prediction), "iterations": 1,
-                            "objective": [before, after], "used_inputs": fit_intercept}
+        if layer.bias is not None:
+            layer.bias.data = problem.offset(W_hat).astype(dtype)
+        layer.fit_report = {"relative_error": problem.relative_error(W_hat), "iterations": 1,
+                            "used_inputs": problem.fit_intercept}
         return layer
+
+    def dense_weight(self):
+        """The (out, in) matrix this layer applies, H[:out, :in] diag(d), in float64."""
+        return hadamard_rows(self.size, self.out_features)[:, :self.in_features] * self.d.data.astype(np.float64)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, size={self.size}, "
@@ -293,29 +397,30 @@ class DeepSpectralLinear(Module):
 
     def forward(self, x):
         _check_width(x, self.in_features, "DeepSpectralLinear")
-        d, n_in, n_out, N = self.d, self.in_features, self.out_features, self.size
+        d, bias, n_in, n_out, N = self.d, self.bias, self.in_features, self.out_features, self.size
         perms = self.perms.data
         lead = x.shape[:-1]
         dtype = np.result_type(x.dtype, d.dtype)
-        Z = np.zeros((int(np.prod(lead)), N), dtype=dtype)
-        Z[:, :n_in] = x.data.reshape(-1, n_in)
-        D = d.data.astype(dtype, copy=False)
-        block_inputs, Z = _deep_spectral_forward(Z, perms, D)
+        D = d.data if d.dtype == dtype else d.data.astype(dtype)
+        block_inputs, Z = _deep_spectral_forward(_padded_rows(x.data.reshape(-1, n_in), N, dtype), perms, D)
         if self.capture_curvature:  # Σ_s (P_k z)² per block, for gauss_newton_diagonal
             self._curvature = (np.stack([np.sum(z.astype(np.float64) ** 2, axis=0)[p]
                                          for z, p in zip(block_inputs, perms)]), Z.shape[0])
+        y = Z if n_out == N else np.ascontiguousarray(Z[:, :n_out])
+        if bias is not None:
+            y += bias.data  # Z is the kernel's fresh output: safe to add in place
 
         def backward(g):
-            G = np.zeros((Z.shape[0], N), dtype=dtype)
-            G[:, :n_out] = g.reshape(-1, n_out)
+            G = _padded_rows(g.reshape(-1, n_out), N, dtype)
             gd = np.empty_like(D)
             for k in reversed(range(len(perms))):
                 G, gd[k] = _block_backward(G, block_inputs[k], perms[k], D[k])
             gx = G[:, :n_in].reshape(lead + (n_in,)) if x.requires_grad else None
-            return gx, gd
+            gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
+            return gx, gd, gb
 
-        out = _result(np.ascontiguousarray(Z[:, :n_out]).reshape(lead + (n_out,)), (x, d), backward)
-        return out + self.bias if self.bias is not None else out
+        parents = (x, d) if bias is None else (x, d, bias)
+        return _result(y.reshape(lead + (n_out,)), parents, backward)
 
     # -- the operator, for fitting and curvature ---------------------------------------------------
     def _output_maps(self, D):
@@ -381,45 +486,77 @@ class DeepSpectralLinear(Module):
         residual); without, on the operator itself (X = I, Frobenius norm; the bias is copied).
         Stops after `sweeps` sweeps or when a sweep improves the error by less than `tol` (relative).
         `layer.fit_report`: relative_error, iterations (sweeps), history (relative error after each
-        sweep, starting with the initial one), objective (per block update).
+        sweep, starting with the initial one), objective (relative error after each block update,
+        from the quadratic form).
         """
-        X, Y, b, fit_intercept = _dense_problem(weight, bias, inputs)
-        out_features, in_features = Y.shape[1], X.shape[1]
-        W_dtype = _as_array(weight, "weight").dtype
-        dtype = np.dtype(dtype or (W_dtype if W_dtype.kind == "f" else np.float32))
-        layer = cls(in_features, out_features, depth=depth, bias=b is not None or fit_intercept,
-                    seed=seed, dtype=dtype)
-        N, perms = layer.size, layer.perms.data
+        problem = DenseProblem(weight, bias, inputs)
+        dtype = np.dtype(dtype or problem.dtype)
+        layer = cls(problem.in_features, problem.out_features, depth=depth,
+                    bias=problem.b is not None or problem.fit_intercept, seed=seed, dtype=dtype)
         D = layer.d.data.astype(np.float64)
-        Z0 = np.zeros((X.shape[0], N))
-        Z0[:, :in_features] = X
-
-        def residual_error(D):
-            """Relative error with the optimal offset (with inputs), and that offset."""
-            prediction = _deep_spectral_forward(Z0, perms, D)[1][:, :out_features]
-            offset = (Y - prediction).mean(axis=0) if fit_intercept else 0
-            return _relative_error(Y, prediction + offset), offset
-
-        history, objective = [residual_error(D)[0]], []
-        sweep = 0
+        history, objective, sweep = [problem.relative_error(layer._dense_weight(D))], [], 0
         for sweep in range(1, sweeps + 1):
-            maps = layer._output_maps(D)
-            Z = Z0
-            for k in range(layer.depth):
-                U = Z[:, perms[k]]
-                D[k], before, after = _fit_diagonal(U, maps[k], Y, D[k], fit_intercept, ridge)
-                objective.append(after)
-                Z = fwht(U * D[k])
-            history.append(residual_error(D)[0])
+            squared = history[-1] ** 2 * problem.total
+            for change in layer._als_sweep(problem, D, ridge):  # relative error after each update
+                squared += change
+                objective.append(float(np.sqrt(max(squared, 0.0) / problem.total)))
+            history.append(problem.relative_error(layer._dense_weight(D)))
             if history[-2] - history[-1] <= tol * history[-2]:
                 break
-        error, offset = residual_error(D)
         layer.d.data = D.astype(dtype)
         if layer.bias is not None:
-            layer.bias.data = (offset if fit_intercept else b).astype(dtype)
-        layer.fit_report = {"relative_error": error, "iterations": sweep, "history": history,
-                            "objective": objective, "used_inputs": fit_intercept}
+            layer.bias.data = problem.offset(layer._dense_weight(D)).astype(dtype)
+        layer.fit_report = {"relative_error": history[-1], "iterations": sweep, "history": history,
+                            "objective": objective, "used_inputs": problem.fit_intercept}
         return layer
+
+    def _als_sweep(self, problem, D, ridge):
+        """One ALS sweep over d_1 … d_K in place; returns each update's change of the error.
+
+        Everything is carried as second moments, so a sweep costs O(K (N² log N + N³)) whatever
+        the number of samples. Block k sees u = P_k z (z its input) and the map A_k after it:
+            C_u = P C_z Pᵀ (C_u[i, j] = C_z[perm i, perm j]),   S_u = S_z Pᵀ (columns gathered),
+        with C_z = Σ z zᵀ, S_z = Σ y zᵀ (centred), starting from C_z = pad(C), S_z = pad(W C); after
+        the update z ← H(u ⊙ d_k) gives C_z ← H D C_u D H and S_z ← S_u D H.
+        """
+        perms, N = self.perms.data, self.size
+        maps = self._output_maps(D)
+        gram = self._output_grams(D)
+        C_z = np.zeros((N, N))
+        C_z[:self.in_features, :self.in_features] = problem.C
+        S_z = np.zeros((self.out_features, N))
+        S_z[:, :self.in_features] = problem.W @ problem.C
+        changes = []
+        for k, perm in enumerate(perms):
+            C_u, S_u = C_z[np.ix_(perm, perm)], S_z[:, perm]
+            D[k], change = _fit_diagonal(C_u, S_u, maps[k], gram[k], D[k], ridge)
+            changes.append(change)
+            C_z = _hxh(C_u * np.outer(D[k], D[k]))
+            S_z = fwht(S_u * D[k])
+        return changes
+
+    def _output_grams(self, D):
+        """M_k = A_kᵀ A_k (N, N) for every k, by M_K = H T H (T the truncation's projector) and
+        M_{k−1} = H P_kᵀ D_k M_k D_k P_k H (two FWHTs per step instead of an (out·N²) product)."""
+        perms = self.perms.data
+        T = np.zeros((self.size, self.size))
+        T[np.arange(self.out_features), np.arange(self.out_features)] = 1
+        M = _hxh(T)
+        grams = [None] * self.depth
+        grams[-1] = M
+        for k in range(self.depth - 1, 0, -1):
+            M = _hxh(_scatter_both(M * np.outer(D[k], D[k]), perms[k]))
+            grams[k - 1] = M
+        return grams
+
+    def _dense_weight(self, D):
+        Z = np.zeros((self.in_features, self.size))
+        Z[np.arange(self.in_features), np.arange(self.in_features)] = 1
+        return _deep_spectral_forward(Z, self.perms.data, D)[1][:, :self.out_features].T
+
+    def dense_weight(self):
+        """The (out, in) matrix this layer applies (without the bias), in float64."""
+        return self._dense_weight(self.d.data.astype(np.float64))
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, depth={self.depth}, "

@@ -31,7 +31,17 @@ class BlockDiagonal(Optimizer):
     A curvature matrix can be supplied instead of the empirical Fisher by a module defining
     `block_curvature(block_size)` → {parameter: (full_blocks, tail)} arrays of shape
     (n_full, B, B) and (r, r) (or None), on the loss's scale; pass `modules=model`.
-    Cost per step: O(n·block_size) for the outer products and solves, O(n·block_size²) per refresh.
+    `momentum` accumulates Δ (b ← μ·b + Δ, the step uses b).
+
+    Step-length safeguard (`line_search=True`, used whenever step() gets a closure): blocks ignore
+    the coupling between blocks and the empirical Fisher is not the Hessian, so the proposed step d
+    is scaled by α = min(1, gᵀd / dᵀHd) (the quadratic model's minimiser along d; dᵀHd from one more
+    gradient evaluation by finite differences); `last_step_scale` holds α. Without a closure the step
+    is the plain formula, and then damping must be large enough for the problem (lr/damping acts
+    as an SGD rate in the low-curvature directions).
+
+    Cost per step: O(n·block_size) for the outer products and the two triangular products,
+    O(n·block_size²) per refresh (Cholesky and triangular inverse of every block).
     """
 
     def __init__(self, params, lr=1.0, block_size=64, damping=1e-3, beta=0.95, update_freq=10,
@@ -82,7 +92,7 @@ class BlockDiagonal(Optimizer):
         supplied = self._supplied_curvature()
         directions = {}
         for group in self.param_groups:
-            lr, B, beta, damping = group["lr"], group["block_size"], group["beta"], group["damping"]
+            B, beta, damping = group["block_size"], group["beta"], group["damping"]
             for p in self._params_with_grad(group):
                 n_full, tail = split_blocks(p.size, B)
                 g = p.grad.astype(np.float64).ravel()

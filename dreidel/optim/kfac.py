@@ -1,19 +1,53 @@
-"""K-FAC (Martens & Grosse, 2015): Kronecker-factored natural-gradient / Gauss–Newton steps for Linear layers."""
+"""K-FAC (Martens & Grosse, 2015; KFC for convolutions, Grosse & Martens, 2016): Kronecker-factored
+Gauss–Newton / natural-gradient steps for Linear and Conv layers."""
+import math
+
 import numpy as np
 
+from dreidel import convolution
+from dreidel.nn.conv import _ConvNd
 from dreidel.nn.layers import Linear
 from dreidel.optim.optimizer import Optimizer, check_number
 from dreidel.random import generator
 from dreidel.tensor import is_grad_enabled
 
 
+def _is_supported(module):
+    if isinstance(module, Linear):
+        return True
+    return isinstance(module, _ConvNd) and not module._transposed and module.groups == 1
+
+
+def _input_rows(layer, x):
+    """The layer's input as rows a (R, fan_in) with y_r = W a_r + b: the rows themselves for Linear,
+    the im2col patches (one row per sample and output position) for a convolution."""
+    if isinstance(layer, Linear):
+        return x.reshape(-1, layer.in_features)
+    d = len(layer.kernel_size)
+    pads = convolution._padding(layer.padding, d, layer.kernel_size, layer.dilation)
+    xp = convolution._pad_array(x, pads)
+    out_shape = convolution._conv_out_shape(xp.shape[2:], layer.kernel_size, layer.stride, layer.dilation, "conv")
+    cols = convolution._im2col(xp, layer.kernel_size, layer.stride, layer.dilation, out_shape, 1)[0]
+    return cols.T                                                  # (N·P, C·K), weight's column order
+
+
+def _output_rows(layer, grad):
+    """Output gradients as rows (R, out) matching `_input_rows`."""
+    if isinstance(layer, Linear):
+        return grad.reshape(-1, layer.out_features)
+    return convolution._output_matrix(grad, 1)[0].T                # (N·P, O)
+
+
 class KFAC(Optimizer):
-    """K-FAC for every `dreidel.nn.Linear` in `model` (other parameters get plain SGD with momentum).
+    """K-FAC for every `dreidel.nn.Linear` and `Conv1d/2d/3d` (groups = 1) in `model`; any other
+    parameter (norms, embeddings, transposed or grouped convolutions, spectral layers) gets a plain
+    gradient step with the same lr, momentum and weight decay.
 
-    For a Linear layer y = W a + b seen on N rows (batch × positions) of a loss L, with
-    ā = [a, 1] (the 1 only with a bias) and g = ∂L/∂y captured by hooks:
+    A layer is y_r = W a_r + b over R rows: the rows of a Linear's input, or for a convolution the
+    im2col patches (R = batch × output positions; W reshaped to (out, in·kernel)). With ā = [a, 1]
+    (the 1 only with a bias) and g_r = ∂L/∂y_r captured by forward/gradient hooks:
 
-        A = (1/N)·Σₙ āₙ āₙᵀ,      G = Σₙ gₙ gₙᵀ  (from a curvature backward, see below)
+        A = (1/R)·Σ_r ā_r ā_rᵀ,      G = Σ_r g_r g_rᵀ  (from a curvature backward, see below)
         curvature of L in vec([W b]) ≈ A ⊗ G
         A, G ← EMAs with decay `factor_decay` (the first sample is taken as is)
         every `update_freq` steps: π = √((tr A / dim A) / (tr G / dim G)),
@@ -24,15 +58,21 @@ class KFAC(Optimizer):
     - the exact or sampled Gauss–Newton factor, when `curvature_backward(output, loss)` was called
       on the model's output before `loss.backward()`: it backpropagates vectors ε with
       E[εₙεₙᵀ] = ∂²L/∂yₙ² (the loss's Hessian in the outputs), with retain_graph, so the hooks see
-      gₙ = Jₙᵀεₙ and Σ gₙgₙᵀ estimates Σ Jₙᵀ Λₙ Jₙ. For loss="mse" with exact=True the m columns of
-      Λ^{1/2} are backpropagated one by one (exact GN; m extra backward passes); otherwise one
-      Rademacher (mse) or one sampled-label (cross_entropy, Fisher = GN there) pass. Gradients are
-      left untouched. With exact GN, lr = 1 and damping = 0, one step solves linear least squares.
-    - otherwise the empirical Fisher from the ordinary backward: G = N·Σₙ gₙ gₙᵀ (this assumes L is
-      a mean over the N rows; cheap, but biased, and not a Newton step).
+      g_r = J_rᵀε and Σ g_r g_rᵀ estimates Σ J_rᵀ Λ J_r. For loss="mse" with exact=True the columns of
+      Λ^{1/2} are backpropagated one by one (exact GN; one extra backward pass per output entry of a
+      sample, e.g. m for an (N, m) output); otherwise one
+      Rademacher (mse) or one sampled-label (cross_entropy, where Fisher = GN) pass. Parameter
+      gradients are left untouched. With exact GN, lr = 1 and damping = 0, one step solves linear
+      least squares.
+    - otherwise the empirical Fisher from the ordinary backward: G = S·Σ_r g_r g_rᵀ, S the number of
+      terms the loss averages (rows of a Linear's input, the batch of a convolution's). Cheap, but
+      biased, and not a Newton step.
 
-    Limits: each Linear must be called once per forward (a layer reused in one forward keeps only its
-    last call's input); convolution layers are not preconditioned yet (plain SGD).
+    Step-length safeguard (`line_search=True`, when step() gets a closure): the step is scaled by
+    α = min(1, gᵀΔ / ΔᵀHΔ) with ΔᵀHΔ from one extra gradient (finite difference along Δ), like the
+    rescaling of Martens & Grosse §6.4 but with the true Hessian; `last_step_scale` holds α.
+
+    Limits: a layer called more than once in one forward keeps only its last call's input.
     """
 
     def __init__(self, model, lr=1.0, damping=1e-3, update_freq=10, factor_decay=0.95, momentum=0.0,
@@ -45,7 +85,7 @@ class KFAC(Optimizer):
         self.model, self.update_freq, self.factor_decay = model, int(update_freq), factor_decay
         self.rng = generator(rng)
         self.line_search, self.last_step_scale = bool(line_search), 1.0
-        self.layers = [m for m in model.modules() if isinstance(m, Linear)]
+        self.layers = [m for m in model.modules() if _is_supported(m)]
         self._inputs, self._output_grads, self._curvature = {}, {}, {}
         self._collecting = False
         self.steps = 0
@@ -59,6 +99,11 @@ class KFAC(Optimizer):
         check_number("momentum", group["momentum"], low=0)
         check_number("weight_decay", group["weight_decay"], low=0)
 
+    def add_param_group(self, group):
+        if self.param_groups:
+            raise ValueError("KFAC keeps all of the model's parameters in one group; build it from the model")
+        super().add_param_group(group)
+
     def remove_hooks(self):
         for handle in self._handles:
             handle.remove()
@@ -67,14 +112,14 @@ class KFAC(Optimizer):
     def _forward_hook(self, layer, inputs, output):
         if not is_grad_enabled() or not output.requires_grad:
             return
-        self._inputs[layer] = inputs[0].data.reshape(-1, layer.in_features)
+        x = inputs[0].data
+        self._inputs[layer] = (_input_rows(layer, x), x.shape[0] if isinstance(layer, _ConvNd) else None)
         self._curvature.pop(layer, None)
 
         def grad_hook(grad):
-            rows = grad.reshape(-1, layer.out_features).astype(np.float64)
+            rows = _output_rows(layer, grad).astype(np.float64)
             if self._collecting:
-                previous = self._curvature.get(layer, 0)
-                self._curvature[layer] = previous + rows.T @ rows
+                self._curvature[layer] = self._curvature.get(layer, 0) + rows.T @ rows
             else:
                 self._output_grads[layer] = rows
         output.register_hook(grad_hook)
@@ -103,14 +148,14 @@ class KFAC(Optimizer):
                 p.grad = g
 
     def _curvature_vectors(self, y, loss, exact, reduction):
-        """Vectors ε (shaped like the output) with Σ over them of ε εᵀ (per row) = the loss Hessian
-        in that row's outputs (exactly, or in expectation)."""
+        """Vectors ε (shaped like the output) whose Σ ε εᵀ (per row) is the loss's Hessian in that
+        row's outputs, exactly or in expectation."""
         if loss == "mse":
-            scale = np.sqrt(2.0 / (y.size if reduction == "mean" else 1))    # Λ = 2/(N·m)·I per row
-            if exact:
-                for k in range(y.shape[-1]):
+            scale = math.sqrt(2.0 / (y.size if reduction == "mean" else 1))    # Λ = 2/(N·m)·I per row
+            if exact:  # every entry of a sample in turn (all samples at once: they are independent)
+                for index in np.ndindex(*y.shape[1:]):
                     epsilon = np.zeros(y.shape)
-                    epsilon[..., k] = scale
+                    epsilon[(slice(None),) + index] = scale
                     yield epsilon
             else:
                 yield scale * (self.rng.integers(0, 2, size=y.shape) * 2.0 - 1)
@@ -126,12 +171,13 @@ class KFAC(Optimizer):
         sampled = (flat.cumsum(-1) < self.rng.random((rows, 1))).sum(-1).clip(0, flat.shape[1] - 1)
         epsilon = flat.copy()
         epsilon[np.arange(rows), sampled] -= 1
-        epsilon /= np.sqrt(rows if reduction == "mean" else 1)
+        epsilon /= math.sqrt(rows if reduction == "mean" else 1)
         yield np.moveaxis(epsilon.reshape(p.shape), -1, 1)
 
     # -- the step ----------------------------------------------------------------------------
     def _update_factors(self, layer):
-        a = self._inputs[layer].astype(np.float64)
+        a, batch = self._inputs[layer]
+        a = a.astype(np.float64)
         if layer.bias is not None:
             a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
         A = a.T @ a / a.shape[0]
@@ -141,7 +187,7 @@ class KFAC(Optimizer):
             g = self._output_grads[layer]
             if g.shape[0] != a.shape[0]:
                 raise RuntimeError(f"KFAC: captured {a.shape[0]} input rows but {g.shape[0]} gradient rows")
-            G = g.shape[0] * (g.T @ g)
+            G = (g.shape[0] if batch is None else batch) * (g.T @ g)
         state = self.state.setdefault(layer.weight, {})
         if "A" not in state:
             state["A"], state["G"] = A, G
@@ -160,18 +206,16 @@ class KFAC(Optimizer):
 
     def _invert(self, state, damping):
         A, G = state["A"], state["G"]
-        root = np.sqrt(damping)
+        root = math.sqrt(damping)
         trace_a, trace_g = np.trace(A) / len(A), np.trace(G) / len(G)
-        pi = np.sqrt(trace_a / trace_g) if trace_a > 0 and trace_g > 0 else 1.0
+        pi = math.sqrt(trace_a / trace_g) if trace_a > 0 and trace_g > 0 else 1.0
         state["A_inv"] = self._inverse(A, pi * root)
         state["G_inv"] = self._inverse(G, root / pi)
 
-    def step(self, closure=None):
-        loss = self._evaluate(closure)
-        self.steps += 1
-        refresh = (self.steps - 1) % self.update_freq == 0
-        preconditioned = {}
-        group = self.param_groups[0]
+    def _preconditioned(self, group, refresh):
+        """{parameter: Δ} for every hooked layer that has fresh statistics and a weight gradient."""
+        result = {}
+        decay = group["weight_decay"]
         for layer in self.layers:
             W, b = layer.weight, layer.bias
             if W.grad is None or layer not in self._inputs:
@@ -181,46 +225,46 @@ class KFAC(Optimizer):
             state = self._update_factors(layer)
             if refresh or "A_inv" not in state:
                 self._invert(state, group["damping"])
-            gradient = W.grad.astype(np.float64)
-            if group["weight_decay"]:
-                gradient = gradient + group["weight_decay"] * W.data
+            gradient = W.grad.astype(np.float64).reshape(W.shape[0], -1) + decay * W.data.reshape(W.shape[0], -1)
             if b is not None:
-                gb = np.zeros(b.shape) if b.grad is None else b.grad.astype(np.float64)
-                if group["weight_decay"]:
-                    gb = gb + group["weight_decay"] * b.data
+                gb = (np.zeros(b.shape) if b.grad is None else b.grad.astype(np.float64)) + decay * b.data
                 gradient = np.concatenate([gradient, gb[:, None]], axis=1)
             delta = state["G_inv"] @ gradient @ state["A_inv"]
-            preconditioned[W] = delta[:, :layer.in_features]
             if b is not None:
-                preconditioned[b] = delta[:, -1]
+                result[b] = delta[:, -1]
+                delta = delta[:, :-1]
+            result[W] = delta.reshape(W.shape)
+        return result
+
+    def step(self, closure=None):
+        loss = self._evaluate(closure)
+        self.steps += 1
+        group = self.param_groups[0]
+        preconditioned = self._preconditioned(group, refresh=(self.steps - 1) % self.update_freq == 0)
         self._forget_captures()
         directions = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p in preconditioned:
-                    directions[p] = preconditioned[p]
-                elif p.grad is not None:
-                    directions[p] = p.grad + group["weight_decay"] * p.data
+        for p in group["params"]:
+            if p in preconditioned:
+                directions[p] = preconditioned[p]
+            elif p.grad is not None:
+                directions[p] = p.grad + group["weight_decay"] * p.data
         scale = 1.0
         if self.line_search and closure is not None:
             scale = self._step_scale(closure, directions)
             self._forget_captures()
         self.last_step_scale = scale
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p not in directions:
-                    continue
-                delta = scale * directions[p]
-                if momentum:
-                    buf = self.state.setdefault(p, {}).get("momentum_buffer")
-                    if buf is None:
-                        buf = self.state[p]["momentum_buffer"] = np.array(delta, dtype=np.float64)
-                    else:
-                        buf *= momentum
-                        buf += delta
-                    delta = buf
-                p.data -= (lr * delta).astype(p.dtype)
+        lr, momentum = group["lr"], group["momentum"]
+        for p, direction in directions.items():
+            delta = scale * direction
+            if momentum:
+                buf = self.state.setdefault(p, {}).get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = np.array(delta, dtype=np.float64)
+                else:
+                    buf *= momentum
+                    buf += delta
+                delta = buf
+            p.data -= (lr * delta).astype(p.dtype)
         return loss
 
     def _forget_captures(self):

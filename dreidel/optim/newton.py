@@ -6,12 +6,17 @@ from dreidel.random import generator
 from dreidel.tensor import Tensor
 
 
-def module_curvature(modules):
-    """{parameter: array} from every module in `modules` that defines `gauss_newton_diagonal()`."""
+def curvature_modules(modules):
+    """The modules among `modules` (a Module tree or a list) that define `gauss_newton_diagonal()`."""
     if modules is None:
-        return {}
+        return []
     if hasattr(modules, "modules") and callable(modules.modules):
         modules = modules.modules()
+    return [m for m in modules if callable(getattr(m, "gauss_newton_diagonal", None))]
+
+
+def module_curvature(modules, scale=1.0):
+    """{parameter: scale · array} from every module's `gauss_newton_diagonal()`."""
     curvature = {}
     for module in modules:
         provide = getattr(module, "gauss_newton_diagonal", None)
@@ -22,7 +27,7 @@ def module_curvature(modules):
             if h.shape != p.shape:
                 raise ValueError(f"{type(module).__name__}.gauss_newton_diagonal() gave shape {h.shape} "
                                  f"for a parameter of shape {p.shape}")
-            curvature[p] = h
+            curvature[p] = scale * h.astype(np.float64)
     return curvature
 
 
@@ -39,13 +44,16 @@ class DiagonalNewton(Optimizer):
     Where s comes from, per parameter (the first that applies):
 
     1. Gauss–Newton diagonal from its module. Pass `modules=model` (or a list of modules); any module
-       defining `gauss_newton_diagonal()` is asked, after the backward pass, for {parameter: array}.
-       Contract: the array has the parameter's shape, is ≥ 0, and estimates diag(Jᵀ Λ J) for the loss
-       L that was backpropagated (J: d outputs / d parameter, Λ: the loss's Hessian in the outputs),
-       on the scale of L itself (a mean-reduced loss gives a mean over samples). Example: for
-       LinearWHT y_n = H(x_n ⊙ d) (H orthonormal) with L = (1/(N·m))·Σ‖y_n − t_n‖², Λ = 2/(N·m)·I
-       and GN(dᵢ) = 2/(N·m)·Σ_n x_{n,i}²·‖H_{:,i}‖². Its empirical-Fisher form from the captured output
-       gradients g_n = ∂L/∂y_n is N·Σ_n x_{n,i}²·(Hᵀg_n)ᵢ²; both are consumed as given.
+       defining `gauss_newton_diagonal()` is asked, after the backward pass, for {parameter: array},
+       and its `capture_curvature` flag (if it has one) is switched on. Consumed as
+       s = module_curvature_scale · array. The dreidel.nn.spectral layers return diag(JᵀJ) of their
+       own output for the summed squared loss ½Σ_s‖y_s − t_s‖² (Λ = I, no output gradients needed):
+       LinearWHT y = trunc(H(x ⊙ d)) + b gives GN(dᵢ) = (out/N)·Σ_s x_{s,i}² (‖H[:out, i]‖² = out/N),
+       GN(b_j) = batch; DeepSpectralLinear gives GN(d_{k,i}) = Σ_s u_{s,k,i}²·‖A_k[:, i]‖², u_k the
+       permuted block input and A_k the map from block k's output to y. For F.mse_loss (mean over the
+       N·m output entries) set module_curvature_scale = 2/(N·m); for a layer that is not the model's
+       output, this treats the loss's curvature in that layer's output as a multiple of I (an
+       approximation; the step-length safeguard below absorbs a wrong overall scale).
     2. `curvature="hutchinson"` (default): s = |v ⊙ Hv| with Rademacher v (E[v ⊙ Hv] = diag H; the
        absolute value, as in AdaHessian, keeps negative curvature from reversing the step). The
        engine has no double backward, so Hv is a central difference of gradients,
@@ -57,13 +65,20 @@ class DiagonalNewton(Optimizer):
        whose per-sample gradients are mostly noise, E[g²] ≈ Fisher/N, so pass fisher_scale=N.
        The step g/(ĥ + damping) is then bounded by lr/(2√damping) per coordinate.
 
+    Step-length safeguard (`line_search=True`, used whenever step() gets a closure): a diagonal
+    model ignores the coupling between parameters, so on a real network the joint step overshoots
+    (by up to the number of strongly correlated coordinates). The proposed step d = ĝ/(ĥ + damping)
+    is scaled by α = min(1, gᵀd / dᵀHd), the minimiser of the quadratic model along d, with dᵀHd from
+    one more gradient evaluation (a finite difference along d); `last_step_scale` holds α. Without
+    a closure (or with line_search=False) the step is the plain formula above.
+
     `update_every=k` refreshes the curvature only every k steps (ĥ is reused in between), which
     amortises Hutchinson's extra passes.
     """
 
     def __init__(self, params, lr=1.0, beta=0.95, damping=1e-4, curvature="hutchinson", modules=None,
                  momentum=0.0, weight_decay=0.0, hutchinson_eps=1e-3, hutchinson_samples=1,
-                 fisher_scale=1.0, update_every=1, line_search=True, rng=None):
+                 fisher_scale=1.0, update_every=1, line_search=True, module_curvature_scale=1.0, rng=None):
         if curvature not in ("hutchinson", "fisher"):
             raise ValueError(f"curvature must be 'hutchinson' or 'fisher', got {curvature!r}")
         if int(hutchinson_samples) != hutchinson_samples or hutchinson_samples < 1:
@@ -72,7 +87,12 @@ class DiagonalNewton(Optimizer):
             raise ValueError(f"update_every must be a positive integer, got {update_every}")
         check_number("hutchinson_eps", hutchinson_eps, low=0, low_open=True)
         check_number("fisher_scale", fisher_scale, low=0, low_open=True)
-        self.curvature, self.modules = curvature, modules
+        check_number("module_curvature_scale", module_curvature_scale, low=0, low_open=True)
+        self.curvature, self.modules = curvature, curvature_modules(modules)
+        self.module_curvature_scale = module_curvature_scale
+        for module in self.modules:
+            if hasattr(module, "capture_curvature"):
+                module.capture_curvature = True
         self.hutchinson_eps, self.hutchinson_samples = hutchinson_eps, int(hutchinson_samples)
         self.fisher_scale, self.update_every = fisher_scale, int(update_every)
         self.rng = generator(rng)
@@ -125,7 +145,7 @@ class DiagonalNewton(Optimizer):
         refresh = (self.steps - 1) % self.update_every == 0
         samples = {}
         if refresh:
-            samples = module_curvature(self.modules)
+            samples = module_curvature(self.modules, self.module_curvature_scale)
             rest = [p for g in self.param_groups for p in self._params_with_grad(g) if p not in samples]
             if rest and self.curvature == "hutchinson":
                 samples.update(self._hutchinson(rest, closure))

@@ -33,8 +33,9 @@ from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, O
                                               UnsupportedOpsError)
 from importers.onnx_to_dreidel.loader import numpy_dtype, tensor_to_array
 from importers.onnx_to_dreidel.ops_nn import conv_geometry
-from importers.onnx_to_dreidel.registry import Node, is_tensor, resolve
+from importers.onnx_to_dreidel.registry import Node, is_tensor, resolve, set_float_dtype
 
+_DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"}
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -46,11 +47,12 @@ class Scope(Module):
 
 
 class _Step:
-    __slots__ = ("node", "run", "module", "inputs", "outputs", "free", "kind")
+    __slots__ = ("node", "run", "module", "inputs", "outputs", "free", "kind", "shape_only")
 
     def __init__(self, node, run, inputs, outputs, module=None, kind="op"):
         self.node, self.run, self.inputs, self.outputs = node, run, inputs, outputs
         self.module, self.kind, self.free = module, kind, ()
+        self.shape_only = False  # depends on the inputs' shapes only: cached per input-shape signature
 
 
 # -- naming -----------------------------------------------------------------------------------------
@@ -129,17 +131,13 @@ class GraphModule(Module):
                 self.folded_count += 1
             else:
                 runtime.append((proto, node, run))
-        self._constants = constants
-        self._build_steps(runtime, constants, graph)
+        self._build_steps(runtime, constants)
 
     # -- structure ------------------------------------------------------------------------------
-    def _build_steps(self, runtime, constants, graph):
+    def _build_steps(self, runtime, constants):
         consumers = Counter(name for _, node, _ in runtime for name in node.inputs if name)
         consumers.update(self.output_names)
-        producer_of = {}
-        for index, (_, node, _) in enumerate(runtime):
-            for name in node.outputs:
-                producer_of[name] = index
+        self._shared = {}
         absorbed = set()  # runtime indices merged into a module step (bias Adds, spelled-out norms)
         steps = []
         self.module_paths = []
@@ -161,6 +159,7 @@ class GraphModule(Module):
                 continue
             steps.append(_Step(node, run, list(node.inputs), list(node.outputs)))
         self._finish(steps, constants)
+        del self._shared
 
     def _as_module(self, proto, node, runtime, index, constants, consumers, absorbed):
         """(path, inputs, outputs, kind) when the node is a recognised layer with constant weights."""
@@ -179,7 +178,7 @@ class GraphModule(Module):
                 if add.op_type == "Add" and is_float(candidate) and candidate.shape == (weight.shape[0],):
                     bias, outputs = candidate, list(add.outputs)
                     absorbed.add(add_index)
-            path = self._add_module(proto, node.inputs[1], _linear(weight, bias))
+            path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
             return path, [node.inputs[0]], outputs, "linear"
         if op == "Gemm" and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
                 and node.attr("alpha", 1.0) == 1.0 and node.attr("beta", 1.0) == 1.0 and not node.attr("transA", 0):
@@ -191,7 +190,7 @@ class GraphModule(Module):
                 if not is_float(c) or c.size != weight.shape[0]:
                     return None
                 bias = c.reshape(-1)
-            path = self._add_module(proto, node.inputs[1], _linear(weight, bias))
+            path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
             return path, [node.inputs[0]], list(node.outputs), "linear"
         if op == "LayerNormalization" and node.attr("axis", -1) == -1 and len([o for o in node.outputs if o]) == 1 \
                 and is_float(const(node.inputs[1])) and const(node.inputs[1]).ndim == 1 \
@@ -210,7 +209,7 @@ class GraphModule(Module):
             table = const(node.inputs[0])
             module = nn.Embedding(1, table.shape[1])
             module.num_embeddings = table.shape[0]
-            module.weight = Parameter(table)
+            module.weight = self._parameter(table)
             path = self._add_module(proto, node.inputs[0], module)
             return path, [node.inputs[1]], list(node.outputs), "embedding"
         if op in ("Conv", "ConvTranspose") and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
@@ -227,6 +226,14 @@ class GraphModule(Module):
             path = self._add_module(proto, node.inputs[1], module)
             return path, [node.inputs[0]], list(node.outputs), "module"
         return None
+
+    def _parameter(self, array):
+        """One Parameter per stored weight: a tied table (an Embedding and, through a folded Transpose,
+        the output projection reading the same memory) stays one shared Parameter."""
+        key = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+        if key not in self._shared:
+            self._shared[key] = (Parameter(np.ascontiguousarray(array)), array)  # keep the source alive
+        return self._shared[key][0]
 
     def _single_consumer(self, runtime, index, value, consumers):
         """Index of the one runtime node reading `value` (not a graph output), else None."""
@@ -261,7 +268,9 @@ class GraphModule(Module):
     def _finish(self, steps, constants):
         """Assign value slots, pre-place constants, and note when each slot can be freed."""
         slots = {}
-        for name in list(constants) + self.input_names:
+        used = {n for step in steps for n in step.inputs if n} | set(self.output_names)
+        # only constants still read at run time keep a slot: weights moved into modules are dropped
+        for name in [n for n in constants if n in used] + self.input_names:
             slots.setdefault(name, len(slots))
         for step in steps:
             for name in step.inputs + step.outputs:
@@ -294,9 +303,31 @@ class GraphModule(Module):
         self._steps = steps
         self._constant_slots = [(slots[name], value) for name, value in constants.items() if name in slots]
         self._compute_dtype = np.dtype(np.float32)
+        # Shape-only steps: Shape/Size of anything, then steps fed only by constants and shape-only
+        # results (the exporters' shape arithmetic). Their numpy results are cached per input shapes.
+        shape_slots = set()
+        constant_slots = {slot for slot, _ in self._constant_slots}
+        for step in steps:
+            fed = [s for s in step.inputs if s is not None]
+            if step.module is None and step.node.op_type not in _NEVER_FOLD and (
+                    step.node.op_type in ("Shape", "Size") or all(s in shape_slots or s in constant_slots
+                                                                  for s in fed)):
+                step.shape_only = True
+                shape_slots.update(s for s in step.outputs if s is not None)
+        self._shape_cache = {}
+        if any(step.node.op_type in _DATA_DEPENDENT_SHAPES for step in steps):
+            for step in steps:  # a shape may depend on values: no caching at all
+                step.shape_only = False
 
     # -- calling --------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        previous = set_float_dtype(self._compute_dtype)
+        try:
+            return self._forward(*args, **kwargs)
+        finally:
+            set_float_dtype(previous)
+
+    def _forward(self, *args, **kwargs):
         feeds = self._bind(args, kwargs)
         values = [None] * len(self._slots)
         for slot, value in self._constant_slots:
@@ -304,7 +335,16 @@ class GraphModule(Module):
         for name, value in feeds.items():
             values[self._slots[name]] = value
         modules = {}
+        signature = (self._compute_dtype,) + tuple((name, np.shape(v.data if is_tensor(v) else v))
+                                                   for name, v in sorted(feeds.items()))
+        cached = self._shape_cache.get(signature)
+        if cached is not None:
+            for slot, value in cached:
+                values[slot] = value
+        record = [] if cached is None else None
         for step in self._steps:
+            if cached is not None and step.shape_only:
+                continue
             inputs = [None if s is None else values[s] for s in step.inputs]
             if step.module is not None:
                 module = modules.get(step.module)
@@ -316,8 +356,17 @@ class GraphModule(Module):
             for slot, value in zip(step.outputs, outputs):
                 if slot is not None:
                     values[slot] = value
+            if record is not None and step.shape_only:
+                if any(is_tensor(v) for v in outputs):
+                    step.shape_only = False  # not plain numpy after all: always run it
+                else:
+                    record.extend((slot, value) for slot, value in zip(step.outputs, outputs) if slot is not None)
             for slot in step.free:
                 values[slot] = None
+        if record is not None:
+            if len(self._shape_cache) >= 16:  # a decode loop sees a new length per step: keep few
+                self._shape_cache.pop(next(iter(self._shape_cache)))
+            self._shape_cache[signature] = record
         results = tuple(_as_output(values[self._slots[name]]) for name in self.output_names)
         return results[0] if len(results) == 1 else results
 
@@ -347,6 +396,11 @@ class GraphModule(Module):
         elem_type, dims = self._input_specs[name]
         array = value.data if isinstance(value, Tensor) else np.asarray(value)
         expected = numpy_dtype(elem_type) if elem_type else None
+        if array.dtype.kind == "V" and expected is not None and expected.kind == "f":
+            try:  # bfloat16 and other ml_dtypes floats compute as float32
+                array = array.astype(np.float32)
+            except (TypeError, ValueError):
+                pass
         spec = _spec_text(self._input_specs[name])
         if expected is not None:
             if expected.kind == "f" and array.dtype.kind != "f":
@@ -376,6 +430,11 @@ class GraphModule(Module):
             array = array.astype(expected)
         return array
 
+    def set_submodule(self, target, new_module):
+        """Replace an imported layer (recasting); cached shape arithmetic is recomputed next call."""
+        super().set_submodule(target, new_module)
+        self._shape_cache.clear()
+
     # -- dtype and display ----------------------------------------------------------------------
     def to(self, dtype):
         """Cast parameters and floating constants (e.g. `.double()` for gradcheck)."""
@@ -396,10 +455,12 @@ class GraphModule(Module):
         lines.append(f"{len(self.module_paths)} modules, {self.num_parameters():,} parameters; "
                      f"{sum(self.op_counts.values())} nodes: {self.folded_count} folded at import, "
                      f"{len(self._steps)} steps at run time")
-        kinds = Counter(step.node.op_type if step.module is None else f"{step.node.op_type}→module"
+        kinds = Counter(step.node.op_type if step.module is None else type(self.get_submodule(step.module)).__name__
                         for step in self._steps)
+        shape_steps = sum(step.shape_only for step in self._steps)
         lines.append("op counts (graph): " + ", ".join(f"{op} {n}" for op, n in sorted(self.op_counts.items())))
-        lines.append("run-time steps: " + ", ".join(f"{op} {n}" for op, n in sorted(kinds.items())))
+        lines.append("run-time steps (modules by type): " + ", ".join(f"{op} {n}" for op, n in sorted(kinds.items()))
+                     + f"; {shape_steps} shape-only steps cached per input shapes")
         return "\n".join(lines)
 
     def extra_repr(self):
@@ -658,10 +719,10 @@ class Linear(nn.Linear):
 
 
 def _linear(weight, bias):
-    """A Linear holding `weight` (out, in) and `bias` without drawing a random init first."""
+    """A Linear holding the Parameter `weight` (out, in) and `bias`, without drawing a random init first."""
     layer = Linear(1, 1, bias=bias is not None)
     layer.in_features, layer.out_features = int(weight.shape[1]), int(weight.shape[0])
-    layer.weight = Parameter(np.ascontiguousarray(weight))
+    layer.weight = weight
     if bias is not None:
         layer.bias = Parameter(bias)
     return layer

@@ -22,12 +22,30 @@ _NUMPY_OF = {
 }
 
 
+_LOW_PRECISION = {"FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "INT4", "UINT4", "FLOAT4E2M1"}
+
+
+def low_precision_dtype(onnx_type):
+    """The ml_dtypes dtype of a float8/int4/float4 ONNX type (stored, cast and dequantised only), or None."""
+    known = onnx_type in onnx.TensorProto.DataType.values()
+    if not known or onnx.TensorProto.DataType.Name(onnx_type) not in _LOW_PRECISION:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_type))
+    except (KeyError, TypeError, ValueError, ImportError):
+        return None
+
+
 def numpy_dtype(onnx_type):
     """numpy dtype for an ONNX TensorProto data type (bfloat16/float16 compute as float32)."""
     if onnx_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16):
         return np.dtype(np.float32)
+    low = low_precision_dtype(onnx_type)
+    if low is not None:
+        return low
     if onnx_type not in _NUMPY_OF:
-        name = onnx.TensorProto.DataType.Name(onnx_type) if onnx_type in onnx.TensorProto.DataType.values() else onnx_type
+        known = onnx_type in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(onnx_type) if known else onnx_type
         raise OnnxLoadError(f"unsupported tensor data type {name}")
     return np.dtype(_NUMPY_OF[onnx_type])
 
@@ -55,6 +73,8 @@ def tensor_to_array(tensor, base_dir=None):
     numpy_dtype(tensor.data_type)  # refuses strings and exotic types with a clear error
     try:
         array = numpy_helper.to_array(tensor)
+        if low_precision_dtype(tensor.data_type) is not None:
+            return np.array(array)
     except Exception as exc:  # malformed payloads (wrong byte count...)
         raise OnnxLoadError(f"tensor {tensor.name!r} is malformed: {exc}") from None
     return np.array(_upcast(array, tensor.data_type))

@@ -3,10 +3,12 @@
 Floating Tensors go through dreidel ops (so gradients flow); numpy inputs (constants, integer shape
 arithmetic) are computed with plain numpy and stay numpy.
 """
+from collections import Counter
+
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import Tensor, _result
+from dreidel.tensor import Tensor, _result, is_grad_enabled
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import any_tensor, array, ints, is_tensor, lift, register
 
@@ -241,6 +243,20 @@ def mish(node):
     return _tensor_fn(lambda x: x * ops.tanh(ops.relu(x) + ops.log(ops.exp(-ops.abs(x)) + 1.0)))
 
 
+def _softmax_inference(x, axis):
+    """softmax without recording a graph: one output buffer, exp and division in place."""
+    out = np.subtract(x.data, np.max(x.data, axis=axis, keepdims=True))
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return Tensor(out)
+
+
+def _softmax(x, axis):
+    if x.requires_grad and is_grad_enabled():
+        return ops.softmax(x, axis)
+    return _softmax_inference(x, axis)
+
+
 def _softmax_builder(tensor_fn, legacy):
     def build(node):
         axis = node.attr("axis", 1 if legacy else -1)
@@ -259,14 +275,25 @@ def _softmax_builder(tensor_fn, legacy):
     return build
 
 
-register("Softmax", since=1)(_softmax_builder(ops.softmax, legacy=True))
-register("Softmax", since=13)(_softmax_builder(ops.softmax, legacy=False))
+register("Softmax", since=1)(_softmax_builder(_softmax, legacy=True))
+register("Softmax", since=13)(_softmax_builder(_softmax, legacy=False))
 register("LogSoftmax", since=1)(_softmax_builder(ops.log_softmax, legacy=True))
 register("LogSoftmax", since=13)(_softmax_builder(ops.log_softmax, legacy=False))
 
 
 # -- reductions ------------------------------------------------------------------------------------
-def _reduce(numpy_fn, tensor_fn, axes_from_input):
+def _empty_reduction(v, axis, keepdims, identity):
+    """A reduction over zero elements: ONNX defines it as the operation's identity (−inf for max...)."""
+    axes = range(v.ndim) if axis is None else axis
+    shape = tuple(1 if i in axes else n for i, n in enumerate(v.shape)) if keepdims else \
+        tuple(n for i, n in enumerate(v.shape) if i not in axes)
+    if v.dtype.kind in "iub" and np.isinf(identity):
+        info = np.iinfo(v.dtype) if v.dtype.kind != "b" else None
+        identity = (info.min if identity < 0 else info.max) if info else identity > 0
+    return np.full(shape, identity, dtype=v.dtype)
+
+
+def _reduce(numpy_fn, tensor_fn, axes_from_input, identity=0.0):
     def build(node):
         keepdims = bool(node.attr("keepdims", 1))
         noop = bool(node.attr("noop_with_empty_axes", 0))
@@ -280,6 +307,10 @@ def _reduce(numpy_fn, tensor_fn, axes_from_input):
                 return x
             ndim = np.ndim(array(x))
             axis = None if axes is None else tuple(sorted(a % ndim for a in axes)) if ndim else None
+            v = array(x)
+            if v.size == 0 or any(v.shape[a] == 0 for a in (axis or ())):
+                out = _empty_reduction(v, axis, keepdims, identity)
+                return Tensor(out) if is_tensor(x) else out
             if is_tensor(x):
                 return tensor_fn(x, axis, keepdims)
             return np.asarray(numpy_fn(np.asarray(x), axis=axis, keepdims=keepdims))
@@ -308,21 +339,21 @@ def _prod_tensor(x, axis, keepdims):  # no gradient rule in the engine; products
     return Tensor(np.prod(x.data, axis=axis, keepdims=keepdims))
 
 
-_REDUCTIONS = [
-    ("ReduceMean", np.mean, lambda x, a, k: ops.mean(x, a, k), 18),
-    ("ReduceMax", np.max, lambda x, a, k: ops.max(x, a, k), 18),
-    ("ReduceMin", np.min, lambda x, a, k: ops.min(x, a, k), 18),
-    ("ReduceProd", np.prod, _prod_tensor, 18),
-    ("ReduceSumSquare", lambda v, axis, keepdims: np.sum(v * v, axis=axis, keepdims=keepdims), _sum_square, 18),
-    ("ReduceL1", lambda v, axis, keepdims: np.sum(np.abs(v), axis=axis, keepdims=keepdims), _l1, 18),
-    ("ReduceL2", lambda v, axis, keepdims: np.sqrt(np.sum(v * v, axis=axis, keepdims=keepdims)), _l2, 18),
+_REDUCTIONS = [  # name, numpy, Tensor, opset where axes become an input, value over no elements
+    ("ReduceMean", np.mean, lambda x, a, k: ops.mean(x, a, k), 18, np.nan),
+    ("ReduceMax", np.max, lambda x, a, k: ops.max(x, a, k), 18, -np.inf),
+    ("ReduceMin", np.min, lambda x, a, k: ops.min(x, a, k), 18, np.inf),
+    ("ReduceProd", np.prod, _prod_tensor, 18, 1.0),
+    ("ReduceSumSquare", lambda v, axis, keepdims: np.sum(v * v, axis=axis, keepdims=keepdims), _sum_square, 18, 0.0),
+    ("ReduceL1", lambda v, axis, keepdims: np.sum(np.abs(v), axis=axis, keepdims=keepdims), _l1, 18, 0.0),
+    ("ReduceL2", lambda v, axis, keepdims: np.sqrt(np.sum(v * v, axis=axis, keepdims=keepdims)), _l2, 18, 0.0),
     ("ReduceLogSumExp", lambda v, axis, keepdims: np.log(np.sum(np.exp(v), axis=axis, keepdims=keepdims)),
-     _log_sum_exp, 18),
-    ("ReduceSum", np.sum, lambda x, a, k: ops.sum(x, a, k), 13),
+     _log_sum_exp, 18, -np.inf),
+    ("ReduceSum", np.sum, lambda x, a, k: ops.sum(x, a, k), 13, 0.0),
 ]
-for _name, _numpy, _tensor, _input_since in _REDUCTIONS:
-    register(_name, since=1)(_reduce(_numpy, _tensor, axes_from_input=False))
-    register(_name, since=_input_since)(_reduce(_numpy, _tensor, axes_from_input=True))
+for _name, _numpy, _tensor, _input_since, _identity in _REDUCTIONS:
+    register(_name, since=1)(_reduce(_numpy, _tensor, axes_from_input=False, identity=_identity))
+    register(_name, since=_input_since)(_reduce(_numpy, _tensor, axes_from_input=True, identity=_identity))
 
 
 def _arg_reduce(pick):
@@ -457,14 +488,35 @@ def instance_normalization(node):
     return run
 
 
+def _batch_norm_training(x_t, scale, bias, mean, var, eps, momentum, outputs):
+    """Training mode: normalise by the batch statistics (biased variance); also return the updated
+    running statistics r ← momentum·r + (1 − momentum)·batch statistic (ONNX's convention)."""
+    axes = (0,) + tuple(range(2, x_t.ndim))
+    batch_mean = ops.mean(x_t, axis=axes, keepdims=True)
+    centred = x_t - batch_mean
+    batch_var = ops.mean(centred * centred, axis=axes, keepdims=True)
+    out = centred / ops.sqrt(batch_var + eps)
+    out = out * _per_channel(lift(scale, x_t), x_t.ndim) + _per_channel(lift(bias, x_t), x_t.ndim)
+    running_mean = momentum * array(mean) + (1 - momentum) * batch_mean.data.reshape(-1)
+    running_var = momentum * array(var) + (1 - momentum) * batch_var.data.reshape(-1)
+    extra = (running_mean.astype(x_t.dtype), running_var.astype(x_t.dtype))
+    return (out,) + extra[:outputs - 1] if outputs > 1 else out
+
+
 @register("BatchNormalization", since=9)
 def batch_normalization(node):
     eps = node.attr("epsilon", 1e-5)
-    if node.attr("training_mode", 0):
-        raise OnnxImportError(f"{node}: BatchNormalization in training mode is not supported (export in eval mode)")
+    training = bool(node.attr("training_mode", 0))
+    momentum = node.attr("momentum", 0.9)
+    outputs = len([o for o in node.outputs if o])
 
     def run(x, scale, bias, mean, var):
         x_t = x if is_tensor(x) else Tensor(np.asarray(x))
+        if training:
+            result = _batch_norm_training(x_t, scale, bias, mean, var, eps, momentum, outputs)
+            if is_tensor(x):
+                return result
+            return tuple(r.data if is_tensor(r) else r for r in result) if isinstance(result, tuple) else result.data
         inv = lift(1 / np.sqrt(array(var).astype(np.float64) + eps), x_t)
         shift = lift(mean, x_t)
         nd = x_t.ndim
@@ -480,4 +532,62 @@ def prelu(node):
         x_t = x if is_tensor(x) else Tensor(np.asarray(x))
         out = ops.where(x_t.data < 0, x_t * lift(slope, x_t), x_t)
         return out if is_tensor(x) else out.data
+    return run
+
+
+# -- Einsum ------------------------------------------------------------------------------------------
+def _einsum_terms(equation, ranks):
+    """Explicit subscripts (ellipses spelled out with spare letters) and the output subscript."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise OnnxImportError(f"Einsum equation {equation!r} names {len(terms)} operands, got {len(ranks)}")
+    used = set(equation) - set(".,->")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used]
+    width = max([rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks) if "..." in t] or [0])
+    ellipsis = "".join(spare[:width])
+    terms = [t.replace("...", ellipsis[width - (rank - len(t.replace("...", ""))):]) if "..." in t else t
+             for t, rank in zip(terms, ranks)]
+    if arrow:
+        out = rhs.replace("...", ellipsis)
+    else:  # implicit output: the ellipsis, then letters used once, alphabetically
+        counts = Counter("".join(terms))
+        out = ellipsis + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ellipsis))
+    return terms, out
+
+
+@register("Einsum", since=12)
+def einsum(node):
+    """Σ over the letters missing from the output of the product of the operands. The gradient of
+    operand i is the einsum of the output gradient with the other operands, broadcast over letters
+    only operand i carries."""
+    equation = node.attr("equation")
+
+    def run(*xs):
+        arrays = [array(x) for x in xs]
+        terms, out = _einsum_terms(equation, [a.ndim for a in arrays])
+        result = np.einsum(",".join(terms) + "->" + out, *arrays)
+        if not any_tensor(xs):
+            return np.asarray(result)
+        like = _tensor_like(xs)
+        tensors = [lift(x, like) for x in xs]
+
+        def backward(g):
+            grads = []
+            for i, (t, term) in enumerate(zip(tensors, terms)):
+                if not t.requires_grad:
+                    grads.append(None)
+                    continue
+                if len(set(term)) != len(term):
+                    raise OnnxImportError(f"Einsum {equation!r}: no gradient for repeated indices in {term!r}")
+                others = [(terms[j], tensors[j].data) for j in range(len(terms)) if j != i]
+                available = set(out).union(*[set(o) for o, _ in others])
+                kept = "".join(c for c in term if c in available)
+                partial = np.einsum(",".join([out] + [o for o, _ in others]) + "->" + kept,
+                                    g, *[a for _, a in others])
+                shape = [t.shape[k] if c in available else 1 for k, c in enumerate(term)]
+                grads.append(np.broadcast_to(partial.reshape(shape), t.shape))
+            return tuple(grads)
+        return _result(np.asarray(result, dtype=like.dtype), tensors, backward)
     return run

@@ -3,6 +3,7 @@
 ONNX `pads` are (begin..., end...) per spatial axis, which `dreidel.convolution` accepts as is;
 `auto_pad` SAME_UPPER/SAME_LOWER is resolved per call from the input's spatial size.
 """
+import itertools
 import math
 
 import numpy as np
@@ -80,8 +81,8 @@ def conv_transpose_geometry(node, in_shape, kernel):
             if total < 0:  # the asked output is larger: the excess comes from output padding
                 output_padding[i] -= total
                 total = 0
-            small = total // 2
-            begin.append(total - small if auto_pad == "SAME_UPPER" else small)
+            small = total // 2  # ONNX: SAME_UPPER puts the smaller half first
+            begin.append(small if auto_pad == "SAME_UPPER" else total - small)
             end.append(total - begin[-1])
         pads = tuple(begin) + tuple(end)
     elif auto_pad == "VALID":
@@ -138,20 +139,56 @@ def max_pool(node):
     return run
 
 
+def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_include_pad):
+    """Average pooling with dilation and per-side pads: the sum of K strided slices over the padded
+    input, divided by the count of real (or real + explicitly padded) elements in each window.
+    Ceil mode's extra windows read zeros that count for nothing."""
+    spatial = len(kernel)
+    in_shape = x.shape[2:]
+    out_shape, extra = [], []
+    for i in range(spatial):
+        padded = in_shape[i] + pads[i] + pads[i + spatial]
+        span = dilation[i] * (kernel[i] - 1) + 1
+        n = (padded - span) // stride[i] + 1
+        if ceil_mode:
+            n = -(-(padded - span) // stride[i]) + 1
+            if (n - 1) * stride[i] >= in_shape[i] + pads[i]:  # a window must start inside
+                n -= 1
+        out_shape.append(n)
+        extra.append(max((n - 1) * stride[i] + span - padded, 0))
+    widths = [(pads[i], pads[i + spatial] + extra[i]) for i in range(spatial)]
+    xp = ops.pad(x, [(0, 0), (0, 0)] + widths, value=0.0)
+    if count_include_pad:
+        counted = np.pad(np.ones([n + pads[i] + pads[i + spatial] for i, n in enumerate(in_shape)], x.dtype),
+                         [(0, e) for e in extra])
+    else:
+        counted = np.pad(np.ones(in_shape, x.dtype), widths)
+    total, count = None, 0
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        window = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
+                       for o, d, n, s in zip(offset, dilation, out_shape, stride))
+        part = ops.getitem(xp, (slice(None), slice(None)) + window)
+        total = part if total is None else total + part
+        count = count + counted[window]
+    return total / Tensor(np.maximum(count, 1).astype(x.dtype))
+
+
 @register("AveragePool", since=7)
 def average_pool(node):
     kernel = tuple(node.attr("kernel_shape"))
     spatial = len(kernel)
     stride = tuple(node.attr("strides", [1] * spatial))
+    dilation = tuple(node.attr("dilations", [1] * spatial))
     ceil_mode = bool(node.attr("ceil_mode", 0))
     count_include_pad = bool(node.attr("count_include_pad", 0))
 
     def run(x):
         x_t = _as_tensor(x)
-        pads = _pool_pads(node, x_t.shape, kernel, stride, (1,) * spatial)
-        if pads[:spatial] != pads[spatial:]:
-            raise OnnxImportError(f"{node}: asymmetric AveragePool pads {pads} are not supported")
-        out = C.avg_pool(x_t, kernel, stride, tuple(pads[:spatial]), ceil_mode, count_include_pad)
+        pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
+        if pads[:spatial] == pads[spatial:] and dilation == (1,) * spatial and not ceil_mode:
+            out = C.avg_pool(x_t, kernel, stride, tuple(pads[:spatial]), ceil_mode, count_include_pad)
+        else:
+            out = _avg_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode, count_include_pad)
         return out if is_tensor(x) else out.data
     return run
 
@@ -173,3 +210,126 @@ def global_max_pool(node):
         return out if is_tensor(x) else out.data
     return run
 
+
+
+# -- Resize ------------------------------------------------------------------------------------------
+def _source_coordinates(n_in, n_out, scale, mode):
+    """Where each output position samples the input along one axis (ONNX coordinate transforms)."""
+    x = np.arange(n_out, dtype=np.float64)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "align_corners":  # the resized length is n_in · scale, possibly fractional
+        length = n_in * scale
+        return np.zeros(n_out) if length == 1 else x * (n_in - 1) / (length - 1)
+    if mode == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out)
+    if mode == "half_pixel_symmetric":
+        adjustment = n_out / (scale * n_in)
+        return n_in / 2 * (1 - adjustment) + (x + 0.5) / scale - 0.5
+    if mode == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    raise OnnxImportError(f"Resize coordinate_transformation_mode {mode!r} is not supported")
+
+
+_NEAREST = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil": lambda v: np.floor(v + 0.5),
+            "floor": np.floor, "ceil": np.ceil}
+
+
+@register("Resize", since=11)
+def resize(node):
+    """Nearest and (n-)linear resizing, separable: per axis a gather (nearest) or two gathers and a
+    blend (linear), so gradients flow back to the input through `take`."""
+    mode = node.attr("mode", "nearest")
+    transform = node.attr("coordinate_transformation_mode", "half_pixel")
+    nearest = node.attr("nearest_mode", "round_prefer_floor")
+    policy = node.attr("keep_aspect_ratio_policy", "stretch")
+    cubic_a, exclude_outside = node.attr("cubic_coeff_a", -0.75), bool(node.attr("exclude_outside", 0))
+    if mode not in ("nearest", "linear", "cubic") or nearest not in _NEAREST or node.attr("antialias", 0) \
+            or policy not in ("stretch", "not_larger", "not_smaller") or transform == "tf_crop_and_resize":
+        raise OnnxImportError(f"{node}: Resize with mode={mode!r}, coordinate_transformation_mode={transform!r}, "
+                              f"nearest_mode={nearest!r} (antialias / aspect-ratio policies) is not supported")
+    attr_axes = node.attr("axes")
+
+    def run(x, roi=None, scales=None, sizes=None):
+        x_t = x if is_tensor(x) else Tensor(np.asarray(x))
+        ndim = x_t.ndim
+        axes = list(range(ndim)) if attr_axes is None else [a % ndim for a in attr_axes]
+        scales = None if scales is None or np.size(np.asarray(array_of(scales))) == 0 else \
+            np.asarray(array_of(scales), dtype=np.float64).reshape(-1)
+        if sizes is not None and np.size(array_of(sizes)):
+            out_sizes = [int(v) for v in np.asarray(array_of(sizes)).reshape(-1)]
+            scales = [o / x_t.shape[a] for o, a in zip(out_sizes, axes)]
+            if policy != "stretch":  # one scale for all axes, the one that fits (or covers) the sizes
+                scale = min(scales) if policy == "not_larger" else max(scales)
+                scales = [scale] * len(axes)
+                out_sizes = [int(np.floor(x_t.shape[a] * scale + 0.5)) for a in axes]
+        elif scales is not None:
+            out_sizes = [int(np.floor(x_t.shape[a] * s)) for a, s in zip(axes, scales)]
+        else:
+            raise OnnxImportError(f"{node}: Resize needs scales or sizes")
+        out = x_t
+        for axis, n_out, scale in zip(axes, out_sizes, scales):
+            n_in = x_t.shape[axis]
+            if n_out == n_in and scale == 1.0:
+                continue
+            source = _source_coordinates(n_in, n_out, scale, transform)
+            if mode == "nearest":
+                index = np.clip(_NEAREST[nearest](source), 0, n_in - 1).astype(np.int64)
+                out = ops.take(out, index, axis=axis)
+                continue
+            if mode == "cubic":
+                out = _cubic_axis(out, axis, source, n_in, cubic_a, exclude_outside)
+                continue
+            source = np.clip(source, 0, n_in - 1)
+            low = np.floor(source).astype(np.int64)
+            high = np.minimum(low + 1, n_in - 1)
+            shape = [1] * ndim
+            shape[axis] = n_out
+            weight = (source - low).reshape(shape).astype(out.dtype)
+            out = ops.take(out, low, axis=axis) * Tensor(1 - weight) + ops.take(out, high, axis=axis) * Tensor(weight)
+        return out if is_tensor(x) else out.data
+    return run
+
+
+def _cubic_axis(x, axis, source, n_in, a, exclude_outside):
+    """Keys' cubic convolution (coefficient a) along one axis: 4 taps around each source point,
+    edge-replicated, or dropped and renormalised outside the input with exclude_outside."""
+    base = np.floor(source)
+    t = source - base
+    distances = [t + 1, t, 1 - t, 2 - t]
+    weights = []
+    for d in distances:  # |d| ≤ 1: (a+2)|d|³ − (a+3)|d|² + 1; 1 < |d| < 2: a|d|³ − 5a|d|² + 8a|d| − 4a
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        weights.append(np.where(d <= 1, near, far))
+    taps = [base.astype(np.int64) + k for k in (-1, 0, 1, 2)]
+    if exclude_outside:
+        weights = [np.where((tap >= 0) & (tap < n_in), w, 0.0) for tap, w in zip(taps, weights)]
+        total = sum(weights)
+        weights = [w / total for w in weights]
+    shape = [1] * x.ndim
+    shape[axis] = len(source)
+    out = None
+    for tap, w in zip(taps, weights):
+        part = ops.take(x, np.clip(tap, 0, n_in - 1), axis=axis) * Tensor(w.reshape(shape).astype(x.dtype))
+        out = part if out is None else out + part
+    return out
+
+
+def array_of(value):
+    return value.data if is_tensor(value) else value
+
+
+@register("GroupNormalization", since=21)
+def group_normalization(node):
+    """y = (x − mean_g) / sqrt(var_g + eps) · scale[c] + bias[c], statistics over each group of channels.
+    (Opset 18's per-group scale is deprecated and refused by onnx.checker, so only 21 is registered.)"""
+    groups, eps = node.attr("num_groups"), node.attr("epsilon", 1e-5)
+    if not groups or groups < 1:
+        raise OnnxImportError(f"{node}: GroupNormalization needs num_groups ≥ 1")
+
+    def run(x, scale, bias):
+        x_t = _as_tensor(x)
+        out = C.group_norm(x_t, groups, lift(scale, x_t), lift(bias, x_t), eps)
+        return out if is_tensor(x) else out.data
+    return run

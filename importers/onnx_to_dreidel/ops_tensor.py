@@ -9,19 +9,31 @@ import onnx
 from dreidel import ops
 from dreidel.tensor import Tensor, _result
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.loader import numpy_dtype
-from importers.onnx_to_dreidel.registry import any_tensor, array, ints, is_tensor, lift, register
+from importers.onnx_to_dreidel.loader import low_precision_dtype, numpy_dtype
+from importers.onnx_to_dreidel.registry import (any_tensor, array, checked_shape, float_dtype, ints, is_tensor, lift,
+                                                register)
+
+
+def _round_bfloat16(v):
+    """float32 → nearest bfloat16 (ties to even), kept in float32."""
+    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return np.where(np.isnan(v), v, rounded.view(np.float32)).astype(np.float32)
 
 
 def _cast_to(x, onnx_type):
-    """Cast to an ONNX type; float16/bfloat16 round but compute stays float32."""
+    """Cast to an ONNX type; float16/bfloat16 round to their precision but compute stays float32."""
     target = numpy_dtype(onnx_type)
+    if target.kind == "f" and float_dtype() == np.float64:  # a .double() graph stays float64 throughout
+        target, onnx_type = np.dtype(np.float64), onnx.TensorProto.DOUBLE
     if is_tensor(x):
         if target.kind != "f":
             return x.data.astype(target)
         out = ops.cast(x, target) if x.dtype != target else x
         if onnx_type == onnx.TensorProto.FLOAT16:
             out = ops.cast(ops.cast(out, np.float16), np.float32)
+        elif onnx_type == onnx.TensorProto.BFLOAT16:  # rounding passes the gradient straight through
+            out = _result(_round_bfloat16(out.data), (out,), lambda g: (g,))
         return out
     x = np.asarray(x)
     if x.dtype.kind == "f" and target.kind in "iub":
@@ -30,23 +42,42 @@ def _cast_to(x, onnx_type):
     if onnx_type == onnx.TensorProto.FLOAT16:
         out = out.astype(np.float16).astype(np.float32)
     elif onnx_type == onnx.TensorProto.BFLOAT16:
-        out = (out.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+        out = _round_bfloat16(out)
     return out
+
+
+def _cast_low_precision(x, target, saturate):
+    """Cast to float8/float4/int4 (numpy-only values): saturating floats clip to the finite range."""
+    v = np.asarray(x.data if is_tensor(x) else x)
+    if v.dtype.kind == "V" or v.dtype.name.startswith(("float8", "float4", "int4", "uint4")):
+        v = v.astype(np.float32)
+    if target.name.startswith("float8") and saturate:  # ONNX's own rule (±inf and overflow → ±max)
+        return onnx.numpy_helper.saturate_cast(v, target)
+    return v.astype(target)  # int4/uint4 wrap, float4 rounds, as ml_dtypes (and the ONNX reference) do
 
 
 @register("Cast", since=6)
 def cast(node):
-    to = node.attr("to")
+    to, saturate = node.attr("to"), node.attr("saturate", 1)
+    low = low_precision_dtype(to)
+    if low is not None:
+        return lambda x: _cast_low_precision(x, low, saturate)
     return lambda x: _cast_to(x, to)
 
 
 @register("CastLike", since=15)
 def cast_like(node):
+    saturate = node.attr("saturate", 1)
+
     def run(x, like):
         target = array(like).dtype
-        if is_tensor(x):
-            return ops.cast(x, target) if target.kind == "f" else x.data.astype(target)
-        return np.asarray(x).astype(target)
+        try:
+            onnx_type = onnx.helper.np_dtype_to_tensor_dtype(target)
+        except (KeyError, TypeError, ValueError):
+            raise OnnxImportError(f"{node}: CastLike to unsupported dtype {target}") from None
+        if low_precision_dtype(onnx_type) is not None:
+            return _cast_low_precision(x, target, saturate)
+        return _cast_to(x, onnx_type)
     return run
 
 
@@ -85,7 +116,7 @@ def constant_of_shape(node):
     value = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
 
     def run(shape):
-        return np.full(ints(shape), value[0], dtype=value.dtype)
+        return np.full(checked_shape(ints(shape), "ConstantOfShape"), value[0], dtype=value.dtype)
     return run
 
 
@@ -93,6 +124,9 @@ def constant_of_shape(node):
 def range_(node):
     def run(start, limit, delta):
         start, limit, delta = array(start), array(limit), array(delta)
+        if delta.item() == 0:
+            raise ValueError("Range delta must not be 0")
+        checked_shape((max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0),), "Range")
         return np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)
     return run
 
@@ -154,7 +188,7 @@ def flatten(node):
 
     def run(x):
         dims = np.shape(array(x))
-        a = axis % (len(dims) + 1) if axis < 0 else axis
+        a = axis + len(dims) if axis < 0 else axis
         return _reshape(x, (int(np.prod(dims[:a], dtype=np.int64)), int(np.prod(dims[a:], dtype=np.int64))))
     return run
 
@@ -215,7 +249,7 @@ def transpose(node):
 @register("Expand", since=8)
 def expand(node):
     def run(x, shape_):
-        target = np.broadcast_shapes(np.shape(array(x)), ints(shape_))
+        target = checked_shape(np.broadcast_shapes(np.shape(array(x)), ints(shape_)), "Expand")
         return ops.expand(x, target) if is_tensor(x) else np.broadcast_to(x, target).copy()
     return run
 
@@ -236,6 +270,7 @@ def _tile_tensor(x, repeats):
 def tile(node):
     def run(x, repeats):
         repeats = ints(repeats)
+        checked_shape([n * r for n, r in zip(np.shape(array(x)), repeats)], "Tile")
         return _tile_tensor(x, repeats) if is_tensor(x) else np.tile(x, repeats)
     return run
 
@@ -391,18 +426,37 @@ def gather_nd(node):
 def scatter_nd(node):
     reduction = node.attr("reduction", "none")
 
-    def run(x, indices, updates):
-        if is_tensor(x) or is_tensor(updates):
-            raise OnnxImportError(f"{node}: ScatterND on differentiable tensors is not supported")
+    combine = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+    if reduction not in combine:
+        raise OnnxImportError(f"{node}: unknown ScatterND reduction {reduction!r}")
+
+    def scatter(x, index, updates):
         out = np.array(x, copy=True)
-        index = _gather_nd_index(out.shape, array(indices).astype(np.int64), 0)
-        if reduction == "add":
-            np.add.at(out, index, updates)
-        elif reduction == "mul":
-            np.multiply.at(out, index, updates)
-        else:
+        if combine[reduction] is None:
             out[index] = updates
+        else:
+            combine[reduction].at(out, index, updates)
         return out
+
+    def run(x, indices, updates):
+        index = _gather_nd_index(np.shape(array(x)), array(indices).astype(np.int64), 0)
+        if not (is_tensor(x) or is_tensor(updates)):
+            return scatter(np.asarray(x), index, np.asarray(updates))
+        like = x if is_tensor(x) else updates
+        x, updates = lift(x, like), lift(updates, like)
+        out = scatter(x.data, index, updates.data)
+        if reduction not in ("none", "add"):
+            if x.requires_grad or updates.requires_grad:
+                raise OnnxImportError(f"{node}: ScatterND reduction {reduction!r} has no gradient rule")
+            return Tensor(out)
+
+        def backward(g):  # replaced positions take no gradient from x ('none'); updates read theirs
+            gx = g
+            if reduction == "none":
+                gx = g.copy()
+                gx[index] = 0
+            return gx, g[index]
+        return _result(out, (x, updates), backward)
     return run
 
 
@@ -482,12 +536,13 @@ def dequantize_linear(node):
     def run(x, scale, zero_point=None):
         v = array(x)
         scale = array(scale).astype(np.float32)
-        zero = np.zeros((), np.int64) if zero_point is None else array(zero_point).astype(np.int64)
+        zero = np.zeros((), np.int64) if zero_point is None else array(zero_point)
         if scale.ndim == 1 and scale.size > 1:  # per-axis
             shape = [1] * v.ndim
             shape[axis % v.ndim] = -1
             scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
-        return ((v.astype(np.int64) - zero).astype(np.float32) * scale).astype(scale.dtype)
+        # float64 in between: exact for every int8..int32 and float8/int4 value
+        return ((v.astype(np.float64) - zero.astype(np.float64)) * scale).astype(scale.dtype)
     return run
 
 
@@ -503,7 +558,14 @@ def quantize_linear(node):
             shape = [1] * v.ndim
             shape[axis % v.ndim] = -1
             scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
-        info = np.iinfo(zero.dtype)
+        if zero.dtype.name.startswith("float8"):  # float8 targets saturate (ONNX's rule)
+            q = v.astype(np.float32) / scale + zero.astype(np.float32)
+            return onnx.numpy_helper.saturate_cast(q, zero.dtype) if node.attr("saturate", 1) else q.astype(zero.dtype)
+        if zero.dtype.name in ("int4", "uint4"):
+            import ml_dtypes
+            info = ml_dtypes.iinfo(zero.dtype)
+        else:
+            info = np.iinfo(zero.dtype)
         q = np.rint(v / scale) + zero.astype(np.int64)
         return np.clip(q, info.min, info.max).astype(zero.dtype)
     return run

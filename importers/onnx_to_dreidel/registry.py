@@ -13,6 +13,8 @@ greatest `since_version` ≤ 18 is used. Adding an op is one decorated function:
     def neg(node):
         return lambda x: -x
 """
+import threading
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -20,6 +22,18 @@ from onnx import helper
 from dreidel.tensor import Tensor
 
 _REGISTRY = {}  # (domain, op_type) -> {since_version: builder}
+_STATE = threading.local()  # the running GraphModule's floating compute dtype (float64 after .double())
+
+
+def float_dtype():
+    """Floating dtype the running graph computes in: float32, or float64 after `module.double()`."""
+    return getattr(_STATE, "float_dtype", np.dtype(np.float32))
+
+
+def set_float_dtype(dtype):
+    previous = float_dtype()
+    _STATE.float_dtype = np.dtype(dtype)
+    return previous
 DEFAULT_DOMAIN = ""
 
 
@@ -110,6 +124,19 @@ def lift(value, like=None):
     if like is not None and value.dtype.kind == "f" and value.dtype != like.dtype and like.dtype.kind == "f":
         value = value.astype(like.dtype)
     return Tensor(value)
+
+
+MAX_ELEMENTS = 1 << 31  # refuse to materialise more (a corrupt shape must not exhaust memory or hang)
+
+
+def checked_shape(shape, what):
+    """`shape` as ints, refusing negative sizes and outputs beyond MAX_ELEMENTS."""
+    shape = tuple(int(n) for n in shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{what}: negative size in shape {shape}")
+    if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
+        raise ValueError(f"{what}: shape {shape} has more than {MAX_ELEMENTS} elements")
+    return shape
 
 
 def any_tensor(values):
