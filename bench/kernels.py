@@ -10,10 +10,11 @@ round) and the medians compared, at 1 and 2 threads.
   fht_(x, nthreads=t): same thread count; unnormalized, so it does less work; goal >= 1.0x),
   a numpy reshape-based FWHT (timed on a 1/16 slice and scaled; goal >= 30x); m*2^k sizes:
   throughput vs the next power of two (goal >= 70%).
-* permute vs np.take; GELU fwd/bwd vs numpy(+scipy erf) and PyTorch when installed (goal: within
+* permute vs np.take; spectral_block (fused) vs dreidel's own permute, multiply, fwht_; GELU fwd/bwd vs numpy(+scipy erf) and PyTorch when installed (goal: within
   2x of PyTorch, i.e. ratio >= 0.5).
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -90,7 +91,8 @@ def main():
 
     print(f"dreidel kernel bench: {args.mib} MiB float32 per call, medians of {args.repeats} "
           f"interleaved repeats; openmp={K._kernels.has_openmp()} avx2={K._kernels.has_avx2()}; "
-          f"ffht={'yes' if ffht else 'NOT INSTALLED'}; torch={torch.__version__ if torch else 'no'}")
+          f"ffht={'yes' if ffht else 'NOT INSTALLED'}; torch={torch.__version__ if torch else 'no'}; "
+          f"cpus={os.cpu_count()} loadavg(1m)={os.getloadavg()[0]:.1f} at start")
 
     for nt in args.threads:
         K.set_num_threads(nt)
@@ -130,6 +132,14 @@ def main():
             t = interleaved({"dreidel": lambda: K.permute(x, perm, validate=False),
                              "take": lambda: np.take(x, perm, axis=-1)}, args.repeats)
             row("permute", n, nt, t["dreidel"], "np.take", t["take"], None, "speedup")
+        # ---------------- fused spectral block ----------------
+        n = 1024
+        x = rng.standard_normal((elems // n, n)).astype(np.float32)
+        perm, d = rng.permutation(n), rng.standard_normal(n).astype(np.float32)
+        t = interleaved({"fused": lambda: K.spectral_block(x, perm, d, validate=False),
+                         "unfused": lambda: K.fwht_(np.multiply(K.permute(x, perm, validate=False),
+                                                                d))}, args.repeats)
+        row("spectral_block", n, nt, t["fused"], "permute, *d, fwht_", t["unfused"], None, "speedup")
         # ---------------- GELU ----------------
         x = (2 * rng.standard_normal(elems)).astype(np.float32)
         g = rng.standard_normal(elems).astype(np.float32)
@@ -159,6 +169,8 @@ def main():
         r_s = f"{r:8.2f}" if r is not None else f"{'':>8}"
         g_s = f"{goal:7.2f}" if goal else f"{'':>7}"
         print(f"{op:<18}{str(n):>7}{nt:>4}{t * 1e3:9.2f}  {base:<26}{tb_s}{r_s}{g_s}{ok:>5}")
+    print(f"loadavg(1m)={os.getloadavg()[0]:.1f} at end (a shared machine: > cpus means contended "
+          "timings, 2-thread rows most of all)")
     print("ratio = baseline/dreidel time (speedup) except 'memory pass' rows = dreidel/memory "
           "(slowdown, goal <=) and 'thrpt' rows = throughput fraction of the next power of two.")
 

@@ -4,6 +4,7 @@
     python bench/layers.py --quick    # smaller: fewer layers, depths and widths
     python bench/layers.py --full     # every projection of the 4 encoder layers, K up to 16 everywhere
     python bench/layers.py --quality-only | --speed-only
+    python bench/layers.py --threads 2   # default 1 thread for the kernels, OpenBLAS and torch alike
 
 1. `from_dense` quality. The dense layers are the Whisper tiny.en encoder's projections (q/k/v/out,
    fc1, fc2; weights read from the ONNX initializers, y = x Wᵀ + b). Their real inputs are captured
@@ -166,7 +167,7 @@ def quality_table(args):
               f"mean-only error {relative_error(Y_test, Y_fit.mean(axis=0)):.3f}")
         configs = [("LinearWHT", None)] + [(f"K={k}", k) for k in depths]
         if n_in * n_out > 384 * 384 and not args.full:
-            configs = [c for c in configs if c[1] is None or c[1] <= 8]
+            configs = [c for c in configs if c[1] is None or c[1] <= 4]   # K = 8, 16: --full
         for label, depth in configs:
             t0 = time.perf_counter()
             if depth is None:
@@ -238,6 +239,7 @@ def median_times(runs, repeats, min_seconds=0.02):
 def speed_table(args):
     torch = try_torch() if not args.no_torch else None
     widths = [256, 1024, 4096, 384] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 384, 1536, 3072]
+    widths = args.widths or widths
     batches = [64] if args.quick else [64, 256]
     rng = np.random.default_rng(0)
     header = f"{'width':>6} {'batch':>5} {'spectral ms':>11} {'dense ms':>9} {'dense÷spec':>10}"
@@ -276,8 +278,10 @@ def main(argv=None):
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default mmap threshold (fresh page-faulting arrays on every call)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="one thread count for the kernels, OpenBLAS and torch (default: each its own)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="one thread count for the kernels, OpenBLAS and torch (default 1: per-core ratios, "
+                             "stable on a shared machine; 0 leaves each library its own default)")
+    parser.add_argument("--widths", type=int, nargs="+", help="widths of the speed table")
     parser.add_argument("--sweeps", type=int, default=2, help="ALS sweeps per DeepSpectralLinear fit")
     parser.add_argument("--fit-rows", type=int, default=None,
                         help="subsample the fitting activations (default: all 3000 rows; 1500 with --quick)")

@@ -4,12 +4,11 @@
 
 Runs every backend node case (regenerated in memory from `onnx.backend.test.case.node`) whose op is
 in the importer's registry, with the same classification and comparison as
-`tests/test_onnx_backend_nodes.py` (this script imports it), and prints one row per op:
-cases, passed, failed, skipped (sequences, optionals, strings, training mode, numpy-less types,
-an op version or, in an `_expanded`
-case, a primitive op the registry lacks), pass % = passed / (passed + failed), then the
-overall rate over all cases of supported ops (goal: >= 90 %). `--verbose` prints each failure's first
-error line.
+`tests/test_onnx_backend_nodes.py` (this script imports it), and prints one row per op: cases,
+passed, failed, skipped (sequences, optionals, strings, training mode, numpy-less types, an op version
+the registry lacks or, in an `_expanded` case, a primitive op it lacks), pass % = passed / (passed +
+failed); then the overall rate over the run cases and over all cases of supported ops (goal >= 90 %).
+`--verbose` prints each failure's first error line first. It measures correctness, not speed.
 """
 import argparse
 import importlib.util

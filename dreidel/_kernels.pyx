@@ -15,9 +15,11 @@ Contents
 * Permutation gather / scatter, the fused spectral block y = H(P(x) * d) and its backward.
 * GELU (exact erf form and tanh form), forward / backward / fused bias.
 
-Every parallel loop is an OpenMP ``prange`` with the GIL released. Work is split in units that
-depend only on the shapes (never on the thread count), and reductions combine fixed chunks in a
-fixed order, so the results are bitwise identical for any number of threads.
+Every parallel loop is an OpenMP ``prange`` with the GIL released, dynamically scheduled (on a
+shared, oversubscribed machine a descheduled thread must not hold back a static share of the
+work). Work is split in units that depend only on the shapes (never on the thread count or on
+which thread runs a unit), and reductions combine fixed chunks in a fixed order, so the results
+are bitwise identical for any number of threads.
 """
 cimport cython
 from cython.parallel cimport prange, parallel
@@ -285,8 +287,10 @@ cdef extern from *:
     #define DR_INV_SQRT_2PI 0.3989422804014327f
     static inline float dr_gelu1_f32(float x, int tanh_form) {
         if (tanh_form) {
+            /* x * sigmoid(2u); 1/(1+e) then a multiply: x/(1+e) hit slow divider cases */
             float u = DR_K0 * (x + DR_K1 * x * x * x);
-            return x / (1.0f + dr_expf(-2.0f * u));
+            float s = 1.0f / (1.0f + dr_expf(-2.0f * u));
+            return x * s;
         }
         float e; float c = dr_cdf2_f32(x, &e);
         return 0.5f * x * c;
@@ -549,16 +553,23 @@ cdef inline Py_ssize_t _panel_lanes(floating* p, Py_ssize_t R, Py_ssize_t blk) n
         L = blk
     return L
 
+cdef enum:
+    DIRECT_MAX_BLOCKS = 64      # rows up to 64 L1 blocks (1 MiB f32) are L2-resident
+    SUPER_BLOCKS = 16           # longer rows: super-blocks of 16 L1 blocks, then panels
+
 cdef void _pow2_any(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale) noexcept nogil:
-    """H_K on each K-sub-row of p (any power of two K), serial, cache-blocked."""
-    cdef Py_ssize_t blk = _blk(p), R, L, c, s
+    """H_K on each K-sub-row of p (any power of two K), serial, cache-blocked:
+    K <= blk: in L1 (tiles of rows); K <= 64 blk: every L1 block, then the stages across blocks
+    as direct radix-8/4/2 passes over the L2-resident row (each butterfly touches <= 8 rows, so
+    the power-of-two stride causes no L1 set conflicts); longer: every super-block of 16 blocks
+    that way, then the stages across super-blocks on contiguous copies of column panels."""
+    cdef Py_ssize_t blk = _blk(p), R, L, c, s, B
+    cdef floating* buf
     if K <= blk:
         _pow2_multi(p, total, K, scale)
         return
     R = K // blk
-    if R <= 64:
-        # at most 64 blocks (the row is L2-sized): the stages across blocks as direct radix-8/4/2
-        # passes over the whole row (each butterfly touches <= 8 rows: no L1 set conflicts)
+    if R <= DIRECT_MAX_BLOCKS:
         s = 0
         while s < total:
             c = 0
@@ -568,20 +579,22 @@ cdef void _pow2_any(floating* p, Py_ssize_t total, Py_ssize_t K, floating scale)
             _stages(p + s, R, blk, blk, scale)
             s += K
         return
-    L = _panel_lanes(p, R, blk)
-    cdef floating* buf = <floating*>malloc(R * L * sizeof(floating))
+    B = blk * SUPER_BLOCKS
+    R = K // B
+    L = _panel_lanes(p, R, B)
+    buf = <floating*>malloc(R * L * sizeof(floating))
     s = 0
     while s < total:
         c = 0
-        while c < K:                  # every block in L1: all stages below blk
-            _pow2_multi(p + s + c, blk, blk, <floating>1)
-            c += blk
+        while c < K:
+            _pow2_any(p + s + c, B, B, <floating>1)
+            c += B
         c = 0
-        while c < blk:
+        while c < B:
             if buf != NULL:
-                _stages_buffered(p + s + c, R, blk, L, scale, buf)
+                _stages_buffered(p + s + c, R, B, L, scale, buf)
             else:
-                _stages(p + s + c, R, blk, L, scale)
+                _stages(p + s + c, R, B, L, scale)
             c += L
         s += K
     free(buf)
@@ -604,41 +617,56 @@ cdef inline Py_ssize_t _tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept no
     cdef Py_ssize_t t = TILE_BYTES // (n * itemsize)
     return t if t >= 1 else 1
 
-cdef void _fwht_rows(floating* p, Py_ssize_t rows, Py_ssize_t n, int m, Py_ssize_t K,
-                     const floating* H, floating scale, int nt) noexcept nogil:
+cdef void _fwht_rows(floating* p, const floating* src, Py_ssize_t rows, Py_ssize_t n, int m,
+                     Py_ssize_t K, const floating* H, floating scale, int nt) noexcept nogil:
+    """Transform rows x n at p in place, or, if src is not NULL, of src into p (each tile is
+    copied into p just before it is transformed, so out of place costs no extra memory pass)."""
     cdef Py_ssize_t T = _tile_rows(n, sizeof(floating))
     cdef Py_ssize_t ntiles = (rows + T - 1) // T
-    cdef Py_ssize_t t, r, r0, r1, blk = _blk(p), R, L, c, a, nch
+    cdef Py_ssize_t t, r, r0, r1, blk = _blk(p), R, L, c, a, nch, B
     cdef floating* buf
     if rows >= 2 * nt or n <= blk or nt == 1:
-        for t in prange(ntiles, num_threads=nt, schedule="static"):
+        for t in prange(ntiles, num_threads=nt, schedule="dynamic"):
             r0 = t * T
             r1 = r0 + T
             if r1 > rows:
                 r1 = rows
+            if src != NULL:
+                memcpy(p + r0 * n, src + r0 * n, (r1 - r0) * n * sizeof(floating))
             _fwht_tile(p + r0 * n, r1 - r0, n, m, K, H, scale)
         return
     # few long rows: parallelise inside each row
+    if src != NULL:
+        for c in prange(rows, num_threads=nt, schedule="dynamic"):
+            memcpy(p + c * n, src + c * n, n * sizeof(floating))
     for r in range(rows):
         if m == 1:
             R = n // blk
-            L = _panel_lanes(p, R, blk)
-            for c in prange(R, num_threads=nt, schedule="static"):
-                _pow2_multi(p + r * n + c * blk, blk, blk, <floating>1)
-            buf = NULL
-            with parallel(num_threads=nt):
-                buf = <floating*>malloc(R * L * sizeof(floating))
-                for c in prange(blk // L, schedule="static"):
-                    if buf != NULL:
-                        _stages_buffered(p + r * n + c * L, R, blk, L, scale, buf)
-                    else:
-                        _stages(p + r * n + c * L, R, blk, L, scale)
-                free(buf)
+            if R <= DIRECT_MAX_BLOCKS:
+                for c in prange(R, num_threads=nt, schedule="dynamic"):
+                    _pow2_multi(p + r * n + c * blk, blk, blk, <floating>1)
+                for c in prange(blk // 256, num_threads=nt, schedule="dynamic"):
+                    _stages(p + r * n + c * 256, R, blk, 256, scale)
+            else:
+                B = blk * SUPER_BLOCKS
+                R = n // B
+                L = _panel_lanes(p, R, B)
+                for c in prange(R, num_threads=nt, schedule="dynamic"):
+                    _pow2_any(p + r * n + c * B, B, B, <floating>1)
+                buf = NULL
+                with parallel(num_threads=nt):
+                    buf = <floating*>malloc(R * L * sizeof(floating))
+                    for c in prange(B // L, schedule="dynamic"):
+                        if buf != NULL:
+                            _stages_buffered(p + r * n + c * L, R, B, L, scale, buf)
+                        else:
+                            _stages(p + r * n + c * L, R, B, L, scale)
+                    free(buf)
         else:
-            for a in prange(m, num_threads=nt, schedule="static"):
+            for a in prange(m, num_threads=nt, schedule="dynamic"):
                 _pow2_any(p + r * n + a * K, K, K, <floating>1)
             nch = (K + 255) // 256
-            for c in prange(nch, num_threads=nt, schedule="static"):
+            for c in prange(nch, num_threads=nt, schedule="dynamic"):
                 if floating is float:
                     dr_mix_f32(p + r * n, m, K, H, scale, c * 256, min(K, c * 256 + 256))
                 else:
@@ -671,7 +699,22 @@ def fwht_inplace(floating[:, ::1] x, int m, Py_ssize_t K, const floating[:, ::1]
     if rows == 0 or n == 0:
         return
     with nogil:
-        _fwht_rows(&x[0, 0], rows, n, m, K, &H[0, 0], scale, _nthreads)
+        _fwht_rows(&x[0, 0], NULL, rows, n, m, K, &H[0, 0], scale, _nthreads)
+
+def fwht_outofplace(const floating[:, ::1] x, floating[:, ::1] out, int m, Py_ssize_t K,
+                    const floating[:, ::1] H, bint normalized):
+    """out = WHT of each row of x (both C-contiguous, same shape, not overlapping), fused with
+    the copy: one pass over memory."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    if m != 1:
+        _check_conference(m, H)
+    if out.shape[0] != rows or out.shape[1] != n:
+        raise ValueError("fwht_outofplace: shape mismatch")
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        _fwht_rows(&out[0, 0], &x[0, 0], rows, n, m, K, &H[0, 0], scale, _nthreads)
 
 # ------------------------------------------------------------------------------------------
 # permutations
@@ -714,7 +757,7 @@ def permute_rows(const floating[:, ::1] x, const long long[::1] perm, floating[:
         return
     pp = &perm[0]
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
             r1 = min(rows, t * T + T)
             for r in range(t * T, r1):
                 xr = &x[0, 0] + r * n
@@ -753,7 +796,7 @@ def spectral_block_fwd(const floating[:, ::1] x, const long long[::1] perm,
     pp = &perm[0]
     dp = &d[0]
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
             r0 = t * T
             r1 = min(rows, r0 + T)
             for r in range(r0, r1):
@@ -782,6 +825,8 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
     cdef double* part
     cdef double* pr
     cdef double acc
+    cdef int failed[1]
+    failed[0] = 0
     if rows == 0:
         gd[:] = 0
         return
@@ -794,7 +839,10 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
     buf = NULL
     with nogil, parallel(num_threads=_nthreads):
         buf = <floating*>malloc(T * n * sizeof(floating))
-        for ch in prange(nch, schedule="static"):
+        for ch in prange(nch, schedule="dynamic"):
+            if buf == NULL:
+                failed[0] = 1
+                continue
             r0 = rows * ch // nch
             r1 = rows * (ch + 1) // nch
             pr = part + ch * n
@@ -813,8 +861,11 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
                         pr[j] += <double>sr[j] * <double>xr[pp[j]]
                 t0 = t1
         free(buf)
+    if failed[0]:
+        free(part)
+        raise MemoryError("spectral_block_backward: out of memory for the per-thread buffer")
     with nogil:
-        for j in prange(n, num_threads=_nthreads, schedule="static"):
+        for j in prange(n, num_threads=_nthreads, schedule="dynamic"):
             acc = 0
             for ch in range(nch):
                 acc = acc + part[ch * n + j]
@@ -830,7 +881,7 @@ def gelu_fwd(const floating[::1] x, floating[::1] y, bint tanh_form):
     if n == 0:
         return
     with nogil:
-        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="static"):
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="dynamic"):
             c0 = c * EW_CHUNK
             c1 = min(n, c0 + EW_CHUNK)
             if floating is float:
@@ -843,7 +894,7 @@ def gelu_bwd(const floating[::1] g, const floating[::1] x, floating[::1] out, bi
     if n == 0:
         return
     with nogil:
-        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="static"):
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="dynamic"):
             c0 = c * EW_CHUNK
             c1 = min(n, c0 + EW_CHUNK)
             if floating is float:
@@ -857,7 +908,7 @@ def bias_gelu_fwd(const floating[:, ::1] x, const floating[::1] b, floating[:, :
     if rows == 0 or n == 0:
         return
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="static"):
+        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
             for r in range(t * T, min(rows, t * T + T)):
                 if floating is float:
                     dr_gelu_f32(&x[0, 0] + r * n, &b[0], &y[0, 0] + r * n, n, tanh_form)
@@ -883,7 +934,7 @@ def bias_gelu_bwd(const floating[:, ::1] g, const floating[:, ::1] x, const floa
         raise MemoryError()
     memset(part, 0, nch * n * sizeof(double))
     with nogil:
-        for ch in prange(nch, num_threads=_nthreads, schedule="static"):
+        for ch in prange(nch, num_threads=_nthreads, schedule="dynamic"):
             r0 = rows * ch // nch
             r1 = rows * (ch + 1) // nch
             pr = part + ch * n
@@ -895,7 +946,7 @@ def bias_gelu_bwd(const floating[:, ::1] g, const floating[:, ::1] x, const floa
                     dr_dgelu_f64(&g[0, 0] + r * n, &x[0, 0] + r * n, &b[0], gr, n, tanh_form)
                 for j in range(n):
                     pr[j] += gr[j]
-        for j in prange(n, num_threads=_nthreads, schedule="static"):
+        for j in prange(n, num_threads=_nthreads, schedule="dynamic"):
             acc = 0
             for ch in range(nch):
                 acc = acc + part[ch * n + j]

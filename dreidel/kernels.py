@@ -15,7 +15,6 @@ H_12, H_20, H_28 are the symmetric Paley II matrices (q = 5, 9, 13), so H_n is s
 Non-contiguous inputs cost one copy (out-of-place functions), never a wrong result; in-place
 ``fwht_`` refuses them with a ValueError.
 """
-import math
 
 import numpy as np
 
@@ -265,8 +264,17 @@ def fwht_(x, normalized=True):
 
 
 def fwht(x, normalized=True):
-    """Out-of-place FWHT along the last axis (one copy, then in place). Integer inputs become
-    float64."""
+    """Out-of-place FWHT along the last axis. A C-contiguous float32/float64 input is read once
+    (the copy is fused into the transform, tile by tile); anything else (strided, other dtypes:
+    integers become float64) costs one conversion copy, transformed in place."""
+    a = np.asarray(x)
+    if isinstance(a, np.ndarray) and a.dtype in _FLOATS and a.ndim >= 1 and a.flags.c_contiguous:
+        m, k = _check_size(a.shape[-1], "fwht")
+        out = np.empty(a.shape, dtype=a.dtype)
+        if a.size:
+            h = _base_matrix(m, a.dtype) if m > 1 else _DUMMY[a.dtype]
+            _kernels.fwht_outofplace(_rows(a), _rows(out), m, k, h, bool(normalized))
+        return out
     a = _as_float_array(x, "fwht", copy=True)
     _check_size(a.shape[-1], "fwht")
     return fwht_(a, normalized)

@@ -183,3 +183,16 @@ def test_layer_identical_with_one_and_two_threads(monkeypatch):
         dreidel.set_num_threads(before)
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_from_dense_copies_and_is_exact_on_active_set(rng):
+    w = rng.standard_normal((50, 8))
+    b = rng.standard_normal(50)
+    layer = ALSHSparseDense.from_dense(w, b, bits=3, tables=4, max_active=10)
+    assert layer.weight.dtype == np.float64 and layer.weight.data is not w
+    x = rng.standard_normal((4, 8))
+    y = layer(Tensor(x)).data
+    a = layer.active
+    assert np.allclose(y[:, a], (x @ w.T + b)[:, a])
+    with pytest.raises(ValueError, match="bias shape"):
+        ALSHSparseDense.from_dense(w, b[:3])

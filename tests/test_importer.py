@@ -496,9 +496,9 @@ def test_resize_matches_onnxruntime_and_passes_gradcheck(attrs, scales, sizes):
     dreidel.gradcheck(module.double(), dreidel.Tensor(x32.astype(np.float64), requires_grad=True))
 
 
-@pytest.mark.parametrize("equation,shapes", [("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]), ("...ij,jk", [(2, 3, 4), (4, 2)]),
-                                             ("ij->", [(3, 4)]), ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
-                                             ("i,j->ij", [(3,), (4,)])])
+@pytest.mark.parametrize("equation,shapes", [
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]), ("...ij,jk", [(2, 3, 4), (4, 2)]), ("ij->", [(3, 4)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]), ("i,j->ij", [(3,), (4,)])])
 def test_einsum_matches_onnxruntime_and_passes_gradcheck(equation, shapes):
     names = [f"x{i}" for i in range(len(shapes))]
     rng = np.random.default_rng(11)
@@ -522,9 +522,27 @@ def test_group_normalization():
                              inits, opset)
     x = rng.standard_normal((2, 6, 5)).astype(np.float32)
     groups = x.reshape(2, 2, -1)
-    normed = ((groups - groups.mean(-1, keepdims=True)) / np.sqrt(groups.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
+    normed = (groups - groups.mean(-1, keepdims=True)) / np.sqrt(groups.var(-1, keepdims=True) + 1e-5)
+    normed = normed.reshape(x.shape)
     scale, bias = (numpy_helper.to_array(t) for t in inits)
     expected = normed * scale[None, :, None] + bias[None, :, None]
     module = load(model.SerializeToString())
     np.testing.assert_allclose(_run(module, x).numpy(), expected, rtol=1e-4, atol=1e-5)
     dreidel.gradcheck(module.double(), dreidel.Tensor(x.astype(np.float64), requires_grad=True))
+
+
+def test_batch_normalization_becomes_a_module_in_inference_form():
+    rng = np.random.default_rng(13)
+    inits = [_const(name, value.astype(np.float32)) for name, value in
+             (("bn.weight", rng.standard_normal(3)), ("bn.bias", rng.standard_normal(3)),
+              ("bn.running_mean", rng.standard_normal(3)), ("bn.running_var", rng.uniform(0.5, 2, 3)))]
+    node = helper.make_node("BatchNormalization", ["x"] + [t.name for t in inits], ["y"], name="/bn/BatchNorm",
+                            epsilon=1e-3)
+    model = _model([node], [_value("x", F32, ["n", 3, 4, 4])], [_value("y", F32, ["n", 3, 4, 4])], inits, opset=15)
+    module = load(model.SerializeToString())
+    from dreidel.nn import conv
+    assert isinstance(module.get_submodule("bn"), conv.BatchNorm2d)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    (expected,) = _ort_run(model, {"x": x})
+    np.testing.assert_allclose(_run(module, x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert "BatchNorm2d" in module.summary()

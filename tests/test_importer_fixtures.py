@@ -183,6 +183,8 @@ def test_llama_and_unet_structure():
     unet = _model("unet3d-random")
     convs = [m for _, m in unet.named_modules() if isinstance(m, (conv.Conv3d, conv.ConvTranspose3d))]
     assert len(convs) == 7
+    assert len([m for _, m in unet.named_modules() if isinstance(m, conv.InstanceNorm3d)]) == 6
+    assert len([m for _, m in unet.named_modules() if isinstance(m, conv.PReLU)]) == 6
 
 
 # -- BERT-style (TorchScript exporter, opset 17): the MiniLM from the package registry -------------------

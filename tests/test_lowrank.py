@@ -68,6 +68,14 @@ def test_initial_output_variance_matches_a_dense_linear():
     assert 0.8 < low / dense < 1.25
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes(dtype):
+    for layer in (LowRankLinear(8, 4, 2, dtype=dtype), SpectralLowRankLinear(8, 4, 2, dtype=dtype),
+                  LowRankLinear.from_dense(np.ones((4, 8), dtype=dtype), rank=2)):
+        assert all(p.dtype == dtype for p in layer.parameters())
+        assert layer(dreidel.Tensor(np.ones((3, 8), dtype=dtype))).dtype == dtype
+
+
 def test_state_dict_round_trip():
     layer = LowRankLinear(10, 7, 3, rng=np.random.default_rng(0))
     fresh = LowRankLinear(10, 7, 3, rng=np.random.default_rng(1))

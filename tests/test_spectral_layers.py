@@ -320,3 +320,23 @@ def test_fused_and_composed_backward_agree(monkeypatch):
         grads.append((xt.grad, layer.d.grad, layer.bias.grad))
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_from_dense_keeps_the_weight_dtype(dtype):
+    W = np.random.default_rng(11).standard_normal((12, 20)).astype(dtype)
+    for layer in (LinearWHT.from_dense(W), DeepSpectralLinear.from_dense(W, depth=2, sweeps=1)):
+        assert all(p.dtype == dtype for p in layer.parameters())
+        assert layer(dreidel.Tensor(np.ones((2, 20), dtype=dtype))).dtype == dtype
+
+
+def test_a_corrupt_permutation_in_a_checkpoint_is_a_clear_error():
+    layer = DeepSpectralLinear(16, 16, depth=2)
+    state = layer.state_dict()
+    state["perms"][1, 0] = state["perms"][1, 1]   # a repeated index: no longer a permutation
+    layer.load_state_dict(state)
+    with pytest.raises(ValueError, match="permutations"):
+        layer(dreidel.Tensor(np.zeros((2, 16), dtype=np.float32)))
+    state["perms"][1] = np.arange(16)
+    layer.load_state_dict(state)
+    assert layer(dreidel.Tensor(np.zeros((2, 16), dtype=np.float32))).shape == (2, 16)

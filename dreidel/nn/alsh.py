@@ -36,8 +36,10 @@ def sparse_linear(x, weight, bias, active):
         if weight.requires_grad:
             grad_w = g_active.T @ x.data
             if weight.grad is None:
+                # fresh pages fault on first touch; faulting from one thread avoids contention
                 weight.grad = np.zeros(weight.shape, dtype=weight.dtype)
-            if weight.grad.flags.c_contiguous and weight.grad.flags.writeable:
+                weight.grad[active] = grad_w
+            elif weight.grad.flags.c_contiguous and weight.grad.flags.writeable:
                 add_rows(weight.grad, active, grad_w)
             else:
                 weight.grad = weight.grad.copy()
@@ -119,6 +121,27 @@ class ALSHSparseDense(Module):
         self.rebuilds = 0
         self.active = None
         self.active_fraction = 0.0
+
+    @classmethod
+    def from_dense(cls, weight, bias=None, inputs=None, **kwargs):
+        """The sparse layer holding copies of a dense layer's `weight` (out, in) and `bias`.
+
+        Exact on its active set; nothing to fit (`inputs` is accepted for a uniform interface and
+        unused). `kwargs` go to the constructor (hash, bits, tables, max_active, ...).
+        """
+        weight = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
+        if weight.ndim != 2 or weight.dtype.kind != "f":
+            raise ValueError(f"ALSHSparseDense.from_dense: weight must be a 2-D float array, got "
+                             f"{weight.dtype} {weight.shape}")
+        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, **kwargs)
+        layer.weight.data = np.array(weight, copy=True)
+        if bias is not None:
+            bias = np.asarray(bias.data if isinstance(bias, Tensor) else bias, dtype=weight.dtype)
+            if bias.shape != (weight.shape[0],):
+                raise ValueError(f"ALSHSparseDense.from_dense: bias shape {bias.shape} does not match "
+                                 f"({weight.shape[0]},)")
+            layer.bias.data = np.array(bias, copy=True)
+        return layer
 
     # -- tables ------------------------------------------------------------------------------------
     def rebuild_tables(self):

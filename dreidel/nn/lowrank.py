@@ -44,8 +44,9 @@ class LowRankLinear(Module):
                              f"for {in_features} → {out_features}, got {rank}")
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         rng = generator(rng)
-        self.U = Parameter(rng.uniform(-1, 1, (self.in_features, self.rank)).astype(dtype) / np.sqrt(self.in_features))
-        self.V = Parameter(rng.uniform(-1, 1, (self.rank, self.out_features)).astype(dtype) * np.sqrt(3 / self.rank))
+        U = rng.uniform(-1, 1, (self.in_features, self.rank)) / np.sqrt(self.in_features)
+        V = rng.uniform(-1, 1, (self.rank, self.out_features)) * np.sqrt(3 / self.rank)
+        self.U, self.V = Parameter(U.astype(dtype)), Parameter(V.astype(dtype))
         self.bias = Parameter(np.zeros(self.out_features, dtype=dtype)) if bias else None
 
     def multiply_adds(self):

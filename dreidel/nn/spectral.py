@@ -363,8 +363,9 @@ class DeepSpectralLinear(Module):
 
     The permutations P_k are fixed at construction (seeded by `seed`) and kept as int64 buffers
     (`perms`, shape (K, N)) so a saved and reloaded layer is bit-identical; the trainable diagonals
-    are one Parameter `d` of shape (K, N). Forward and backward go through the fused kernels
-    (`spectral_block`, `spectral_block_backward`) in a single autograd node.
+    are one Parameter `d` of shape (K, N). The whole stack is one autograd node: forward through the
+    fused `kernels.spectral_block`, backward ∂x = Pᵀ(d ⊙ H g), ∂d = Σ_s (H g) ⊙ P x per block (see
+    `_block_backward` and `FUSED_BACKWARD`).
 
     Initialisation keeps the signal's variance: every block with d = ±1 is orthogonal (norm-
     preserving), and the first diagonal is scaled by √(N/in) so the zero padding does not shrink the
@@ -398,7 +399,7 @@ class DeepSpectralLinear(Module):
     def forward(self, x):
         _check_width(x, self.in_features, "DeepSpectralLinear")
         d, bias, n_in, n_out, N = self.d, self.bias, self.in_features, self.out_features, self.size
-        perms = self.perms.data
+        perms = self._checked_perms()
         lead = x.shape[:-1]
         dtype = np.result_type(x.dtype, d.dtype)
         D = d.data if d.dtype == dtype else d.data.astype(dtype)
@@ -421,6 +422,18 @@ class DeepSpectralLinear(Module):
 
         parents = (x, d) if bias is None else (x, d, bias)
         return _result(y.reshape(lead + (n_out,)), parents, backward)
+
+    def _checked_perms(self):
+        """The permutation buffer, validated whenever it was replaced (e.g. by load_state_dict): the
+        kernels run unchecked, so a corrupt checkpoint must fail here, not read out of bounds."""
+        perms = self.perms.data
+        if perms is not self.__dict__.get("_validated_perms"):
+            if perms.shape != (self.depth, self.size) or perms.dtype != np.int64 or not all(
+                    kernels.is_permutation(p) for p in perms):
+                raise ValueError(f"DeepSpectralLinear.perms must be {self.depth} permutations of "
+                                 f"range({self.size}) as int64, got shape {perms.shape}, dtype {perms.dtype}")
+            self.__dict__["_validated_perms"] = perms
+        return perms
 
     # -- the operator, for fitting and curvature ---------------------------------------------------
     def _output_maps(self, D):
@@ -485,6 +498,9 @@ class DeepSpectralLinear(Module):
         With `inputs` the fit is on Y = X Wᵀ + b where the data lives (bias = optimal offset = mean
         residual); without, on the operator itself (X = I, Frobenius norm; the bias is copied).
         Stops after `sweeps` sweeps or when a sweep improves the error by less than `tol` (relative).
+        Cost: the data enters only through its covariance (pass an `InputStatistics` to reuse it);
+        each sweep is K dense N×N solves plus O(K² N² log N) transforms, and keeps 2K float64
+        N×N-sized arrays (N = 4096, K = 4: ~1 GB).
         `layer.fit_report`: relative_error, iterations (sweeps), history (relative error after each
         sweep, starting with the initial one), objective (relative error after each block update,
         from the quadratic form).

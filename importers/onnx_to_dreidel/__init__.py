@@ -24,7 +24,12 @@ def load(path_or_bytes, *, external_data_dir=None):
     absolute or leave that folder are refused.
     """
     model, base_dir, label = read_model(path_or_bytes, external_data_dir)
-    return GraphModule(model, base_dir, label).eval()
+    try:
+        return GraphModule(model, base_dir, label).eval()
+    except OnnxImportError:
+        raise
+    except Exception as exc:  # a damaged file that still parses (e.g. names that are not UTF-8)
+        raise OnnxLoadError(f"{label}: malformed model: {type(exc).__name__}: {exc}") from exc
 
 
 __all__ = ["load", "GraphModule", "Scope", "register", "supported_ops", "OnnxImportError", "OnnxLoadError",

@@ -7,16 +7,20 @@ Import does, in order:
    nodes, and whatever is computed from them alone: Cast of stored float16 weights, Transposes...);
 3. recognise structure among the remaining nodes: MatMul/Gemm with a constant weight (+ its bias Add)
    → `nn.Linear`, LayerNormalization → `nn.LayerNorm`, Gather from a constant table → `nn.Embedding`,
-   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, InstanceNormalization → `nn.InstanceNormNd`,
-   PRelu → `nn.PReLU`. Modules are named after the graph's scopes (the exporter's name_scopes metadata,
-   or node names like `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
+   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, Instance/BatchNormalization → `nn.InstanceNormNd`/
+   `nn.BatchNormNd` (when the graph records the input's rank),
+   PRelu → `nn.PReLU`, and the TorchScript exporter's spelled-out GELU (Div/Erf/Add/Mul/Mul), LayerNorm
+   (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div[/Mul/Add]) and RMSNorm (Pow/ReduceMean/Add/Sqrt/
+   Reciprocal/Mul[/Mul]) → `nn.GELU`, `nn.LayerNorm`, `nn.RMSNorm`. Modules are named after the graph's
+   scopes (the exporter's name_scopes metadata, or node names like `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
    `get_submodule("encoder.layers.0.self_attn.q_proj")` finds the teacher's layer; steps look their
    module up at every call, so `set_submodule` swaps take effect.
 
 Calling: `module(*inputs)` (graph-input order) or `module(**named_inputs)`, numpy arrays or Tensors.
 Returns a Tensor for a single-output graph, else a tuple of Tensors in `module.output_names` order.
 Floating values are Tensors (dreidel ops, differentiable); integer/boolean values (token ids, shape
-arithmetic, masks) are numpy arrays computed without autograd.
+arithmetic, masks) are numpy arrays computed without autograd. Steps that depend only on the inputs'
+shapes (Shape → Gather → Concat → ...) are computed once per input-shape signature and cached.
 """
 import ast
 import re
@@ -32,7 +36,7 @@ from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, OnnxRuntimeError,
                                               UnsupportedOpsError)
 from importers.onnx_to_dreidel.loader import numpy_dtype, tensor_to_array
-from importers.onnx_to_dreidel.ops_nn import conv_geometry
+from importers.onnx_to_dreidel.ops_nn import check_kernel, conv_geometry
 from importers.onnx_to_dreidel.registry import Node, is_tensor, resolve, set_float_dtype
 
 _DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"}
@@ -71,8 +75,9 @@ def _scope_of(proto, weight_name=None):
                 break
             if len(scopes) >= 2 and scopes[-2]:
                 return scopes[-2]
-    if "/" in proto.name:
-        parts = [p for p in proto.name.split("/") if p][:-1]
+    name = proto.name if isinstance(proto.name, str) else proto.name.decode("utf-8", "replace")
+    if "/" in name:
+        parts = [p for p in name.split("/") if p][:-1]
         if parts:
             return ".".join(parts)
     if weight_name and "." in weight_name and not weight_name.startswith(("onnx::", "val_")):
@@ -131,7 +136,11 @@ class GraphModule(Module):
                 self.folded_count += 1
             else:
                 runtime.append((proto, node, run))
+        self._ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                       for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+                       if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
         self._build_steps(runtime, constants)
+        del self._ranks
 
     # -- structure ------------------------------------------------------------------------------
     def _build_steps(self, runtime, constants):
@@ -181,6 +190,7 @@ class GraphModule(Module):
             path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
             return path, [node.inputs[0]], outputs, "linear"
         if op == "Gemm" and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
+                and const(node.inputs[1]).ndim == 2 and self._ranks.get(node.inputs[0], 2) == 2 \
                 and node.attr("alpha", 1.0) == 1.0 and node.attr("beta", 1.0) == 1.0 and not node.attr("transA", 0):
             b = const(node.inputs[1])
             weight = b if node.attr("transB", 0) else b.T
@@ -191,7 +201,7 @@ class GraphModule(Module):
                     return None
                 bias = c.reshape(-1)
             path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
-            return path, [node.inputs[0]], list(node.outputs), "linear"
+            return path, [node.inputs[0]], list(node.outputs), "gemm"
         if op == "LayerNormalization" and node.attr("axis", -1) == -1 and len([o for o in node.outputs if o]) == 1 \
                 and is_float(const(node.inputs[1])) and const(node.inputs[1]).ndim == 1 \
                 and (len(node.inputs) < 3 or not node.inputs[2] or
@@ -218,6 +228,23 @@ class GraphModule(Module):
                                   const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None)
             if module is None:
                 return None
+            path = self._add_module(proto, node.inputs[1], module)
+            return path, [node.inputs[0]], list(node.outputs), "module"
+        rank = self._ranks.get(node.inputs[0])
+        if op in ("InstanceNormalization", "BatchNormalization") and rank in (3, 4, 5) \
+                and all(is_float(const(n)) and const(n).ndim == 1 for n in node.inputs[1:]) \
+                and len([o for o in node.outputs if o]) == 1 and not node.attr("training_mode", 0):
+            kind = "InstanceNorm" if op == "InstanceNormalization" else "BatchNorm"
+            cls = getattr(nn_conv, f"{kind}{rank - 2}d")
+            scale = const(node.inputs[1])
+            if kind == "InstanceNorm":
+                module = cls(scale.shape[0], eps=float(node.attr("epsilon", 1e-5)), affine=True)
+            else:  # inference form: running statistics as buffers
+                module = cls(scale.shape[0], eps=float(node.attr("epsilon", 1e-5)))
+                module.running_mean.data = np.array(const(node.inputs[3]), dtype=scale.dtype)
+                module.running_var.data = np.array(const(node.inputs[4]), dtype=scale.dtype)
+            module.weight = Parameter(scale)
+            module.bias = Parameter(const(node.inputs[2]))
             path = self._add_module(proto, node.inputs[1], module)
             return path, [node.inputs[0]], list(node.outputs), "module"
         if op == "PRelu" and is_float(const(node.inputs[1])) and const(node.inputs[1]).size == 1:
@@ -451,7 +478,8 @@ class GraphModule(Module):
                  f"{'module':<60} {'type':<18} {'parameters':>12}"]
         for path in self.module_paths:
             module = self.get_submodule(path)
-            lines.append(f"{path:<60} {type(module).__name__:<18} {module.num_parameters():>12,}")
+            count = sum(p.size for p in module.parameters())  # (PReLU shadows num_parameters)
+            lines.append(f"{path:<60} {type(module).__name__:<18} {count:>12,}")
         lines.append(f"{len(self.module_paths)} modules, {self.num_parameters():,} parameters; "
                      f"{sum(self.op_counts.values())} nodes: {self.folded_count} folded at import, "
                      f"{len(self._steps)} steps at run time")
@@ -659,10 +687,19 @@ def _spec_text(spec):
     return f"({kind} {shape})"
 
 
+def check_supported(model):
+    """Raise UnsupportedOpsError listing every (domain, op, opset) without a converter, with counts."""
+    opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): o.version for o in model.opset_import}
+    _check_supported(model.graph, opsets)
+
+
 def _check_supported(graph, opsets):
     missing = Counter()
     for proto in graph.node:
         domain = "" if proto.domain in ("", "ai.onnx") else proto.domain
+        if isinstance(domain, bytes) or isinstance(proto.op_type, bytes):  # damaged names: not UTF-8
+            missing[(str(domain), str(proto.op_type), 0)] += 1
+            continue
         version = opsets.get(domain)
         if version is None or resolve(domain, proto.op_type, version) is None:
             missing[(domain, proto.op_type, version if version is not None else 0)] += 1
@@ -693,6 +730,8 @@ def _call_module(module, step, x):
             raise OnnxRuntimeError(f"node {step.node.name!r} ({step.node.op_type}): {exc}") from exc
     if not is_tensor(x):
         x = Tensor(np.asarray(x))
+    if step.kind == "gemm" and x.ndim != 2:
+        raise OnnxRuntimeError(f"node {step.node.name!r} (Gemm) needs a 2-D input A, got shape {x.shape}")
     try:
         return module(x)
     except Exception as exc:
@@ -733,6 +772,7 @@ _CONV_CLASSES = {(1, False): "Conv1d", (2, False): "Conv2d", (3, False): "Conv3d
 
 
 def _conv_module(node, weight, bias):
+    check_kernel(node, weight.shape)
     spatial = weight.ndim - 2
     transposed = node.op_type == "ConvTranspose"
     name = _CONV_CLASSES.get((spatial, transposed))

@@ -81,6 +81,8 @@ def tensor_to_array(tensor, base_dir=None):
 
 
 def _safe_location(location, base_dir, tensor_name):
+    if isinstance(location, bytes):  # protobuf hands back undecodable strings as bytes
+        raise OnnxLoadError(f"external data location {location!r} of tensor {tensor_name!r} is not valid UTF-8")
     if not location:
         raise OnnxLoadError(f"tensor {tensor_name!r} is marked external but has no location")
     if os.path.isabs(location) or Path(location).is_absolute() or location.startswith(("/", "\\")):
@@ -172,6 +174,8 @@ def read_model(path_or_bytes, external_data_dir=None):
                 _safe_location(location, base_dir if base_dir is not None else ".", tensor.name)
             except OnnxLoadError as exc:
                 raise OnnxLoadError(f"{label}: {exc}") from None
+    from importers.onnx_to_dreidel.graph import check_supported  # every missing op, before the checker
+    check_supported(model)
     try:
         checked = _without_external_data(model)
         # a file on disk is checked from its path: the checker then need not re-serialise the model

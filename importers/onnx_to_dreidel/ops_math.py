@@ -10,7 +10,7 @@ import numpy as np
 from dreidel import ops
 from dreidel.tensor import Tensor, _result, is_grad_enabled
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import any_tensor, array, ints, is_tensor, lift, register
+from importers.onnx_to_dreidel.registry import any_tensor, array, axes_in, axis_in, ints, is_tensor, lift, register
 
 
 def _tensor_like(values):
@@ -263,13 +263,13 @@ def _softmax_builder(tensor_fn, legacy):
 
         def run(x):
             x_t = x if is_tensor(x) else Tensor(np.asarray(x))
+            a = axis_in(axis, x_t.ndim, node.op_type)
             if legacy:  # opset < 13: softmax of the input flattened to 2-D at `axis`
                 shape = x_t.shape
-                a = axis % len(shape)
                 flat = ops.reshape(x_t, (int(np.prod(shape[:a], dtype=np.int64)), -1))
                 out = ops.reshape(tensor_fn(flat, -1), shape)
             else:
-                out = tensor_fn(x_t, axis)
+                out = tensor_fn(x_t, a)
             return out if is_tensor(x) else out.data
         return run
     return build
@@ -306,7 +306,7 @@ def _reduce(numpy_fn, tensor_fn, axes_from_input, identity=0.0):
             if axes is None and noop:
                 return x
             ndim = np.ndim(array(x))
-            axis = None if axes is None else tuple(sorted(a % ndim for a in axes)) if ndim else None
+            axis = None if axes is None else tuple(sorted(axes_in(axes, ndim, node.op_type))) if ndim else None
             v = array(x)
             if v.size == 0 or any(v.shape[a] == 0 for a in (axis or ())):
                 out = _empty_reduction(v, axis, keepdims, identity)
@@ -402,7 +402,7 @@ def cumsum(node):
     exclusive, reverse = bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0))
 
     def run(x, axis):
-        axis = int(array(axis).reshape(-1)[0]) % max(np.ndim(array(x)), 1)
+        axis = axis_in(int(array(axis).reshape(-1)[0]), max(np.ndim(array(x)), 1), "CumSum")
         scan, backward = _cumsum_tensor(x, axis, exclusive, reverse)
         if is_tensor(x):
             return _result(scan(x.data), (x,), backward)
@@ -427,6 +427,8 @@ def gemm(node):
     trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
 
     def run(a, b, c=None):
+        if np.ndim(array(a)) != 2 or np.ndim(array(b)) != 2:
+            raise OnnxImportError(f"Gemm needs 2-D A and B, got shapes {np.shape(array(a))} and {np.shape(array(b))}")
         if not any_tensor([a, b, c]):
             a_, b_ = (np.asarray(a).T if trans_a else a), (np.asarray(b).T if trans_b else b)
             out = alpha * (a_ @ b_) + (beta * np.asarray(c) if c is not None else 0)
@@ -449,7 +451,7 @@ def layer_normalization(node):
 
     def run(x, scale, bias=None):
         x_t = x if is_tensor(x) else Tensor(np.asarray(x))
-        a = axis % x_t.ndim
+        a = axis_in(axis, x_t.ndim, "LayerNormalization")
         weight = lift(scale, x_t)
         weight = weight if weight.shape == x_t.shape[a:] else ops.expand(weight, x_t.shape[a:])
         b = None

@@ -12,7 +12,7 @@ from dreidel import convolution as C
 from dreidel import ops
 from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import is_tensor, lift, register
+from importers.onnx_to_dreidel.registry import checked_shape, is_tensor, lift, register
 
 
 def _as_tensor(x):
@@ -28,6 +28,14 @@ def _same_pads(in_shape, kernel, stride, dilation, auto_pad):
         begin.append(small if auto_pad == "SAME_UPPER" else total - small)
         end.append(total - begin[-1])
     return tuple(begin) + tuple(end)
+
+
+def check_kernel(node, weight_shape):
+    """kernel_shape, when given, must be the weight's spatial shape (onnxruntime refuses otherwise)."""
+    kernel = node.attr("kernel_shape")
+    if kernel is not None and tuple(kernel) != tuple(weight_shape[2:]):
+        raise OnnxImportError(f"{node.op_type} {node.name!r}: kernel_shape {list(kernel)} does not match the "
+                              f"weight's spatial shape {tuple(weight_shape[2:])}")
 
 
 def conv_geometry(node, spatial):
@@ -53,6 +61,7 @@ def conv(node):
     def run(x, weight, bias=None):
         x_t = _as_tensor(x)
         w = lift(weight, x_t)
+        check_kernel(node, w.shape)
         spatial = w.ndim - 2
         stride, dilation, pads, auto_pad = conv_geometry(node, spatial)
         if pads is None:
@@ -99,6 +108,7 @@ def conv_transpose(node):
     def run(x, weight, bias=None):
         x_t = _as_tensor(x)
         w = lift(weight, x_t)
+        check_kernel(node, w.shape)
         stride, dilation, pads, output_padding = conv_transpose_geometry(node, x_t.shape[2:], w.shape[2:])
         out = C.conv_transpose(x_t, w, None if bias is None else lift(bias, x_t), stride, pads, output_padding,
                                dilation, groups)
@@ -131,12 +141,48 @@ def max_pool(node):
     def run(x):
         x_t = _as_tensor(x)
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
-        if pads[:spatial] != pads[spatial:]:  # asymmetric: pad with -inf explicitly
-            widths = [(0, 0), (0, 0)] + list(zip(pads[:spatial], pads[spatial:]))
-            x_t, pads = ops.pad(x_t, widths, value=-np.inf), (0,) * spatial
-        out = C.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode)
+        if pads[:spatial] == pads[spatial:] and not ceil_mode:
+            out = C.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode)
+        else:  # per-side pads, and ONNX's ceil-mode rule, done explicitly
+            out = _max_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode)
         return out if is_tensor(x) else out.data
     return run
+
+
+def _pool_geometry(in_shape, kernel, stride, dilation, pads, ceil_mode):
+    """Output size per axis (ONNX rule: in ceil mode a last window must start inside the input or
+    its begin padding) and the extra end padding the ceil-mode windows reach into."""
+    spatial = len(kernel)
+    out_shape, extra = [], []
+    for i in range(spatial):
+        padded = in_shape[i] + pads[i] + pads[i + spatial]
+        span = dilation[i] * (kernel[i] - 1) + 1
+        if padded < span:
+            raise OnnxImportError(f"pooling window {span} is larger than the padded input {padded} on axis {i + 2}")
+        n = (padded - span) // stride[i] + 1
+        if ceil_mode:
+            n = -(-(padded - span) // stride[i]) + 1
+            if (n - 1) * stride[i] >= in_shape[i] + pads[i]:
+                n -= 1
+        out_shape.append(n)
+        extra.append(max((n - 1) * stride[i] + span - padded, 0))
+    return out_shape, extra
+
+
+def _windows(xp, kernel, stride, dilation, out_shape):
+    """(spatial slice tuple) for each kernel offset: the strided view of every window's element k."""
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        yield tuple(slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, n, s in zip(offset, dilation, out_shape, stride))
+
+
+def _max_pool_general(x, kernel, stride, dilation, pads, ceil_mode):
+    """Max pooling with per-side pads and ceil mode: −inf padding, the max over K strided slices."""
+    spatial = len(kernel)
+    out_shape, extra = _pool_geometry(x.shape[2:], kernel, stride, dilation, pads, ceil_mode)
+    widths = [(pads[i], pads[i + spatial] + extra[i]) for i in range(spatial)]
+    xp = ops.pad(x, [(0, 0), (0, 0)] + widths, value=-np.inf)
+    parts = [ops.getitem(xp, (slice(None), slice(None)) + w) for w in _windows(xp, kernel, stride, dilation, out_shape)]
+    return ops.max(ops.stack(parts, axis=0), axis=0)
 
 
 def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_include_pad):
@@ -145,17 +191,7 @@ def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_includ
     Ceil mode's extra windows read zeros that count for nothing."""
     spatial = len(kernel)
     in_shape = x.shape[2:]
-    out_shape, extra = [], []
-    for i in range(spatial):
-        padded = in_shape[i] + pads[i] + pads[i + spatial]
-        span = dilation[i] * (kernel[i] - 1) + 1
-        n = (padded - span) // stride[i] + 1
-        if ceil_mode:
-            n = -(-(padded - span) // stride[i]) + 1
-            if (n - 1) * stride[i] >= in_shape[i] + pads[i]:  # a window must start inside
-                n -= 1
-        out_shape.append(n)
-        extra.append(max((n - 1) * stride[i] + span - padded, 0))
+    out_shape, extra = _pool_geometry(in_shape, kernel, stride, dilation, pads, ceil_mode)
     widths = [(pads[i], pads[i + spatial] + extra[i]) for i in range(spatial)]
     xp = ops.pad(x, [(0, 0), (0, 0)] + widths, value=0.0)
     if count_include_pad:
@@ -164,9 +200,7 @@ def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_includ
     else:
         counted = np.pad(np.ones(in_shape, x.dtype), widths)
     total, count = None, 0
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        window = tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
-                       for o, d, n, s in zip(offset, dilation, out_shape, stride))
+    for window in _windows(xp, kernel, stride, dilation, out_shape):
         part = ops.getitem(xp, (slice(None), slice(None)) + window)
         total = part if total is None else total + part
         count = count + counted[window]
@@ -267,6 +301,10 @@ def resize(node):
             out_sizes = [int(np.floor(x_t.shape[a] * s)) for a, s in zip(axes, scales)]
         else:
             raise OnnxImportError(f"{node}: Resize needs scales or sizes")
+        final = list(x_t.shape)
+        for a, n in zip(axes, out_sizes):
+            final[a] = n
+        checked_shape(final, "Resize")
         out = x_t
         for axis, n_out, scale in zip(axes, out_sizes, scales):
             n_in = x_t.shape[axis]

@@ -10,8 +10,8 @@ from dreidel import ops
 from dreidel.tensor import Tensor, _result
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.loader import low_precision_dtype, numpy_dtype
-from importers.onnx_to_dreidel.registry import (any_tensor, array, checked_shape, float_dtype, ints, is_tensor, lift,
-                                                register)
+from importers.onnx_to_dreidel.registry import (any_tensor, array, axes_in, axis_in, checked_shape, float_dtype, ints,
+                                                is_tensor, lift, register)
 
 
 def _round_bfloat16(v):
@@ -159,6 +159,8 @@ def size(node):
 
 def _reshape_target(shape, target, allowzero):
     target = list(target)
+    if any(n < -1 for n in target) or target.count(-1) > 1:
+        raise OnnxImportError(f"Reshape: target shape {tuple(target)} may hold one -1 and no other negative size")
     if not allowzero:
         target = [shape[i] if n == 0 else n for i, n in enumerate(target)]
     return tuple(target)
@@ -188,6 +190,8 @@ def flatten(node):
 
     def run(x):
         dims = np.shape(array(x))
+        if not -len(dims) <= axis <= len(dims):
+            raise OnnxImportError(f"Flatten: axis {axis} is out of range for an input of rank {len(dims)}")
         a = axis + len(dims) if axis < 0 else axis
         return _reshape(x, (int(np.prod(dims[:a], dtype=np.int64)), int(np.prod(dims[a:], dtype=np.int64))))
     return run
@@ -196,7 +200,7 @@ def flatten(node):
 def _unsqueeze(x, axes):
     dims = list(np.shape(array(x)))
     rank = len(dims) + len(axes)
-    for a in sorted(a % rank for a in axes):
+    for a in sorted(axes_in(axes, rank, "Unsqueeze")):
         dims.insert(a, 1)
     return _reshape(x, tuple(dims))
 
@@ -206,7 +210,7 @@ def _squeeze(x, axes):
     if axes is None:
         keep = [n for n in dims if n != 1]
     else:
-        drop = {a % len(dims) for a in axes}
+        drop = set(axes_in(axes, len(dims), "Squeeze"))
         bad = [a for a in drop if dims[a] != 1]
         if bad:
             raise OnnxImportError(f"Squeeze: axes {sorted(bad)} of shape {dims} are not 1")
@@ -241,7 +245,10 @@ def transpose(node):
     perm = node.attr("perm")
 
     def run(x):
-        p = perm if perm is not None else tuple(reversed(range(np.ndim(array(x)))))
+        rank = np.ndim(array(x))
+        p = perm if perm is not None else tuple(reversed(range(rank)))
+        if sorted(p) != list(range(rank)):
+            raise OnnxImportError(f"Transpose: perm {list(p)} is not a permutation of the {rank} axes")
         return ops.transpose(x, tuple(p)) if is_tensor(x) else np.transpose(x, p)
     return run
 
@@ -270,6 +277,8 @@ def _tile_tensor(x, repeats):
 def tile(node):
     def run(x, repeats):
         repeats = ints(repeats)
+        if len(repeats) != np.ndim(array(x)):
+            raise OnnxImportError(f"Tile: {len(repeats)} repeats for an input of rank {np.ndim(array(x))}")
         checked_shape([n * r for n, r in zip(np.shape(array(x)), repeats)], "Tile")
         return _tile_tensor(x, repeats) if is_tensor(x) else np.tile(x, repeats)
     return run
@@ -281,10 +290,11 @@ def concat(node):
 
     def run(*xs):
         xs = [x for x in xs if x is not None]
+        axis_in(axis, np.ndim(array(xs[0])), "Concat")
         if any_tensor(xs):
             like = next(x for x in xs if is_tensor(x))
             parts = [lift(x, like) for x in xs]
-            return ops.concat([p for p in parts if p.size or len(parts) == 1], axis=axis)
+            return ops.concat([p for p in parts if p.size] or parts[:1], axis=axis)
         arrays = [np.asarray(x) for x in xs]
         return np.concatenate(arrays, axis=axis)
     return run
@@ -301,6 +311,7 @@ def _split_sizes(length, sizes, count):
 
 
 def _split(x, axis, sizes):
+    axis = axis_in(axis, np.ndim(array(x)), "Split")
     if is_tensor(x):
         return tuple(ops.split(x, sizes, axis=axis))
     return tuple(np.split(np.asarray(x), np.cumsum(sizes)[:-1], axis=axis))
@@ -311,7 +322,7 @@ def split_v2(node):
     axis, attr_sizes = node.attr("axis", 0), node.attr("split")
 
     def run(x):
-        length = np.shape(array(x))[axis]
+        length = np.shape(array(x))[axis_in(axis, np.ndim(array(x)), "Split")]
         return _split(x, axis, _split_sizes(length, attr_sizes, len(node.outputs)))
     return run
 
@@ -321,7 +332,7 @@ def split_v13(node):
     axis, num_outputs = node.attr("axis", 0), node.attr("num_outputs")
 
     def run(x, sizes=None):
-        length = np.shape(array(x))[axis]
+        length = np.shape(array(x))[axis_in(axis, np.ndim(array(x)), "Split")]
         count = num_outputs if num_outputs is not None else len(node.outputs)
         return _split(x, axis, _split_sizes(length, None if sizes is None else ints(sizes), count))
     return run
@@ -329,8 +340,11 @@ def split_v13(node):
 
 def _slice_index(ndim, starts, ends, axes, steps):
     index = [slice(None)] * ndim
-    axes = range(len(starts)) if axes is None else axes
+    axes = range(len(starts)) if axes is None else axes_in(axes, ndim, "Slice")
     steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise OnnxImportError(f"Slice: starts/ends/axes/steps lengths differ ({len(starts)}, {len(ends)}, "
+                              f"{len(axes)}, {len(steps)})")
     for start, end, axis, step in zip(starts, ends, axes, steps):
         if step == 0:
             raise OnnxImportError("Slice step must not be 0")
@@ -367,9 +381,14 @@ def gather(node):
 
     def run(x, indices):
         indices = array(indices).astype(np.int64, copy=False)
+        a = axis_in(axis, np.ndim(array(x)), "Gather")
+        size = np.shape(array(x))[a]
+        if indices.size and (indices.min() < -size or indices.max() >= size):
+            raise OnnxImportError(f"Gather: indices out of range [-{size}, {size}) on axis {a}: "
+                                  f"min {indices.min()}, max {indices.max()}")
         if is_tensor(x):
-            return ops.take(x, indices, axis=axis % x.ndim)
-        return np.take(np.asarray(x), indices, axis=axis)
+            return ops.take(x, indices, axis=a)
+        return np.take(np.asarray(x), indices, axis=a)
     return run
 
 
@@ -389,7 +408,7 @@ def gather_elements(node):
 
     def run(x, indices):
         v = array(x)
-        a = axis % v.ndim
+        a = axis_in(axis, v.ndim, "GatherElements")
         indices = array(indices).astype(np.int64)
         indices = np.where(indices < 0, indices + v.shape[a], indices)
         return _take_along(x, indices, a) if is_tensor(x) else np.take_along_axis(v, indices, axis=a)
@@ -481,13 +500,16 @@ def pad(node):
     def run(x, pads, value=None, axes=None):
         ndim = np.ndim(array(x))
         pads = ints(pads)
-        axes = list(range(ndim)) if axes is None else [a % ndim for a in ints(axes)]
+        axes = list(range(ndim)) if axes is None else axes_in(ints(axes), ndim, "Pad")
+        if len(pads) != 2 * len(axes):
+            raise OnnxImportError(f"Pad: {len(pads)} pads for {len(axes)} axes (need begin and end for each)")
         half = len(pads) // 2
         widths = [(0, 0)] * ndim
         for i, a in enumerate(axes):
             widths[a] = (pads[i], pads[i + half])
         if any(b < 0 or e < 0 for b, e in widths):
             raise OnnxImportError(f"{node}: negative pads {pads} are not supported")
+        checked_shape([n + b + e for n, (b, e) in zip(np.shape(array(x)), widths)], "Pad")
         fill = 0 if value is None or np.size(array(value)) == 0 else array(value).reshape(-1)[0].item()
         if not is_tensor(x):
             if mode == "constant":
@@ -513,6 +535,7 @@ def one_hot(node):
     def run(indices, depth, values):
         depth = int(array(depth).reshape(-1)[0])
         idx = array(indices).astype(np.int64)
+        checked_shape(idx.shape + (depth,), "OneHot")
         idx = np.where(idx < 0, idx + depth, idx)
         hot = idx[..., None] == np.arange(depth)
         off, on = array(values)

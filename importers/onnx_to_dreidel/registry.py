@@ -126,6 +126,24 @@ def lift(value, like=None):
     return Tensor(value)
 
 
+def axis_in(axis, rank, what):
+    """`axis` normalised to [0, rank), or an OnnxImportError naming the op (ONNX refuses it too)."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        from importers.onnx_to_dreidel.errors import OnnxImportError
+        raise OnnxImportError(f"{what}: axis {axis} is out of range for an input of rank {rank}")
+    return axis % rank
+
+
+def axes_in(axes, rank, what):
+    """Distinct axes normalised to [0, rank), else an OnnxImportError."""
+    normal = [axis_in(a, rank, what) for a in axes]
+    if len(set(normal)) != len(normal):
+        from importers.onnx_to_dreidel.errors import OnnxImportError
+        raise OnnxImportError(f"{what}: repeated axes {list(axes)} for rank {rank}")
+    return normal
+
+
 MAX_ELEMENTS = 1 << 31  # refuse to materialise more (a corrupt shape must not exhaust memory or hang)
 
 
