@@ -43,6 +43,7 @@ def main(argv=None):
     registered_ops = {op for _, op, _ in harness.registry.supported_ops()}
     rows = defaultdict(lambda: {"cases": 0, "passed": 0, "failed": 0, "skipped": 0})
     failures = []
+    skip_reasons = defaultdict(int)
     for name, case in sorted(cases.items()):
         op = harness.case_op(case)
         if op not in registered_ops:
@@ -54,6 +55,7 @@ def main(argv=None):
         reason = harness.classify(case)
         if reason is not None:
             row["skipped"] += 1
+            skip_reasons[reason] += 1
             continue
         error = harness.run_case_isolated(case)
         if error is None:
@@ -66,6 +68,8 @@ def main(argv=None):
     if args.verbose:
         for op, name, error in failures:
             print(f"FAIL {op:24s} {name}: {error[:300]}")
+        for reason, count in sorted(skip_reasons.items(), key=lambda item: -item[1]):
+            print(f"SKIP {count:4d} x {reason}")
         print()
     print(f"ONNX backend node cases of supported ops ({len(registered_ops)} op types registered), "
           f"{elapsed:.1f} s")

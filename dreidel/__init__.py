@@ -3,30 +3,27 @@
 Spectral (Walsh–Hadamard) and hash-sparse layers, an autograd engine over numpy, ONNX import of
 pretrained teachers, and block-wise recasting of their dense layers.
 """
-import numpy as np
+import os
 
-from dreidel.tensor import (DEFAULT_DTYPE, Function, Tensor, as_tensor, enable_grad, is_grad_enabled,
+# Before libgomp loads: idle OpenMP workers sleep instead of spinning. Spinning workers fight
+# OpenBLAS's threads for the cores; on 2 shared cores that made small training steps ~30x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from dreidel.tensor import (DEFAULT_DTYPE, Function,  # noqa: E402
+                            Tensor, as_tensor, enable_grad, is_grad_enabled,
                             no_grad, tensor)
 from dreidel.gradcheck import GradcheckError, gradcheck
 from dreidel.serialization import CheckpointError, load, load_metadata, save
 from dreidel import random
 from dreidel import functional, ops
 from dreidel import nn, optim
+from dreidel.runtime import get_num_threads, set_num_threads, tune_allocator
+
+tune_allocator()
 
 __version__ = "0.1.0"
-
-
-def set_num_threads(n):
-    """Set how many OpenMP threads the Cython kernels use."""
-    from dreidel import _kernels
-    if int(n) < 1:
-        raise ValueError(f"number of threads must be at least 1, got {n}")
-    _kernels.set_num_threads(int(n))
-
-
-def get_num_threads():
-    from dreidel import _kernels
-    return _kernels.get_num_threads()
 
 
 def zeros(*shape, dtype=DEFAULT_DTYPE, requires_grad=False):

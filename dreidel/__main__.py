@@ -92,7 +92,7 @@ def main(argv=None):
     for name, build in (("dense", dense_mlp), ("spectral", spectral_mlp)):
         model = build(args.hidden, 10, args.seed) if name == "dense" else build(args.hidden, 10, args.seed, args.depth)
         seconds = train_classifier(model, x_train, y_train, args.epochs, seed=args.seed, description=name)
-        rows.append((name, model.num_parameters(), multiply_adds(model),
+        rows.append((name, model.parameter_count(), multiply_adds(model),
                      accuracy(model, x_train, y_train), accuracy(model, x_test, y_test), seconds))
 
     dense_seconds, dense_madds = rows[0][5], rows[0][2]

@@ -283,11 +283,18 @@ def _squeeze_axes(array, axis, ndim):
 
 
 # -- linear algebra --------------------------------------------------------------------------------
+def _product(A, B):
+    """A @ B, as one GEMM when a stack of matrices meets a single matrix (numpy would loop)."""
+    if A.ndim > 2 and B.ndim == 2:
+        return (A.reshape(-1, A.shape[-1]) @ B).reshape(A.shape[:-1] + (B.shape[1],))
+    return A @ B
+
+
 def matmul(a, b):
     """Batched, broadcasting matrix product with numpy's 1-D rules."""
     a, b = _pair(a, b)
     A, B = a.data, b.data
-    out = A @ B
+    out = _product(A, B)
 
     def backward(g):
         if A.ndim == 1 and B.ndim == 1:
@@ -301,7 +308,7 @@ def matmul(a, b):
             gb = (np.swapaxes(A, -1, -2) @ g[..., None])[..., 0] if b.requires_grad else None
         else:
             if a.requires_grad:
-                ga = g @ np.swapaxes(B, -1, -2)
+                ga = _product(g, np.swapaxes(B, -1, -2))
             if b.requires_grad:
                 if B.ndim == 2:  # shared weight: one large product instead of a batch of small ones
                     gb = A.reshape(-1, A.shape[-1]).T @ g.reshape(-1, g.shape[-1])
@@ -318,14 +325,18 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input {X.shape} does not fit weight {W.shape} (out_features, in_features)")
     if bias is not None and bias.shape != (W.shape[0],):
         raise ValueError(f"linear: bias {bias.shape} does not fit weight {W.shape}")
-    out = X @ W.T
+    # one 2-D product: numpy's N-D matmul loops over small products, far slower than a single GEMM
+    X2 = X.reshape(-1, X.shape[-1])
+    out = X2 @ W.T
     if bias is not None:
         out += bias.data
+    out = out.reshape(X.shape[:-1] + (W.shape[0],))
 
     def backward(g):
-        gx = g @ W if x.requires_grad else None
-        gw = g.reshape(-1, g.shape[-1]).T @ X.reshape(-1, X.shape[-1]) if weight.requires_grad else None
-        gb = g.reshape(-1, g.shape[-1]).sum(0) if bias is not None and bias.requires_grad else None
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g2 @ W).reshape(X.shape) if x.requires_grad else None
+        gw = g2.T @ X2 if weight.requires_grad else None
+        gb = g2.sum(0) if bias is not None and bias.requires_grad else None
         return gx, gw, gb
     parents = (x, weight) if bias is None else (x, weight, bias)
     return _result(out, parents, backward)

@@ -41,7 +41,7 @@ def test_registration_and_orders_follow_assignment():
     assert [n for n, _ in net.named_modules()] == [
         "", "block", "block.fc", "block.norm", "head", "head.0", "head.1"]
     assert [n for n, _ in net.named_children()] == ["block", "head"]
-    assert net.num_parameters() == 4 + 12 + 4 + 4 + 4 + 8 + 2
+    assert net.parameter_count() == 4 + 12 + 4 + 4 + 4 + 8 + 2
     assert all(p.requires_grad for p in net.parameters())
     assert not any(b.requires_grad for b in net.buffers())
 

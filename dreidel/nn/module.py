@@ -172,7 +172,8 @@ class Module:
             raise AttributeError(f"no submodule {target!r} to replace")
         setattr(parent, child, new_module)
 
-    def num_parameters(self):
+    def parameter_count(self):
+        """Number of scalar parameters (shared ones counted once)."""
         return int(sum(p.size for p in self.parameters()))
 
     # -- modes and dtypes --------------------------------------------------------------------

@@ -478,9 +478,9 @@ class GraphModule(Module):
                  f"{'module':<60} {'type':<18} {'parameters':>12}"]
         for path in self.module_paths:
             module = self.get_submodule(path)
-            count = sum(p.size for p in module.parameters())  # (PReLU shadows num_parameters)
+            count = module.parameter_count()
             lines.append(f"{path:<60} {type(module).__name__:<18} {count:>12,}")
-        lines.append(f"{len(self.module_paths)} modules, {self.num_parameters():,} parameters; "
+        lines.append(f"{len(self.module_paths)} modules, {self.parameter_count():,} parameters; "
                      f"{sum(self.op_counts.values())} nodes: {self.folded_count} folded at import, "
                      f"{len(self._steps)} steps at run time")
         kinds = Counter(step.node.op_type if step.module is None else type(self.get_submodule(step.module)).__name__
