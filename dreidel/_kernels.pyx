@@ -49,6 +49,14 @@ cdef extern from *:
     #endif
     #define DR_R __restrict__
 
+    /* prefetch a byte range (one hint per 64-byte line): the gathers and scatters of the
+       permutation kernels access a row in random order, which defeats the hardware prefetcher */
+    static inline void dr_prefetch_range(const void* p, Py_ssize_t bytes, int write) {
+        const char* c = (const char*)p;
+        if (write) for (Py_ssize_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
+        else       for (Py_ssize_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+    }
+
     /* ---------------- lane butterflies (vectorised over L contiguous lanes) ---------------- */
     #define DR_BFLY(T, SFX) \\
     static inline void dr_bfly2_##SFX(T* DR_R q0, T* DR_R q1, Py_ssize_t L) { \\
@@ -341,6 +349,7 @@ cdef extern from *:
     #pragma GCC pop_options
     """
     int dr_omp_max_threads() nogil
+    void dr_prefetch_range(const void* p, Py_ssize_t bytes, int write) noexcept nogil
     int dr_has_openmp() nogil
     int DR_AVX2
     void dr_bfly2_f32(float* q0, float* q1, Py_ssize_t L) noexcept nogil
@@ -386,6 +395,13 @@ ctypedef fused floating:
 # threads
 # ------------------------------------------------------------------------------------------
 cdef int _nthreads = max(1, dr_omp_max_threads())
+
+# Below this many elements one thread is faster: waking a second OpenMP worker costs ~50-100 us
+# (measured here with passive waiting), more than the whole transform of a small batch.
+cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+
+cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
+    return _nthreads if elements >= PARALLEL_MIN_ELEMENTS else 1
 
 def get_num_threads():
     """Threads the kernels use (default: OpenMP's max, i.e. OMP_NUM_THREADS or the core count)."""
@@ -699,7 +715,7 @@ def fwht_inplace(floating[:, ::1] x, int m, Py_ssize_t K, const floating[:, ::1]
     if rows == 0 or n == 0:
         return
     with nogil:
-        _fwht_rows(&x[0, 0], NULL, rows, n, m, K, &H[0, 0], scale, _nthreads)
+        _fwht_rows(&x[0, 0], NULL, rows, n, m, K, &H[0, 0], scale, _threads_for(rows * n))
 
 def fwht_outofplace(const floating[:, ::1] x, floating[:, ::1] out, int m, Py_ssize_t K,
                     const floating[:, ::1] H, bint normalized):
@@ -714,7 +730,7 @@ def fwht_outofplace(const floating[:, ::1] x, floating[:, ::1] out, int m, Py_ss
     if rows == 0 or n == 0:
         return
     with nogil:
-        _fwht_rows(&out[0, 0], &x[0, 0], rows, n, m, K, &H[0, 0], scale, _nthreads)
+        _fwht_rows(&out[0, 0], &x[0, 0], rows, n, m, K, &H[0, 0], scale, _threads_for(rows * n))
 
 # ------------------------------------------------------------------------------------------
 # permutations
@@ -741,6 +757,17 @@ def is_permutation(const long long[::1] perm):
     free(seen)
     return ok
 
+cdef inline Py_ssize_t _pf_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """How many rows ahead to prefetch for the random-order row accesses (>= 8 KiB ahead)."""
+    cdef Py_ssize_t b = n * itemsize
+    return (8192 + b - 1) // b if b > 0 else 1
+
+cdef inline void _pf_row(const void* base, Py_ssize_t r, Py_ssize_t rows, Py_ssize_t n,
+                         Py_ssize_t itemsize, Py_ssize_t ahead, int write) noexcept nogil:
+    """Prefetch row r + ahead of a rows x n matrix (if it exists)."""
+    if r + ahead < rows:
+        dr_prefetch_range(<const char*>base + (r + ahead) * n * itemsize, n * itemsize, write)
+
 cdef Py_ssize_t _row_chunk(Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t t = 65536 // (n if n > 0 else 1)
     return t if t >= 1 else 1
@@ -749,7 +776,7 @@ def permute_rows(const floating[:, ::1] x, const long long[::1] perm, floating[:
                  bint inverse):
     """out[r, j] = x[r, perm[j]] (gather), or out[r, perm[j]] = x[r, j] when inverse (scatter)."""
     cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n)
-    cdef Py_ssize_t t, r, j, r1
+    cdef Py_ssize_t t, r, j, r1, ahead = _pf_rows(n, sizeof(floating))
     cdef const long long* pp
     cdef const floating* xr
     cdef floating* yr
@@ -757,11 +784,15 @@ def permute_rows(const floating[:, ::1] x, const long long[::1] perm, floating[:
         return
     pp = &perm[0]
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
             r1 = min(rows, t * T + T)
             for r in range(t * T, r1):
                 xr = &x[0, 0] + r * n
                 yr = &out[0, 0] + r * n
+                if inverse:
+                    _pf_row(&out[0, 0], r, rows, n, sizeof(floating), ahead, 1)
+                else:
+                    _pf_row(&x[0, 0], r, rows, n, sizeof(floating), ahead, 0)
                 if inverse:
                     for j in range(n):
                         yr[pp[j]] = xr[j]
@@ -786,6 +817,7 @@ def spectral_block_fwd(const floating[:, ::1] x, const long long[::1] perm,
                        const floating[:, ::1] H, bint normalized):
     cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
     cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), t, r, r0, r1, j
+    cdef Py_ssize_t ahead = _pf_rows(n, sizeof(floating))
     cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
     cdef const long long* pp
     cdef const floating* xr
@@ -796,12 +828,13 @@ def spectral_block_fwd(const floating[:, ::1] x, const long long[::1] perm,
     pp = &perm[0]
     dp = &d[0]
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
             r0 = t * T
             r1 = min(rows, r0 + T)
             for r in range(r0, r1):
                 xr = &x[0, 0] + r * n
                 yr = &y[0, 0] + r * n
+                _pf_row(&x[0, 0], r, rows, n, sizeof(floating), ahead, 0)
                 for j in range(n):
                     yr[j] = xr[pp[j]] * dp[j]
             _fwht_tile(&y[0, 0] + r0 * n, r1 - r0, n, m, K, &H[0, 0], scale)
@@ -814,7 +847,7 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
     gd is accumulated in float64 per fixed row chunk, chunks summed in order."""
     cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
     cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), nch = _nchunks(rows, n)
-    cdef Py_ssize_t ch, r, r0, r1, j, rr, t0, t1
+    cdef Py_ssize_t ch, r, r0, r1, j, rr, t0, t1, ahead = _pf_rows(n, sizeof(floating))
     cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
     cdef const long long* pp
     cdef const floating* dp
@@ -837,7 +870,7 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
         raise MemoryError()
     memset(part, 0, nch * n * sizeof(double))
     buf = NULL
-    with nogil, parallel(num_threads=_nthreads):
+    with nogil, parallel(num_threads=_threads_for(rows * n)):
         buf = <floating*>malloc(T * n * sizeof(floating))
         for ch in prange(nch, schedule="dynamic"):
             if buf == NULL:
@@ -855,6 +888,8 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
                     sr = buf + rr * n
                     xr = &x[0, 0] + (t0 + rr) * n
                     gxr = &gx[0, 0] + (t0 + rr) * n
+                    _pf_row(&x[0, 0], t0 + rr, rows, n, sizeof(floating), ahead, 0)
+                    _pf_row(&gx[0, 0], t0 + rr, rows, n, sizeof(floating), ahead, 1)
                     for j in range(n):
                         gxr[pp[j]] = sr[j] * dp[j]
                     for j in range(n):
@@ -865,7 +900,7 @@ def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
         free(part)
         raise MemoryError("spectral_block_backward: out of memory for the per-thread buffer")
     with nogil:
-        for j in prange(n, num_threads=_nthreads, schedule="dynamic"):
+        for j in prange(n, num_threads=_threads_for(nch * n), schedule="dynamic"):
             acc = 0
             for ch in range(nch):
                 acc = acc + part[ch * n + j]
@@ -881,7 +916,7 @@ def gelu_fwd(const floating[::1] x, floating[::1] y, bint tanh_form):
     if n == 0:
         return
     with nogil:
-        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="dynamic"):
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_threads_for(n), schedule="dynamic"):
             c0 = c * EW_CHUNK
             c1 = min(n, c0 + EW_CHUNK)
             if floating is float:
@@ -894,7 +929,7 @@ def gelu_bwd(const floating[::1] g, const floating[::1] x, floating[::1] out, bi
     if n == 0:
         return
     with nogil:
-        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_nthreads, schedule="dynamic"):
+        for c in prange((n + EW_CHUNK - 1) // EW_CHUNK, num_threads=_threads_for(n), schedule="dynamic"):
             c0 = c * EW_CHUNK
             c1 = min(n, c0 + EW_CHUNK)
             if floating is float:
@@ -908,7 +943,7 @@ def bias_gelu_fwd(const floating[:, ::1] x, const floating[::1] b, floating[:, :
     if rows == 0 or n == 0:
         return
     with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_nthreads, schedule="dynamic"):
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
             for r in range(t * T, min(rows, t * T + T)):
                 if floating is float:
                     dr_gelu_f32(&x[0, 0] + r * n, &b[0], &y[0, 0] + r * n, n, tanh_form)
@@ -934,7 +969,7 @@ def bias_gelu_bwd(const floating[:, ::1] g, const floating[:, ::1] x, const floa
         raise MemoryError()
     memset(part, 0, nch * n * sizeof(double))
     with nogil:
-        for ch in prange(nch, num_threads=_nthreads, schedule="dynamic"):
+        for ch in prange(nch, num_threads=_threads_for(rows * n), schedule="dynamic"):
             r0 = rows * ch // nch
             r1 = rows * (ch + 1) // nch
             pr = part + ch * n
@@ -946,7 +981,7 @@ def bias_gelu_bwd(const floating[:, ::1] g, const floating[:, ::1] x, const floa
                     dr_dgelu_f64(&g[0, 0] + r * n, &x[0, 0] + r * n, &b[0], gr, n, tanh_form)
                 for j in range(n):
                     pr[j] += gr[j]
-        for j in prange(n, num_threads=_nthreads, schedule="dynamic"):
+        for j in prange(n, num_threads=_threads_for(nch * n), schedule="dynamic"):
             acc = 0
             for ch in range(nch):
                 acc = acc + part[ch * n + j]
