@@ -17,7 +17,7 @@ from dreidel.tensor import (DEFAULT_DTYPE, Function,  # noqa: E402
 from dreidel.gradcheck import GradcheckError, gradcheck
 from dreidel.serialization import CheckpointError, load, load_metadata, save
 from dreidel import random
-from dreidel import functional, ops
+from dreidel import functional, kernels, ops, spectral
 from dreidel import nn, optim
 from dreidel.runtime import get_num_threads, set_num_threads, tune_allocator
 
