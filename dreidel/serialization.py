@@ -79,13 +79,7 @@ def save(state_dict, path, metadata=None):
 
 def load(path):
     """Load a safetensors file into a dict of name → numpy array; a bad file raises CheckpointError."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            payload = f.read()
-    except OSError as error:
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {error}") from error
-    _check_header(payload, path)
+    path, payload, _ = _read_checked(path)
     try:
         return dict(_safetensors_load(payload))
     except (KeyboardInterrupt, SystemExit):
@@ -96,13 +90,19 @@ def load(path):
 
 def load_metadata(path):
     """The string metadata dict stored by `save(..., metadata=...)` ({} when there is none)."""
+    _, _, header = _read_checked(path)
+    return dict(header.get("__metadata__") or {})
+
+
+def _read_checked(path):
+    """(path, file bytes, parsed header), the header validated against the file's length."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             payload = f.read()
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path!r}: {error}") from error
-    return dict(_check_header(payload, path).get("__metadata__") or {})
+    return path, payload, _check_header(payload, path)
 
 
 def _check_header(payload, path):
