@@ -135,12 +135,5 @@ class BlockDiagonal(Optimizer):
                     buf += delta
                     delta = buf
                 directions[p] = delta
-        scale = self._step_scale(closure, directions) if self.line_search else 1.0
-        self.last_step_scale = scale
-        for group in self.param_groups:
-            lr = group["lr"]
-            for p in self._params_with_grad(group):
-                if group["weight_decay"]:
-                    p.data *= p.dtype.type(1 - lr * group["weight_decay"])
-                p.data -= (lr * scale * directions[p]).astype(p.dtype)
+        self._apply_directions(directions, closure)
         return loss

@@ -175,12 +175,5 @@ class DiagonalNewton(Optimizer):
                     state["exp_avg"] += (1 - mu) * g
                     g = state["exp_avg"] / (1 - mu ** state["step"])
                 directions[p] = g / (h_hat + group["damping"])
-        scale = self._step_scale(closure, directions, self.hutchinson_eps) if self.line_search else 1.0
-        self.last_step_scale = scale
-        for group in self.param_groups:
-            lr = group["lr"]
-            for p in self._params_with_grad(group):
-                if group["weight_decay"]:
-                    p.data *= p.dtype.type(1 - lr * group["weight_decay"])
-                p.data -= (lr * scale * directions[p]).astype(p.dtype)
+        self._apply_directions(directions, closure, self.hutchinson_eps)
         return loss

@@ -121,6 +121,18 @@ class Optimizer:
             return 1.0
         return float(min(1.0, slope / curvature))
 
+    def _apply_directions(self, directions, closure, eps=1e-3):
+        """p ← p·(1 − lr·decay) − lr·α·d for every proposed step d, α from `_step_scale` when the
+        line search is on (the safeguard shared by the curvature-aware optimizers)."""
+        scale = self._step_scale(closure, directions, eps) if self.line_search else 1.0
+        self.last_step_scale = scale
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in self._params_with_grad(group):
+                if group["weight_decay"]:
+                    p.data *= p.dtype.type(1 - lr * group["weight_decay"])
+                p.data -= (lr * scale * directions[p]).astype(p.dtype)
+
     def _params_with_grad(self, group):
         return [p for p in group["params"] if p.grad is not None]
 
