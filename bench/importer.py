@@ -86,6 +86,9 @@ def run_worker(args):
         path, feeds = found
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Interleaved with dreidel in one process: onnxruntime's workers must not spin between its
+        # runs, or they steal the cores from dreidel's BLAS threads (measured: 40-150x slowdowns).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
 
         def import_dreidel():
