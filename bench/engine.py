@@ -120,8 +120,10 @@ def main():
           f"median of {args.repeats} interleaved repeats")
     print(f"{'threads':>7}  {'contender':<22} {'ms/step':>9} {'÷ dreidel':>10}")
     for threads in args.threads:
+        # Idle BLAS workers sleep at once for every contender: a worker spinning after one
+        # contender's step would otherwise take the core the next contender needs.
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   MKL_NUM_THREADS=str(threads))
+                   MKL_NUM_THREADS=str(threads), OPENBLAS_THREAD_TIMEOUT="4")
         out = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(threads),
                               "--repeats", str(args.repeats), "--batch", str(args.batch),
                               "--approximate", args.approximate],

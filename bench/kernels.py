@@ -10,8 +10,10 @@ round) and the medians compared, at 1 and 2 threads.
   fht_(x, nthreads=t): same thread count; unnormalized, so it does less work; goal >= 1.0x),
   a numpy reshape-based FWHT (timed on a 1/16 slice and scaled; goal >= 30x); m*2^k sizes:
   throughput vs the next power of two (goal >= 70%).
-* permute vs np.take; spectral_block (fused) vs dreidel's own permute, multiply, fwht_; GELU fwd/bwd vs numpy(+scipy erf) and PyTorch when installed (goal: within
-  2x of PyTorch, i.e. ratio >= 0.5).
+* permute vs np.take; spectral_block (fused) vs dreidel's own permute, multiply, fwht_;
+  spectral_stack + spectral_stack_backward (K = 4, 4 MiB) vs chaining the single-block kernels;
+  GELU fwd/bwd vs numpy(+scipy erf) and PyTorch when installed (goal: within 2x of PyTorch, i.e.
+  ratio >= 0.5).
 """
 import argparse
 import os
@@ -140,6 +142,26 @@ def main():
                          "unfused": lambda: K.fwht_(np.multiply(K.permute(x, perm, validate=False),
                                                                 d))}, args.repeats)
         row("spectral_block", n, nt, t["fused"], "permute, *d, fwht_", t["unfused"], None, "speedup")
+        # ---------------- whole stack, K = 4 blocks, forward + backward ----------------
+        for n in [1024, 4096]:
+            x = rng.standard_normal((elems // 16 // n, n)).astype(np.float32)   # 4 MiB: a layer's batch
+            perms = np.stack([rng.permutation(n) for _ in range(4)])
+            D = rng.standard_normal((4, n)).astype(np.float32)
+
+            def stack():
+                y, saved = K.spectral_stack(x, perms, D, validate=False)
+                K.spectral_stack_backward(y, saved, perms, D, validate=False)
+
+            def chained():   # the per-block kernels: 4 spectral_block forward, 4 fused backward
+                inputs, z = [], x
+                for perm, d in zip(perms, D):
+                    inputs.append(z)
+                    z = K.spectral_block(z, perm, d, validate=False)
+                for perm, d, z_in in zip(perms[::-1], D[::-1], inputs[::-1]):
+                    z, _ = K.spectral_block_backward(z, z_in, perm, d, validate=False)
+
+            t = interleaved({"stack": stack, "chained": chained}, args.repeats)
+            row("stack K=4 fwd+bwd", n, nt, t["stack"], "4 x block fwd + bwd", t["chained"], None, "speedup")
         # ---------------- GELU ----------------
         x = (2 * rng.standard_normal(elems)).astype(np.float32)
         g = rng.standard_normal(elems).astype(np.float32)

@@ -217,8 +217,13 @@ def fwd_bwd_torch(torch, layer, x, g):
     return run
 
 
-def median_times(runs, repeats, min_seconds=0.02):
-    """Interleaved repeats: each repeat times every candidate once (inner loops ≥ min_seconds)."""
+def median_times(runs, repeats, min_seconds=0.02, settle=0.0):
+    """Interleaved repeats: each repeat times every candidate once (inner loops ≥ min_seconds).
+
+    `settle` seconds of idling before each timed loop let the previous candidate's worker threads go
+    to sleep: OpenBLAS workers busy-wait ~0.1 s after every call and, with 2 cores, would otherwise
+    take the core the next candidate's second thread needs (dreidel's OpenMP workers wait passively,
+    so they never slow the dense baseline down)."""
     inner = []
     for run in runs:
         run()  # warm up
@@ -229,6 +234,9 @@ def median_times(runs, repeats, min_seconds=0.02):
     samples = [[] for _ in runs]
     for _ in range(repeats):
         for i, run in enumerate(runs):
+            if settle:
+                time.sleep(settle)
+                run()  # re-warm the caches after the pause (untimed)
             t0 = time.perf_counter()
             for _ in range(inner[i]):
                 run()
@@ -259,7 +267,7 @@ def speed_table(args):
                 t_x = torch.from_numpy(x_np.copy()).requires_grad_(True)
                 runs.append(fwd_bwd_torch(torch, t_layer, t_x, torch.from_numpy(g_np.copy())))
             repeats = 7 if width <= 2048 else 3
-            times = median_times(runs, repeats)
+            times = median_times(runs, repeats, settle=args.settle)
             ma_ratio = (width * width + width) / spectral.multiply_adds()
             line = f"{width:>6} {batch:>5} {times[0] * 1e3:>11.3f} {times[1] * 1e3:>9.3f} {times[1] / times[0]:>10.2f}"
             line += f" {times[2] * 1e3:>9.3f} {times[2] / times[0]:>10.2f}" if torch else ""
@@ -282,6 +290,10 @@ def main(argv=None):
                         help="one thread count for the kernels, OpenBLAS and torch (default 1: per-core ratios, "
                              "stable on a shared machine; 0 leaves each library its own default)")
     parser.add_argument("--widths", type=int, nargs="+", help="widths of the speed table")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds idle before each timed loop so the previous candidate's busy-waiting "
+                             "OpenBLAS workers fall asleep (~0.1 s after each call); with 2+ threads this "
+                             "helps large spectral layers, but small ones then run from a cold core")
     parser.add_argument("--sweeps", type=int, default=2, help="ALS sweeps per DeepSpectralLinear fit")
     parser.add_argument("--fit-rows", type=int, default=None,
                         help="subsample the fitting activations (default: all 3000 rows; 1500 with --quick)")
@@ -295,7 +307,8 @@ def main(argv=None):
     print(f"dreidel kernel threads {dreidel.get_num_threads()}, numpy OpenBLAS threads {blas_threads()}, "
           f"torch threads {torch.get_num_threads() if torch else 'n/a (not installed)'}, "
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}, "
-          f"malloc: {'arrays ≤ 32 MB reused from the heap' if heap else 'glibc default'}")
+          f"malloc: {'arrays ≤ 32 MB reused from the heap' if heap else 'glibc default'}, "
+          f"settle {args.settle:g}s before each timed loop")
     start = time.perf_counter()
     if not args.speed_only:
         # the fits are dominated by BLAS (OpenBLAS threads); idle OpenMP workers of the kernels spin and

@@ -8,6 +8,9 @@ import os
 # Before libgomp loads: idle OpenMP workers sleep instead of spinning. Spinning workers fight
 # OpenBLAS's threads for the cores; on 2 shared cores that made small training steps ~30x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Likewise OpenBLAS's workers, which otherwise spin ~0.1 s after every call (read when OpenBLAS loads:
+# effective when dreidel is imported before numpy).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 

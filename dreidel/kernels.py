@@ -25,7 +25,7 @@ __all__ = [
     "fwht", "fwht_", "supported_size", "next_supported_size", "hadamard_matrix",
     "SUPPORTED_M", "MAX_FWHT_SIZE",
     "permute", "permute_inverse", "is_permutation",
-    "spectral_block", "spectral_block_backward",
+    "spectral_block", "spectral_block_backward", "spectral_stack", "spectral_stack_backward",
     "gelu", "gelu_backward", "bias_gelu", "bias_gelu_backward",
 ]
 
@@ -92,6 +92,7 @@ for _m, _h in _BASE.items():   # cheap import-time sanity check of the construct
     assert _h.shape == (_m, _m) and (_h == _h.T).all() and (_h @ _h.T == _m * np.eye(_m)).all()
 _BASE_CACHE = {}
 _DUMMY = {dt: np.ones((1, 1), dtype=dt) for dt in _FLOATS}
+_DUMMY_VEC = {dt: np.zeros(1, dtype=dt) for dt in _FLOATS}
 
 
 def _base_matrix(m, dtype):
@@ -349,6 +350,111 @@ def spectral_block_backward(grad_y, x, perm, d, normalized=True, validate=True):
         _kernels.spectral_block_bwd(_rows(g), _rows(a), p, dv, _rows(gx), gd, m, k, h,
                                     bool(normalized))
     return gx, gd.astype(a.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------------
+# whole spectral stack (K fused blocks, tile by tile)
+# ------------------------------------------------------------------------------------------
+def _stack_args(perms, D, dtype, validate, what):
+    p = np.ascontiguousarray(perms)
+    if p.ndim != 2 or p.dtype.kind not in "iu":
+        raise TypeError(f"{what}: perms must be a 2-D integer array (K, N), got {p.dtype} shape {p.shape}")
+    K_, N = p.shape
+    if K_ < 1:
+        raise ValueError(f"{what}: need at least one block, got perms of shape {p.shape}")
+    m, k = _check_size(N, what)
+    if validate and not all(_kernels.is_permutation(row.astype(np.int64, copy=False)) for row in p):
+        raise ValueError(f"{what}: every row of perms must be a permutation of range({N})")
+    p = p.astype(np.intc, copy=False)
+    Dv = np.asarray(D)
+    if Dv.shape != p.shape:
+        raise ValueError(f"{what}: D must have shape {p.shape} like perms, got {Dv.shape}")
+    if Dv.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: D must be real, got {Dv.dtype}")
+    Dv = np.ascontiguousarray(Dv, dtype=dtype)
+    h = _base_matrix(m, dtype) if m > 1 else _DUMMY[np.dtype(dtype)]
+    return p, Dv, N, m, k, h
+
+
+def spectral_stack(x, perms, D, out_features=None, bias=None, normalized=True, save=True,
+                   validate=True):
+    """K spectral blocks in one pass, a tile of rows at a time (the tile stays in L1 through
+    all K blocks):
+
+        z_0 = pad(x) (zeros up to N),  z_k = H(P_k z_{k-1} * d_k),  y = z_K[..., :out_features] + bias
+
+    perms (K, N) integer permutations ((P v)[j] = v[perm[j]]), D (K, N); x (..., n_in) with
+    n_in <= N; out_features <= N (default N). Returns (y, saved): saved (K, rows, N) holds the
+    permuted block inputs u_k = P_k z_{k-1} that ``spectral_stack_backward`` needs (None when
+    save=False)."""
+    a = _as_float_array(x, "spectral_stack")
+    p, Dv, N, m, k, h = _stack_args(perms, D, a.dtype, validate, "spectral_stack")
+    n_in = a.shape[-1]
+    n_out = N if out_features is None else int(out_features)
+    if not 1 <= n_in <= N or not 1 <= n_out <= N:
+        raise ValueError(f"spectral_stack: need 1 <= in ({n_in}), out ({n_out}) <= N ({N})")
+    b = _vector(bias, n_out, a.dtype, "spectral_stack", "bias") if bias is not None else _DUMMY_VEC[a.dtype]
+    rows = a.reshape(-1, n_in)
+    y = np.empty(a.shape[:-1] + (n_out,), dtype=a.dtype)
+    saved = np.empty((p.shape[0], rows.shape[0], N), dtype=a.dtype) if save else None
+    if rows.shape[0]:
+        _kernels.stack_fwd(rows, p, Dv, b, bias is not None, y.reshape(-1, n_out),
+                           saved.reshape(-1) if save else _DUMMY_VEC[a.dtype], bool(save), m, k, h,
+                           bool(normalized))
+    return y, saved
+
+
+def spectral_stack_backward(grad_y, saved, perms, D, in_features=None, normalized=True, need_x=True,
+                            x=None, validate=True):
+    """Backward of ``spectral_stack`` (bias excluded: its gradient is grad_y summed over rows).
+    Per block from the last: g <- H g; dD_k = sum_rows g * u_k; g <- P_k^T (d_k * g); grad_x is
+    the first in_features columns of the final g. The block inputs u_k come from `saved`
+    (spectral_stack(save=True)), or, when saved is None, are recomputed tile by tile from the
+    forward's input `x` (cheaper than a memory round trip once K * rows * N exceeds the caches).
+    Returns (grad_x or None, grad_D (K, N)). grad_D: the products of each group of 4 rows are
+    summed in the input precision, those sums accumulated in float64 per fixed row chunk and the
+    chunks added in order (input-precision rounding does not pile up over the batch; the bits do
+    not depend on the thread count)."""
+    g = np.asarray(grad_y)
+    if saved is None:
+        if x is None:
+            raise ValueError("spectral_stack_backward: need the saved block inputs or the input x")
+        xa = _as_float_array(x, "spectral_stack_backward")
+        dtype = np.result_type(xa.dtype, g.dtype) if g.dtype in _FLOATS else xa.dtype
+        xa = np.ascontiguousarray(xa, dtype=dtype)
+    else:
+        s = np.asarray(saved)
+        if s.dtype not in _FLOATS or s.ndim != 3:
+            raise TypeError(f"spectral_stack_backward: saved must be the (K, rows, N) float array "
+                            f"spectral_stack returned, got {s.dtype} shape {s.shape}")
+        dtype = s.dtype
+    p, Dv, N, m, k, h = _stack_args(perms, D, dtype, validate, "spectral_stack_backward")
+    g = np.ascontiguousarray(g, dtype=dtype)
+    n_in = int(in_features if in_features is not None else (xa.shape[-1] if saved is None else N))
+    if g.ndim < 1 or not 1 <= g.shape[-1] <= N or not 1 <= n_in <= N:
+        raise ValueError(f"spectral_stack_backward: grad_y shape {g.shape} / in_features {n_in} "
+                         f"do not fit width {N}")
+    rows = g.reshape(-1, g.shape[-1])
+    if saved is None:
+        if xa.shape[-1] != n_in or xa.size // max(n_in, 1) != rows.shape[0]:
+            raise ValueError(f"spectral_stack_backward: x shape {xa.shape} does not match grad_y "
+                             f"{g.shape} and in_features {n_in}")
+        s = np.empty((p.shape[0], 0, N), dtype=dtype)
+        x2 = xa.reshape(-1, n_in)
+    else:
+        if s.shape[0] != p.shape[0] or s.shape[2] != N:
+            raise ValueError(f"spectral_stack_backward: saved shape {s.shape} does not match perms {p.shape}")
+        if rows.shape[0] != s.shape[1]:
+            raise ValueError(f"spectral_stack_backward: grad_y has {rows.shape[0]} rows, saved has {s.shape[1]}")
+        s = np.ascontiguousarray(s)
+        x2 = np.empty((0, n_in), dtype=dtype)
+    gx = np.empty(g.shape[:-1] + (n_in,), dtype=dtype) if need_x else None
+    gD = np.empty(p.shape, dtype=np.float64)
+    flat = s.reshape(-1) if s.size else _DUMMY_VEC[np.dtype(dtype)]
+    _kernels.stack_bwd(rows, flat, x2, saved is None, p, Dv,
+                       gx.reshape(-1, n_in) if need_x else np.empty((0, n_in), dtype=dtype),
+                       bool(need_x), gD, m, k, h, bool(normalized))
+    return gx, gD.astype(dtype, copy=False)
 
 
 # ------------------------------------------------------------------------------------------

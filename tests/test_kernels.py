@@ -354,6 +354,106 @@ def test_spectral_block_errors():
 
 
 # ------------------------------------------------------------------------------------------
+# whole spectral stack (K blocks per call)
+# ------------------------------------------------------------------------------------------
+def ref_stack(x, perms, D, n_out, bias, normalized, g):
+    """Plain float64 numpy: z_0 = pad(x), z_k = H(z_{k-1}[perm_k] * d_k), y = z_K[:n_out] + b, and
+    the backward of <y, g> by the chain rule, block by block."""
+    N = perms.shape[1]
+    z = np.zeros(x.shape[:-1] + (N,))
+    z[..., :x.shape[-1]] = x
+    us = []
+    for perm, d in zip(perms, D.astype(np.float64)):
+        us.append(z[..., perm])
+        z = ref_fwht(us[-1] * d, normalized)
+    y = z[..., :n_out] + (0 if bias is None else bias.astype(np.float64))
+    G = np.zeros(g.shape[:-1] + (N,))
+    G[..., :n_out] = g
+    gD = np.zeros(perms.shape)
+    for k in reversed(range(len(perms))):
+        G = ref_fwht(G, normalized)
+        gD[k] = (G * us[k]).reshape(-1, N).sum(0)
+        scattered = np.empty_like(G)
+        scattered[..., perms[k]] = G * D[k]
+        G = scattered
+    return y, np.stack(us), G[..., :x.shape[-1]], gD
+
+
+@SET
+@given(n=st.sampled_from([1, 2, 8, 12, 64, 96, 160, 448, 1024, 1536]),
+       batch=st.sampled_from([(), (1,), (3,), (2, 3), (17,), (300,)]), depth=st.integers(1, 4),
+       dtype=st.sampled_from(DTYPES), normalized=st.booleans(), with_bias=st.booleans(),
+       data=st.data())
+def test_spectral_stack_equals_reference(n, batch, depth, dtype, normalized, with_bias, data):
+    n_in = data.draw(st.integers(1, n), "n_in")
+    n_out = data.draw(st.integers(1, n), "n_out")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 31), "seed"))
+    x = _data(rng, batch + (n_in,), dtype)
+    g = _data(rng, batch + (n_out,), dtype)
+    D = _data(rng, (depth, n), dtype)
+    perms = np.stack([rng.permutation(n) for _ in range(depth)])
+    bias = _data(rng, (n_out,), dtype) if with_bias else None
+    y, saved = K.spectral_stack(x, perms, D, n_out, bias, normalized)
+    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n_out, bias, normalized, g)
+    assert y.shape == batch + (n_out,) and y.dtype == dtype and saved.dtype == dtype
+
+    def close(a, b, rows=1):   # relative to the reference's scale (unnormalized blocks grow by sqrt n)
+        scale = max(1.0, float(np.max(np.abs(b), initial=0)))
+        np.testing.assert_allclose(a / scale, b / scale, rtol=TOL[dtype]["rtol"] * rows,
+                                   atol=TOL[dtype]["atol"] * rows)
+
+    close(y, ref_y)
+    close(saved, ref_u.reshape(depth, -1, n))
+    rows = max(1, x.size // n_in)
+    for grads in (K.spectral_stack_backward(g, saved, perms, D, n_in, normalized),
+                  K.spectral_stack_backward(g, None, perms, D, n_in, normalized, x=x)):
+        gx, gD = grads
+        assert gx.shape == x.shape and gx.dtype == dtype and gD.shape == (depth, n) and gD.dtype == dtype
+        close(gx, ref_gx)
+        close(gD, ref_gD, rows)
+    # recomputing the block inputs is the same arithmetic as saving them: same bits
+    a, b = (K.spectral_stack_backward(g, saved, perms, D, n_in, normalized),
+            K.spectral_stack_backward(g, None, perms, D, n_in, normalized, x=x))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    gx, gD = K.spectral_stack_backward(g, saved, perms, D, n_in, normalized, need_x=False)
+    assert gx is None
+    np.testing.assert_array_equal(gD, a[1])
+    y2, nothing = K.spectral_stack(x, perms, D, n_out, bias, normalized, save=False)
+    assert nothing is None
+    np.testing.assert_array_equal(y2, y)
+
+
+def test_spectral_stack_errors():
+    x = np.zeros((2, 12), dtype=np.float32)
+    perms = np.stack([np.arange(16)] * 2)
+    D = np.ones((2, 16))
+    with pytest.raises(ValueError, match="D must have shape"):
+        K.spectral_stack(x, perms, np.ones((2, 12)))
+    with pytest.raises(ValueError, match="permutation"):
+        K.spectral_stack(x, np.zeros((2, 16), dtype=np.int64), D)
+    with pytest.raises(TypeError, match="2-D integer"):
+        K.spectral_stack(x, np.arange(16), D[0])
+    with pytest.raises(ValueError, match="nearest"):
+        K.spectral_stack(x, np.stack([np.arange(10)] * 2), np.ones((2, 10)))
+    with pytest.raises(ValueError, match=r"in \(20\)"):
+        K.spectral_stack(np.zeros((2, 20)), perms, D)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        K.spectral_stack(x, perms, D, out_features=8, bias=np.ones(9))
+    y, saved = K.spectral_stack(x, perms, D, out_features=8)
+    with pytest.raises(ValueError, match="rows"):
+        K.spectral_stack_backward(np.zeros((3, 8)), saved, perms, D, 12)
+    with pytest.raises(ValueError, match="saved shape"):
+        K.spectral_stack_backward(np.zeros((2, 8)), saved[:1], perms, D, 12)
+    with pytest.raises(ValueError, match="saved block inputs or the input x"):
+        K.spectral_stack_backward(np.zeros((2, 8)), None, perms, D, 12)
+    with pytest.raises(ValueError, match="does not match"):
+        K.spectral_stack_backward(np.zeros((2, 8)), None, perms, D, 12, x=np.zeros((3, 12)))
+    gx, gD = K.spectral_stack_backward(np.zeros((0, 8)), np.zeros((2, 0, 16)), perms, D, 12)
+    assert gx.shape == (0, 12) and not gD.any()
+
+
+# ------------------------------------------------------------------------------------------
 # GELU
 # ------------------------------------------------------------------------------------------
 def test_gelu_float32_exact_dense_sweep():
@@ -439,6 +539,11 @@ def test_results_identical_with_1_and_2_threads(restore_threads):
                 g = r.standard_normal((rows, n)).astype(dtype)
                 d = r.standard_normal(n).astype(dtype)
                 perm = r.permutation(n)
+                perms = np.stack([perm, r.permutation(n), perm[::-1]])
+                D = np.stack([d, -d, d[::-1]])
+                y, saved = K.spectral_stack(x, perms, D)
+                res += [y, saved, *K.spectral_stack_backward(g, saved, perms, D, n),
+                        *K.spectral_stack_backward(g, None, perms, D, n, x=x)]
                 res += [K.fwht(x), K.permute(x, perm), K.permute_inverse(x, perm),
                         K.spectral_block(x, perm, d), *K.spectral_block_backward(g, x, perm, d),
                         K.gelu(x), K.gelu_backward(g, x, "tanh"),

@@ -132,8 +132,13 @@ def test_linear_wht_gradcheck(shape):
     assert dreidel.gradcheck(lambda x, d, b: layer(x), x, layer.d, layer.bias)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("shape,depth", [((5, 7), 3), ((12, 12), 2), ((20, 6), 4), ((3, 3), 1)])
-def test_deep_spectral_gradcheck(shape, depth):
+def test_deep_spectral_gradcheck(shape, depth, recompute, monkeypatch):
+    """Both backward paths: block inputs kept from the forward, and recomputed from x (large batches)."""
+    from dreidel.nn import spectral
+    if recompute:
+        monkeypatch.setattr(spectral, "SAVE_MAX_BYTES", 0)
     rng = np.random.default_rng(1)
     layer = random_params(DeepSpectralLinear(*shape, depth=depth, dtype=np.float64), rng)
     x = dreidel.Tensor(rng.standard_normal((2, 3, shape[0])), requires_grad=True)
@@ -305,21 +310,54 @@ def test_deep_spectral_gauss_newton_diagonal_exact_and_estimated():
     np.testing.assert_allclose(estimated[layer.d], reference[layer.d], rtol=0.1, atol=1e-9)
 
 
-def test_fused_and_composed_backward_agree(monkeypatch):
+@pytest.mark.parametrize("save_max_bytes", [0, 1 << 30])
+def test_stack_kernel_agrees_with_the_per_block_composition(monkeypatch, save_max_bytes):
+    """The layer runs all K blocks in one kernel call (forward and backward); it must agree with
+    chaining the single-block kernels (`_block_forward` / `_block_backward`, fused or composed)."""
     from dreidel.nn import spectral
+    monkeypatch.setattr(spectral, "SAVE_MAX_BYTES", save_max_bytes)
     rng = np.random.default_rng(10)
     layer = random_params(DeepSpectralLinear(40, 24, depth=3, dtype=np.float64), rng)
     x = rng.standard_normal((5, 40))
     g = rng.standard_normal((5, 24))
-    grads = []
+    xt = dreidel.Tensor(x, requires_grad=True)
+    y = layer(xt)
+    y.backward(g)
+    N, perms, D = layer.size, layer.perms.data, layer.d.data
     for fused in (False, True):
         monkeypatch.setattr(spectral, "FUSED_BACKWARD", fused)
-        xt = dreidel.Tensor(x, requires_grad=True)
-        layer.zero_grad()
-        layer(xt).backward(g)
-        grads.append((xt.grad, layer.d.grad, layer.bias.grad))
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        Z = np.zeros((5, N))
+        Z[:, :40] = x
+        inputs, Z = spectral._deep_spectral_forward(Z, perms, D)
+        np.testing.assert_allclose(y.data, Z[:, :24] + layer.bias.data, rtol=1e-12, atol=1e-12)
+        G = np.zeros((5, N))
+        G[:, :24] = g
+        gd = np.empty_like(D)
+        for k in reversed(range(3)):
+            G, gd[k] = spectral._block_backward(G, inputs[k], perms[k], D[k])
+        np.testing.assert_allclose(xt.grad, G[:, :40], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.d.grad, gd, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, g.sum(0), rtol=1e-12, atol=1e-12)
+
+
+def test_float32_training_step_is_bitwise_independent_of_threads():
+    rng = np.random.default_rng(12)
+    layer = DeepSpectralLinear(300, 1000, depth=4)
+    x = rng.standard_normal((200, 300)).astype(np.float32)    # K·rows·N above the parallel threshold
+    g = rng.standard_normal((200, 1000)).astype(np.float32)
+    threads, results = dreidel.get_num_threads(), []
+    try:
+        for nt in (1, 2):
+            dreidel.set_num_threads(nt)
+            xt = dreidel.Tensor(x, requires_grad=True)
+            layer.zero_grad()
+            y = layer(xt)
+            y.backward(g)
+            results.append((y.data, xt.grad, layer.d.grad, layer.bias.grad))
+    finally:
+        dreidel.set_num_threads(threads)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -19,7 +19,7 @@ import numpy as np
 from dreidel import kernels
 from dreidel.nn.module import Module, Parameter
 from dreidel.random import generator
-from dreidel.tensor import Tensor, _result
+from dreidel.tensor import Tensor, _result, is_grad_enabled
 
 
 # -- numpy-level building blocks (kernels) ---------------------------------------------------------
@@ -37,9 +37,14 @@ def _block_forward(x, perm, d):
     return kernels.spectral_block(x, perm, d, validate=False)
 
 
-# The fused backward kernel (float64, thread-count-independent reduction of ∂/∂d) measured 2.5× slower
-# than composing it from the FWHT and permutation kernels plus one numpy reduction (bench/layers.py,
-# 1024 wide, batch 64): use the composition until the fused one catches up.
+# DeepSpectralLinear keeps its K block inputs for the backward up to this many bytes (they then stay
+# in L2/L3); larger batches recompute them in the backward from x: about as fast there (measured at
+# 4096 × 256, K = 4: within noise) and no K·rows·N activation buffer.
+SAVE_MAX_BYTES = 12 << 20
+
+# Single-block backward (`_block_backward`, used only as the per-block reference now that
+# DeepSpectralLinear runs the whole stack in `kernels.spectral_stack[_backward]`): the fused kernel
+# measured 2.5× slower than composing the FWHT and permutation kernels plus one numpy reduction.
 FUSED_BACKWARD = False
 
 
@@ -363,9 +368,12 @@ class DeepSpectralLinear(Module):
 
     The permutations P_k are fixed at construction (seeded by `seed`) and kept as int64 buffers
     (`perms`, shape (K, N)) so a saved and reloaded layer is bit-identical; the trainable diagonals
-    are one Parameter `d` of shape (K, N). The whole stack is one autograd node: forward through the
-    fused `kernels.spectral_block`, backward ∂x = Pᵀ(d ⊙ H g), ∂d = Σ_s (H g) ⊙ P x per block (see
-    `_block_backward` and `FUSED_BACKWARD`).
+    are one Parameter `d` of shape (K, N). The whole stack is one autograd node and one kernel call
+    each way (`kernels.spectral_stack`, `kernels.spectral_stack_backward`: a tile of rows runs
+    through all K blocks while it sits in L1, padding, truncation and bias fused in); the backward
+    is, per block from the last, ∂z = Pᵀ(d ⊙ H g), ∂d = Σ_s (H g) ⊙ P z. The forward keeps the
+    block inputs P_k z_{k−1} when they fit in `SAVE_MAX_BYTES`, else the backward recomputes them
+    from x tile by tile (then the layer holds no activations beyond x).
 
     Initialisation keeps the signal's variance: every block with d = ±1 is orthogonal (norm-
     preserving), and the first diagonal is scaled by √(N/in) so the zero padding does not shrink the
@@ -398,29 +406,31 @@ class DeepSpectralLinear(Module):
 
     def forward(self, x):
         _check_width(x, self.in_features, "DeepSpectralLinear")
-        d, bias, n_in, n_out, N = self.d, self.bias, self.in_features, self.out_features, self.size
-        perms = self._checked_perms()
+        d, bias, n_in, n_out = self.d, self.bias, self.in_features, self.out_features
+        perms = self._kernel_perms()
         lead = x.shape[:-1]
         dtype = np.result_type(x.dtype, d.dtype)
         D = d.data if d.dtype == dtype else d.data.astype(dtype)
-        block_inputs, Z = _deep_spectral_forward(_padded_rows(x.data.reshape(-1, n_in), N, dtype), perms, D)
+        B = None if bias is None else bias.data
+        parents = (x, d) if bias is None else (x, d, bias)
+        needs_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+        X = x.data.reshape(-1, n_in).astype(dtype, copy=False)
+        # the whole stack in one kernel call, a tile of rows through all K blocks at a time; it keeps
+        # the permuted block inputs u_k = P_k z_{k-1} for the backward while they fit in the caches,
+        # beyond that the backward recomputes them tile by tile from X (cheaper than a memory round trip)
+        save = self.capture_curvature or (needs_grad and D.size * X.shape[0] * X.itemsize <= SAVE_MAX_BYTES)
+        y, saved = kernels.spectral_stack(X, perms, D, n_out, B, save=save, validate=False)
         if self.capture_curvature:  # Σ_s (P_k z)² per block, for gauss_newton_diagonal
-            self._curvature = (np.stack([np.sum(z.astype(np.float64) ** 2, axis=0)[p]
-                                         for z, p in zip(block_inputs, perms)]), Z.shape[0])
-        y = Z if n_out == N else np.ascontiguousarray(Z[:, :n_out])
-        if bias is not None:
-            y += bias.data  # Z is the kernel's fresh output: safe to add in place
+            self._curvature = (np.einsum("ksn,ksn->kn", saved, saved, dtype=np.float64), y.shape[0])
 
         def backward(g):
-            G = _padded_rows(g.reshape(-1, n_out), N, dtype)
-            gd = np.empty_like(D)
-            for k in reversed(range(len(perms))):
-                G, gd[k] = _block_backward(G, block_inputs[k], perms[k], D[k])
-            gx = G[:, :n_in].reshape(lead + (n_in,)) if x.requires_grad else None
+            need_x = x.requires_grad
+            gx, gd = kernels.spectral_stack_backward(g.reshape(-1, n_out), saved, perms, D, n_in,
+                                                     need_x=need_x, x=X, validate=False)
+            gx = gx.reshape(lead + (n_in,)) if need_x else None
             gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
             return gx, gd, gb
 
-        parents = (x, d) if bias is None else (x, d, bias)
         return _result(y.reshape(lead + (n_out,)), parents, backward)
 
     def _checked_perms(self):
@@ -433,7 +443,14 @@ class DeepSpectralLinear(Module):
                 raise ValueError(f"DeepSpectralLinear.perms must be {self.depth} permutations of "
                                  f"range({self.size}) as int64, got shape {perms.shape}, dtype {perms.dtype}")
             self.__dict__["_validated_perms"] = perms
+            self.__dict__["_kernel_perms_cache"] = perms.astype(np.intc)
         return perms
+
+    def _kernel_perms(self):
+        """The validated permutations as the stack kernel's int32, cached with the validation (like
+        it, keyed on the buffer's identity: replace `perms` (load_state_dict does), don't edit it in place)."""
+        self._checked_perms()
+        return self.__dict__["_kernel_perms_cache"]
 
     # -- the operator, for fitting and curvature ---------------------------------------------------
     def _output_maps(self, D):
