@@ -6,7 +6,12 @@ thread count (dreidel: `dreidel.set_num_threads` and the BLAS/OpenMP environment
 `intra_op_num_threads`), each thread count in its own process. Medians of interleaved repeats;
 ratios > 1 mean dreidel is slower.
 
-    python bench/importer.py [--threads 1 2] [--repeats 5] [--models deit llama ...]
+    python bench/importer.py [--threads 1 2] [--repeats 5] [--models deit llama ...] [--openblas-coretype auto]
+
+The dense graphs are GEMM-bound, so the ratio mostly measures numpy's BLAS against onnxruntime's
+MLAS: the header prints OPENBLAS_CORETYPE. Pinned to Haswell (AVX2) on an AVX-512 machine, OpenBLAS's
+sgemm runs at half the speed of its auto-detected SkylakeX kernels (and of MLAS); `--openblas-coretype
+auto` runs the workers without the pin, `--openblas-coretype NAME` with another one.
 """
 import argparse
 import json
@@ -26,6 +31,8 @@ def parse():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--openblas-coretype", default=None,
+                        help="OPENBLAS_CORETYPE for the workers ('auto': unset, let OpenBLAS detect the CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -131,11 +138,17 @@ def main():
         return run_worker(args)
     print(f"ONNX importer benchmark: dreidel ÷ onnxruntime (medians of {args.repeats} interleaved runs; "
           f"imports: medians of {min(args.repeats, 3)})")
+    coretype = os.environ.get("OPENBLAS_CORETYPE") if args.openblas_coretype is None else args.openblas_coretype
+    print(f"numpy BLAS: OPENBLAS_CORETYPE={coretype if coretype and coretype != 'auto' else '(unset: auto-detect)'}")
     print(f"{'model':<17}{'threads':>8}{'import dr s':>13}{'import ort s':>13}{'ratio':>8}"
           f"{'run dr ms':>12}{'run ort ms':>12}{'ratio':>8}{'max|Δ|':>10}")
     for threads in args.threads:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                    MKL_NUM_THREADS=str(threads))
+        if args.openblas_coretype == "auto":
+            env.pop("OPENBLAS_CORETYPE", None)
+        elif args.openblas_coretype:
+            env["OPENBLAS_CORETYPE"] = args.openblas_coretype
         command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--repeats", str(args.repeats),
                    "--models", *args.models]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

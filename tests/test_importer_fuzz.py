@@ -397,16 +397,15 @@ def importer_outcome(model, feeds):
     return load_and_run(model.SerializeToString(), feeds)
 
 
-def check_against_ort(model, feeds, refusals_agree=True):
+def check_against_ort(model, feeds):
     """Importer vs onnxruntime on one model: equal outputs when both run, a clean error otherwise;
-    with `refusals_agree`, a node onnxruntime refuses must be refused (not run to a made-up answer)."""
+    a node onnxruntime refuses must be refused too (not run to a made-up answer)."""
     out = importer_outcome(model, feeds)
     expected = _ort(model, feeds)
     if isinstance(out, BaseException):
         return
     if expected is None:
-        assert not refusals_agree, f"onnxruntime refuses this node, the importer ran it: {out.shape}"
-        return
+        pytest.fail(f"onnxruntime refuses this node, the importer ran it: {out.shape}")
     assert out.shape == expected.shape, (out.shape, expected.shape)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
@@ -432,8 +431,7 @@ def test_conv_with_random_attributes(kernel, strides, pads, dilations, group, we
     node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
     model = _single_node_model(node, [("x", TensorProto.FLOAT, [1, 2, 5, 5])], [numpy_helper.from_array(weight, "w")])
     x = np.random.default_rng(5).standard_normal((1, 2, 5, 5)).astype(np.float32)
-    # refusals need not agree while a wrong-length pads runs (STILL_ACCEPTED)
-    check_against_ort(model, {"x": x}, refusals_agree=False)
+    check_against_ort(model, {"x": x})
 
 
 @FUZZ
@@ -623,14 +621,11 @@ INTEGER_NODES = {
     "ReduceMean": ("ReduceMean", {}, "axes"), "ReduceL1": ("ReduceL1", {}, "axes"),
     "ReduceMax": ("ReduceMax", {}, "axes"), "CumSum": ("CumSum", {}, "axis"),
 }
-INTEGER_BUGS = {("ReduceSum", "int32"), ("ReduceProd", "int32"), ("ReduceL1", "int32"), ("ReduceMean", "int32"),
-                ("ReduceMean", "int64")}
+# (integer reductions used to come back int64 for int32 input, and ReduceMean float64: fixed)
 
 
-@pytest.mark.parametrize("what, dtype", [pytest.param(what, dtype, marks=[pytest.mark.xfail(
-    strict=True, reason="importer bug: integer reductions come back int64 (numpy promotes int32 sums) or, for "
-                        "ReduceMean, float64 instead of the input dtype (truncated like onnxruntime)")]
-    if (what, dtype) in INTEGER_BUGS else []) for what in sorted(INTEGER_NODES) for dtype in ("int32", "int64")])
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+@pytest.mark.parametrize("what", sorted(INTEGER_NODES))
 def test_integer_ops_keep_dtype_and_rounding(what, dtype):
     op, attrs, second = INTEGER_NODES[what]
     elem = TensorProto.INT32 if dtype == "int32" else TensorProto.INT64
@@ -659,8 +654,7 @@ def test_integer_ops_keep_dtype_and_rounding(what, dtype):
 
 
 # Invalid nodes (onnxruntime and ONNX shape inference refuse them) that the importer ran anyway,
-# returning a made-up answer instead of an error, when the fuzzers above found them. Those in
-# STILL_ACCEPTED are still run (xfail).
+# returning a made-up answer instead of an error, when the fuzzers above found them (all fixed since).
 INVALID_NODES = {
     "Flatten axis 4 > rank 3": ("Flatten", [], 4),
     "Gather axis 6 out of range": ("Gather", [], 6),
@@ -678,8 +672,6 @@ INVALID_NODES = {
     "ConvTranspose with 2 pads for 2 spatial axes": ("ConvTranspose", {"pads": [1, 1]}, 0),
     "AveragePool with 3 dilations for 2 spatial axes": ("AveragePool", {"dilations": [1, 1, 1]}, 0),
 }
-STILL_ACCEPTED = {"Conv with 2 pads for 2 spatial axes", "ConvTranspose with 2 pads for 2 spatial axes",
-                  "AveragePool with 3 dilations for 2 spatial axes"}
 
 
 def _silently_accepted_model(what):
@@ -701,10 +693,7 @@ def _silently_accepted_model(what):
     return tensor_op_model(op, values, axis)
 
 
-@pytest.mark.parametrize("what", [pytest.param(what, marks=[pytest.mark.xfail(
-    strict=True, reason="importer bug: attribute lengths not checked (pads must have 2 x spatial values, "
-                        "dilations one per spatial axis); runs the invalid node to a made-up answer")]
-    if what in STILL_ACCEPTED else []) for what in sorted(INVALID_NODES)])
+@pytest.mark.parametrize("what", sorted(INVALID_NODES))
 def test_invalid_node_is_refused_not_run(what):
     model = _silently_accepted_model(what)
     assert_clean_error(importer_outcome(model, _silently_accepted_feeds(what)))
@@ -760,7 +749,8 @@ def test_size_bombs_are_refused_cleanly(what):
 
 # Near misses of the spelled-out LayerNorm / RMSNorm / GELU chains the importer fuses into modules:
 # only the exact pattern may be fused, and the result must match onnx's reference evaluator (not
-# onnxruntime: its own LayerNorm fusion also fires on Pow(·, 3), a wrong answer).
+# onnxruntime: its own LayerNorm fusion also fires on Pow(·, 3), a wrong answer). A (1,)-shaped gamma
+# used to be fused into LayerNorm(1)/RMSNorm(1), which then refused every input (fixed).
 
 def _f(name, value):
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
@@ -801,13 +791,9 @@ CHAINS = {
     "GELU": gelu_chain(), "GELU with 1.5 for sqrt 2": gelu_chain(root2=1.5), "GELU with 2 for 1": gelu_chain(one=2.0),
     "GELU with 0.4 for 1/2": gelu_chain(half=0.4),
 }
-CHAIN_BUGS = {"LayerNorm with gamma (1,)", "RMSNorm with gamma (1,)"}
 
 
-@pytest.mark.parametrize("what", [pytest.param(what, marks=[pytest.mark.xfail(
-    strict=True, reason="importer bug: a (1,)-shaped gamma (broadcast over the last axis) is fused into "
-                        "LayerNorm(1)/RMSNorm(1), which then refuses every input whose last axis is not 1")]
-    if what in CHAIN_BUGS else []) for what in sorted(CHAINS)])
+@pytest.mark.parametrize("what", sorted(CHAINS))
 def test_fused_chains_and_near_misses_match_the_reference(what):
     from onnx.reference import ReferenceEvaluator
     nodes, inits = CHAINS[what]

@@ -32,11 +32,12 @@ import onnx
 from dreidel import nn, ops
 from dreidel.nn import conv as nn_conv
 from dreidel.nn.module import Module, Parameter
-from dreidel.tensor import Tensor
+from dreidel.tensor import Tensor, is_grad_enabled
 from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, OnnxRuntimeError,
                                               UnsupportedOpsError)
 from importers.onnx_to_dreidel.loader import numpy_dtype, tensor_to_array
-from importers.onnx_to_dreidel.ops_nn import check_kernel, conv_geometry
+from importers.onnx_to_dreidel.ops_math import softmax_in_place
+from importers.onnx_to_dreidel.ops_nn import check_attribute_lengths, check_kernel, conv_geometry
 from importers.onnx_to_dreidel.registry import Node, is_tensor, resolve, set_float_dtype
 
 _DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"}
@@ -204,6 +205,7 @@ class GraphModule(Module):
             return path, [node.inputs[0]], list(node.outputs), "gemm"
         if op == "LayerNormalization" and node.attr("axis", -1) == -1 and len([o for o in node.outputs if o]) == 1 \
                 and is_float(const(node.inputs[1])) and const(node.inputs[1]).ndim == 1 \
+                and const(node.inputs[1]).shape[0] > 1 \
                 and (len(node.inputs) < 3 or not node.inputs[2] or
                      (is_float(const(node.inputs[2])) and const(node.inputs[2]).shape == const(node.inputs[1]).shape)):
             scale = const(node.inputs[1])
@@ -341,10 +343,28 @@ class GraphModule(Module):
                                                                   for s in fed)):
                 step.shape_only = True
                 shape_slots.update(s for s in step.outputs if s is not None)
+        self._donate_scores(steps)
         self._shape_cache = {}
         if any(step.node.op_type in _DATA_DEPENDENT_SHAPES for step in steps):
             for step in steps:  # a shape may depend on values: no caching at all
                 step.shape_only = False
+
+    def _donate_scores(self, steps):
+        """Let a Softmax (opset ≥ 13) overwrite its input when that input is a MatMul result read by
+        this Softmax alone (attention scores): no second score-sized buffer per head. At run time it
+        still falls back to the ordinary runner when autograd records, or the array is not its own."""
+        readers = Counter(s for step in steps for s in step.inputs if s is not None)
+        producer = {slot: step for step in steps for slot in step.outputs if slot is not None}
+        outputs = {self._slots[name] for name in self.output_names}
+        for step in steps:
+            if step.module is not None or step.node.op_type != "Softmax" or step.node.opset < 13:
+                continue
+            slot = step.inputs[0]
+            source = producer.get(slot)
+            if source is None or source.module is not None or source.node.op_type != "MatMul" \
+                    or readers[slot] != 1 or slot in outputs or slot not in step.free:
+                continue
+            step.run = _donated_softmax(step.run, step.node.attr("axis", -1))
 
     # -- calling --------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -354,7 +374,27 @@ class GraphModule(Module):
         finally:
             set_float_dtype(previous)
 
-    def _forward(self, *args, **kwargs):
+    def profile(self, *args, repeats=1, **kwargs):
+        """Run the graph `repeats` times timing every step; returns a text table of total time per
+        op type (modules by their class), heaviest first, with call counts and share of the run."""
+        import time
+        timings = Counter()
+        calls = Counter()
+        previous = set_float_dtype(self._compute_dtype)
+        try:
+            for _ in range(repeats):
+                self._forward(*args, _timer=(time.perf_counter, timings, calls), **kwargs)
+        finally:
+            set_float_dtype(previous)
+        total = sum(timings.values()) or 1.0
+        lines = [f"{'op / module':<28}{'calls':>8}{'total ms':>12}{'per call us':>14}{'share':>8}"]
+        for op, seconds in timings.most_common():
+            lines.append(f"{op:<28}{calls[op] // repeats:>8}{1e3 * seconds / repeats:>12.2f}"
+                         f"{1e6 * seconds / calls[op]:>14.1f}{seconds / total:>8.1%}")
+        lines.append(f"{'total (steps)':<28}{sum(calls.values()) // repeats:>8}{1e3 * total / repeats:>12.2f}")
+        return "\n".join(lines)
+
+    def _forward(self, *args, _timer=None, **kwargs):
         feeds = self._bind(args, kwargs)
         values = [None] * len(self._slots)
         for slot, value in self._constant_slots:
@@ -373,6 +413,8 @@ class GraphModule(Module):
             if cached is not None and step.shape_only:
                 continue
             inputs = [None if s is None else values[s] for s in step.inputs]
+            if _timer is not None:
+                start = _timer[0]()
             if step.module is not None:
                 module = modules.get(step.module)
                 if module is None:
@@ -380,6 +422,10 @@ class GraphModule(Module):
                 outputs = (_call_module(module, step, inputs[0]),)
             else:
                 outputs = _call(step.run, step.node, inputs)
+            if _timer is not None:
+                key = step.node.op_type if step.module is None else type(module).__name__
+                _timer[1][key] += _timer[0]() - start
+                _timer[2][key] += 1
             for slot, value in zip(step.outputs, outputs):
                 if slot is not None:
                     values[slot] = value
@@ -594,7 +640,9 @@ class _Patterns:
         mul = self.only_reader(value, "Mul")
         if mul is not None:
             g = self.constants.get(self.other(self.nodes[mul], value))
-            if g is not None and np.asarray(g).ndim == 1 and np.asarray(g).dtype.kind == "f":
+            # a (1,) γ broadcasts over any last axis; LayerNorm(1)/RMSNorm(1) would refuse it
+            if g is not None and np.asarray(g).ndim == 1 and np.asarray(g).dtype.kind == "f" \
+                    and np.asarray(g).shape[0] > 1:
                 gamma, value = g, self.nodes[mul].outputs[0]
                 covered.append(mul)
         add = self.only_reader(value, "Add")
@@ -739,6 +787,15 @@ def _call_module(module, step, x):
                                f"on input shape {x.shape}: {type(exc).__name__}: {exc}") from exc
 
 
+def _donated_softmax(run, axis):
+    def donate(x):
+        if is_tensor(x) and not (x.requires_grad and is_grad_enabled()) and x.dtype.kind == "f" \
+                and x.data.flags.owndata and x.data.flags.writeable and -x.ndim <= axis < x.ndim:
+            return softmax_in_place(x.data, axis)
+        return run(x)
+    return donate
+
+
 def _as_output(value):
     return value if is_tensor(value) else Tensor(np.asarray(value))
 
@@ -781,6 +838,7 @@ def _conv_module(node, weight, bias):
     cls = getattr(nn_conv, name)
     groups = int(node.attr("group", 1))
     if transposed:
+        check_attribute_lengths(node, spatial)
         if node.attr("output_shape") is not None or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
             return None  # output size decided per call
         pads = tuple(node.attr("pads", [0] * 2 * spatial)) if node.attr("auto_pad", "NOTSET") != "VALID" \

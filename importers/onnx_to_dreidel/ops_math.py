@@ -247,8 +247,28 @@ def _softmax_inference(x, axis):
     """softmax without recording a graph: one output buffer, exp and division in place."""
     out = np.subtract(x.data, np.max(x.data, axis=axis, keepdims=True))
     np.exp(out, out=out)
-    out /= out.sum(axis=axis, keepdims=True)
+    out *= np.reciprocal(out.sum(axis=axis, keepdims=True))
     return Tensor(out)
+
+
+def softmax_in_place(x, axis):
+    """softmax(x) = exp(x − max) / Σ exp(x − max), overwriting the float array x (a value nothing
+    else reads: the importer donates a fresh MatMul result, e.g. attention scores). Saves
+    allocating, page-faulting and writing a second score-sized buffer."""
+    if axis in (-1, x.ndim - 1) and x.flags.c_contiguous and x.size > 1 << 16 and x.shape[-1]:
+        rows = x.reshape(-1, x.shape[-1])
+        step = max(1, (1 << 16) // x.shape[-1])  # blocks of rows that stay in L2 across the 4 passes
+        for start in range(0, rows.shape[0], step):
+            _softmax_rows_(rows[start:start + step], -1)
+    else:
+        _softmax_rows_(x, axis)
+    return Tensor(x)
+
+
+def _softmax_rows_(x, axis):
+    x -= np.max(x, axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x *= np.reciprocal(x.sum(axis=axis, keepdims=True))
 
 
 def _softmax(x, axis):
@@ -313,9 +333,23 @@ def _reduce(numpy_fn, tensor_fn, axes_from_input, identity=0.0):
                 return Tensor(out) if is_tensor(x) else out
             if is_tensor(x):
                 return tensor_fn(x, axis, keepdims)
+            if v.dtype.kind in "iu":
+                return _integer_reduction(node.op_type, numpy_fn, v, axis, keepdims)
             return np.asarray(numpy_fn(np.asarray(x), axis=axis, keepdims=keepdims))
         return run
     return build
+
+
+def _integer_reduction(op_type, numpy_fn, v, axis, keepdims):
+    """Integer reductions keep the input dtype (numpy promotes int32 sums to int64 and means to
+    float64); a mean is the int64 sum divided by the count, truncated toward zero like onnxruntime."""
+    if op_type == "ReduceMean":
+        total = np.sum(v, axis=axis, keepdims=keepdims, dtype=np.int64)
+        count = v.size // max(total.size, 1)
+        out = np.sign(total) * (np.abs(total) // count)
+    else:
+        out = numpy_fn(v, axis=axis, keepdims=keepdims)
+    return np.asarray(out).astype(v.dtype, copy=False)
 
 
 def _sum_square(x, axis, keepdims):

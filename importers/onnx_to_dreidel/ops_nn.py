@@ -38,8 +38,21 @@ def check_kernel(node, weight_shape):
                               f"weight's spatial shape {tuple(weight_shape[2:])}")
 
 
+def check_attribute_lengths(node, spatial):
+    """ONNX wants one stride/dilation/kernel size/output padding per spatial axis and 2·spatial pads
+    (begin..., end...); onnxruntime refuses anything else, so must we rather than guess."""
+    wanted = {"strides": spatial, "dilations": spatial, "kernel_shape": spatial, "output_padding": spatial,
+              "pads": 2 * spatial}
+    for name, count in wanted.items():
+        value = node.attr(name)
+        if value is not None and len(value) != count:
+            raise OnnxImportError(f"{node.op_type} {node.name!r}: attribute {name} has {len(value)} values "
+                                  f"{list(value)}, expected {count} for {spatial} spatial axes")
+
+
 def conv_geometry(node, spatial):
     """(kernel-independent) stride, dilation, static pads or None when auto_pad decides per call."""
+    check_attribute_lengths(node, spatial)
     stride = tuple(node.attr("strides", [1] * spatial))
     dilation = tuple(node.attr("dilations", [1] * spatial))
     auto_pad = node.attr("auto_pad", "NOTSET")
@@ -74,6 +87,7 @@ def conv(node):
 def conv_transpose_geometry(node, in_shape, kernel):
     """stride, dilation, pads (begin..., end...), output_padding for ConvTranspose."""
     spatial = len(kernel)
+    check_attribute_lengths(node, spatial)
     stride = tuple(node.attr("strides", [1] * spatial))
     dilation = tuple(node.attr("dilations", [1] * spatial))
     output_padding = list(node.attr("output_padding", [0] * spatial))
@@ -132,6 +146,7 @@ def _pool_pads(node, x_shape, kernel, stride, dilation):
 def max_pool(node):
     kernel = tuple(node.attr("kernel_shape"))
     spatial = len(kernel)
+    check_attribute_lengths(node, spatial)
     stride = tuple(node.attr("strides", [1] * spatial))
     dilation = tuple(node.attr("dilations", [1] * spatial))
     ceil_mode = bool(node.attr("ceil_mode", 0))
@@ -211,6 +226,7 @@ def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_includ
 def average_pool(node):
     kernel = tuple(node.attr("kernel_shape"))
     spatial = len(kernel)
+    check_attribute_lengths(node, spatial)
     stride = tuple(node.attr("strides", [1] * spatial))
     dilation = tuple(node.attr("dilations", [1] * spatial))
     ceil_mode = bool(node.attr("ceil_mode", 0))
