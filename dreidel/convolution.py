@@ -187,6 +187,23 @@ def _depthwise_weight_grad(xp, g, kernel, stride, dilation):
     return gw.reshape((c * g.shape[2], 1) + tuple(kernel))
 
 
+def patch_rows(x, kernel_size, stride=1, padding=0, dilation=1):
+    """The patches a convolution sees, as rows (N·P, C·K) in the weight's column order, so that the
+    output at each position is W.reshape(O, -1) @ row (+ b). numpy in, numpy out (for K-FAC-style
+    statistics; the differentiable op is `conv`)."""
+    d = x.ndim - 2
+    kernel, stride = _tuple(kernel_size, d, "kernel_size"), _tuple(stride, d, "stride")
+    dilation = _tuple(dilation, d, "dilation")
+    xp = _pad_array(x, _padding(padding, d, kernel, dilation))
+    out_shape = _conv_out_shape(xp.shape[2:], kernel, stride, dilation, "conv")
+    return _im2col(xp, kernel, stride, dilation, out_shape, 1)[0].T
+
+
+def output_rows(grad):
+    """An output-shaped (N, O, *P) array as rows (N·P, O) matching `patch_rows`."""
+    return _output_matrix(grad, 1)[0].T
+
+
 def _conv_out_shape(padded, kernel, stride, dilation, what):
     out = []
     for size, k, s, dl in zip(padded, kernel, stride, dilation):
@@ -715,4 +732,4 @@ def prelu(x, weight):
 __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d", "max_pool", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool", "avg_pool1d",
            "avg_pool2d", "avg_pool3d", "adaptive_avg_pool", "interpolate", "group_norm", "instance_norm",
-           "batch_norm", "prelu"]
+           "batch_norm", "prelu", "patch_rows", "output_rows"]

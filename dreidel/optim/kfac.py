@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from dreidel import convolution
-from dreidel.nn.conv import _ConvNd
+from dreidel.nn.conv import Conv1d, Conv2d, Conv3d
 from dreidel.nn.layers import Linear
 from dreidel.optim.optimizer import Optimizer, check_number
 from dreidel.random import generator
@@ -15,7 +15,7 @@ from dreidel.tensor import is_grad_enabled
 def _is_supported(module):
     if isinstance(module, Linear):
         return True
-    return isinstance(module, _ConvNd) and not module._transposed and module.groups == 1
+    return isinstance(module, (Conv1d, Conv2d, Conv3d)) and module.groups == 1
 
 
 def _input_rows(layer, x):
@@ -23,19 +23,14 @@ def _input_rows(layer, x):
     the im2col patches (one row per sample and output position) for a convolution."""
     if isinstance(layer, Linear):
         return x.reshape(-1, layer.in_features)
-    d = len(layer.kernel_size)
-    pads = convolution._padding(layer.padding, d, layer.kernel_size, layer.dilation)
-    xp = convolution._pad_array(x, pads)
-    out_shape = convolution._conv_out_shape(xp.shape[2:], layer.kernel_size, layer.stride, layer.dilation, "conv")
-    cols = convolution._im2col(xp, layer.kernel_size, layer.stride, layer.dilation, out_shape, 1)[0]
-    return cols.T                                                  # (N·P, C·K), weight's column order
+    return convolution.patch_rows(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation)
 
 
 def _output_rows(layer, grad):
     """Output gradients as rows (R, out) matching `_input_rows`."""
     if isinstance(layer, Linear):
         return grad.reshape(-1, layer.out_features)
-    return convolution._output_matrix(grad, 1)[0].T                # (N·P, O)
+    return convolution.output_rows(grad)
 
 
 class KFAC(Optimizer):
@@ -113,7 +108,7 @@ class KFAC(Optimizer):
         if not is_grad_enabled() or not output.requires_grad:
             return
         x = inputs[0].data
-        self._inputs[layer] = (_input_rows(layer, x), x.shape[0] if isinstance(layer, _ConvNd) else None)
+        self._inputs[layer] = (_input_rows(layer, x), x.shape[0] if not isinstance(layer, Linear) else None)
         self._curvature.pop(layer, None)
 
         def grad_hook(grad):

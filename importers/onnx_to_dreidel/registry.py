@@ -113,7 +113,10 @@ def array(value):
 
 def ints(value):
     """A constant or shape value as a tuple of Python ints."""
-    return tuple(int(v) for v in np.asarray(array(value)).reshape(-1))
+    values = np.asarray(array(value))
+    if values.dtype.kind in "iu":  # tolist() converts in C: shape arithmetic runs every call
+        return tuple(values.reshape(-1).tolist())
+    return tuple(int(v) for v in values.reshape(-1))
 
 
 def lift(value, like=None):
