@@ -5,6 +5,8 @@
     python bench/layers.py --full     # every projection of the 4 encoder layers, K up to 16 everywhere
     python bench/layers.py --quality-only | --speed-only
     python bench/layers.py --threads 2   # default 1 thread for the kernels, OpenBLAS and torch alike
+    python bench/layers.py --all      # also the hash-sparse layer (bench/alsh.py) and optimizer
+                                      # (bench/optimizers.py) tables, each in its own process
 
 1. `from_dense` quality. The dense layers are the Whisper tiny.en encoder's projections (q/k/v/out,
    fc1, fc2; weights read from the ONNX initializers, y = x Wᵀ + b). Their real inputs are captured
@@ -19,14 +21,15 @@
    interleaved repeats, medians. A ratio > 1 means the spectral layer is faster.
 """
 import argparse
-import ctypes
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 
 import dreidel
+from dreidel.runtime import blas_num_threads
 from dreidel.nn import Linear
 from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
 from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics, LinearWHT
@@ -35,47 +38,11 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "
 
 
 # -- thread counts ---------------------------------------------------------------------------------
-def _openblas(action, *args):
-    """Call OpenBLAS's get/set_num_threads in the library numpy loaded (None if not found)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
-        lib = ctypes.CDLL(paths[0])
-        for prefix in ("scipy_openblas_", "openblas_"):
-            for suffix in ("64_", ""):
-                name = f"{prefix}{action}_num_threads{suffix}"
-                if hasattr(lib, name):
-                    return getattr(lib, name)(*args)
-    except (OSError, IndexError):
-        pass
-    return None
-
-
-def blas_threads():
-    return _openblas("get")
-
-
 def set_all_threads(n, torch):
-    """One thread count for the kernels, numpy's OpenBLAS and torch."""
+    """One thread count for the kernels, numpy's BLAS (both via dreidel) and torch."""
     dreidel.set_num_threads(n)
-    _openblas("set", ctypes.c_int(n))
     if torch:
         torch.set_num_threads(n)
-
-
-def keep_freed_memory():
-    """Have glibc serve arrays up to 32 MB from the heap instead of fresh mmaps.
-
-    By default every array above ~128 kB is a new mmap: touching it page-faults on every call, which on
-    a busy VM costs more than the FWHTs themselves (PyTorch sidesteps it with its caching allocator).
-    Returns True if mallopt accepted the settings.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
 
 
 def try_torch():
@@ -283,8 +250,7 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="all encoder projections, K up to 16")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--speed-only", action="store_true")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default mmap threshold (fresh page-faulting arrays on every call)")
+    parser.add_argument("--all", action="store_true", help="then run bench/alsh.py and bench/optimizers.py")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--threads", type=int, default=1,
                         help="one thread count for the kernels, OpenBLAS and torch (default 1: per-core ratios, "
@@ -300,14 +266,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick and args.fit_rows is None:
         args.fit_rows = 1500
-    heap = keep_freed_memory() if not args.default_malloc else False
     torch = try_torch() if not args.no_torch else None
     if args.threads:
         set_all_threads(args.threads, torch)
-    print(f"dreidel kernel threads {dreidel.get_num_threads()}, numpy OpenBLAS threads {blas_threads()}, "
+    print(f"dreidel kernel threads {dreidel.get_num_threads()}, numpy BLAS threads {blas_num_threads()}, "
           f"torch threads {torch.get_num_threads() if torch else 'n/a (not installed)'}, "
           f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}, "
-          f"malloc: {'arrays ≤ 32 MB reused from the heap' if heap else 'glibc default'}, "
+          f"malloc tuning {'off' if os.environ.get('DREIDEL_MALLOC_TUNING') == '0' else 'on'}, "
           f"settle {args.settle:g}s before each timed loop")
     start = time.perf_counter()
     if not args.speed_only:
@@ -322,6 +287,11 @@ def main(argv=None):
         dreidel.set_num_threads(threads)
     if not args.quality_only:
         speed_table(args)
+    if args.all:
+        here = os.path.dirname(os.path.abspath(__file__))
+        for script in ("alsh.py", "optimizers.py"):
+            print(f"\n== bench/{script}", flush=True)
+            subprocess.run([sys.executable, os.path.join(here, script)], check=True)
     print(f"\ntotal {time.perf_counter() - start:.0f}s")
 
 

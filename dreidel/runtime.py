@@ -15,35 +15,40 @@ import sys
 
 from dreidel import _kernels
 
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads",
-                 "bli_thread_set_num_threads")
+# (setter, getter) symbol names of the BLAS builds numpy ships with or links against
+_BLAS_THREAD_FUNCTIONS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads_64_", "scipy_openblas_get_num_threads_64_"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
+)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_blas_setters = None
+_blas_functions = None
 
 
-def _loaded_blas_setters():
-    """Thread setters of the BLAS libraries mapped into this process (Linux; elsewhere none)."""
-    global _blas_setters
-    if _blas_setters is not None:
-        return _blas_setters
-    _blas_setters = []
+def _loaded_blas():
+    """(set, get) thread functions of the BLAS libraries mapped into this process (Linux; else none)."""
+    global _blas_functions
+    if _blas_functions is not None:
+        return _blas_functions
+    _blas_functions = []
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if line.rstrip().endswith(".so") or ".so." in line}
     except OSError:
-        return _blas_setters
+        return _blas_functions
     for path in sorted(p for p in paths if any(k in os.path.basename(p).lower() for k in ("blas", "mkl", "blis"))):
         try:
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in _BLAS_SETTERS:
-            setter = getattr(library, name, None)
-            if setter is not None:
-                _blas_setters.append(setter)
+        for set_name, get_name in _BLAS_THREAD_FUNCTIONS:
+            if hasattr(library, set_name):
+                _blas_functions.append((getattr(library, set_name), getattr(library, get_name, None)))
                 break
-    return _blas_setters
+    return _blas_functions
 
 
 def set_num_threads(n):
@@ -52,13 +57,21 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"number of threads must be at least 1, got {n}")
     _kernels.set_num_threads(n)
-    for setter in _loaded_blas_setters():
+    for setter, _ in _loaded_blas():
         setter(ctypes.c_int(n))
 
 
 def get_num_threads():
     """The number of threads the Cython kernels use."""
     return _kernels.get_num_threads()
+
+
+def blas_num_threads():
+    """Threads of the BLAS library numpy loaded (None when it cannot be asked)."""
+    for _, getter in _loaded_blas():
+        if getter is not None:
+            return int(getter())
+    return None
 
 
 def tune_allocator():

@@ -150,18 +150,44 @@ def max_pool(node):
     stride = tuple(node.attr("strides", [1] * spatial))
     dilation = tuple(node.attr("dilations", [1] * spatial))
     ceil_mode = bool(node.attr("ceil_mode", 0))
-    if len(node.outputs) > 1 and node.outputs[1]:
-        raise OnnxImportError(f"{node}: MaxPool's Indices output is not supported")
+    want_indices = len(node.outputs) > 1 and bool(node.outputs[1])
+    storage_order = int(node.attr("storage_order", 0))
+    if storage_order not in (0, 1):
+        raise OnnxImportError(f"{node}: storage_order must be 0 (row major) or 1 (column major), got {storage_order}")
 
     def run(x):
         x_t = _as_tensor(x)
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
+        indices = None
         if pads[:spatial] == pads[spatial:] and not ceil_mode:
-            out = C.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode)
+            out = C.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode,
+                             return_indices=want_indices)
+            if want_indices:
+                out, indices = out
+        elif want_indices:
+            raise OnnxImportError(f"{node}: MaxPool's Indices output is supported only with symmetric pads "
+                                  f"and ceil_mode=0 (got pads {list(pads)}, ceil_mode {int(ceil_mode)})")
         else:  # per-side pads, and ONNX's ceil-mode rule, done explicitly
             out = _max_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode)
-        return out if is_tensor(x) else out.data
+        out = out if is_tensor(x) else out.data
+        if not want_indices:
+            return out
+        indices = indices.data if is_tensor(indices) else np.asarray(indices)
+        return out, _onnx_pool_indices(indices, x_t.shape, storage_order)
     return run
+
+
+def _onnx_pool_indices(positions, x_shape, storage_order):
+    """PyTorch-style indices (flat position inside each (n, c) spatial grid, row major) → ONNX's:
+    flat positions in the whole (N, C, *spatial) tensor, the spatial part column major when
+    storage_order = 1: index = (n·C + c)·∏spatial + position."""
+    spatial_shape = tuple(x_shape[2:])
+    plane = int(np.prod(spatial_shape, dtype=np.int64))
+    if storage_order == 1:
+        positions = np.ravel_multi_index(np.unravel_index(positions, spatial_shape), spatial_shape, order="F")
+    n, c = x_shape[0], x_shape[1]
+    offsets = (np.arange(n * c, dtype=np.int64) * plane).reshape((n, c) + (1,) * len(spatial_shape))
+    return (positions.astype(np.int64, copy=False) + offsets).astype(np.int64, copy=False)
 
 
 def _pool_geometry(in_shape, kernel, stride, dilation, pads, ceil_mode):
