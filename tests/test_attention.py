@@ -27,8 +27,9 @@ def reference_attention(q, k, v, allowed=None, additive=None, scale=None):
         scores = scores + additive
     if allowed is not None:
         scores = np.where(allowed, scores, -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # fully masked rows become NaN here; callers compare the others
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
     return weights @ v
 
 

@@ -181,7 +181,8 @@ class GraphModule(Module):
             weight = const(node.inputs[1]).T
             bias, outputs = None, list(node.outputs)
             add_index = self._single_consumer(runtime, index, node.outputs[0], consumers)
-            if add_index is not None:
+            if add_index is not None and runtime[add_index][1].op_type == "Add" \
+                    and len(runtime[add_index][1].inputs) == 2:  # a unary reader (Tanh...) is no bias
                 add = runtime[add_index][1]
                 other = add.inputs[1] if add.inputs[0] == node.outputs[0] else add.inputs[0]
                 candidate = const(other)
