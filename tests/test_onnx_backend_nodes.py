@@ -43,8 +43,6 @@ DTYPE_ALLOWANCES = Counter()  # how often compare() let a float32 stand in for f
 KNOWN_FAILURES = {
     r"test_(de)?quantizelinear_blocked.*":
         "(De)QuantizeLinear: blocked quantization (block_size, opset 21) unsupported",
-    r"test_maxpool_with_argmax_.*":
-        "MaxPool: the Indices output is unsupported",
     r"test_resize_downsample_(scales|sizes)_(cubic|linear)_antialias":
         "Resize: antialias=1 (opset 18) refused",
     r"test_resize_tf_crop_and_resize.*":

@@ -21,6 +21,8 @@ Returns a Tensor for a single-output graph, else a tuple of Tensors in `module.o
 Floating values are Tensors (dreidel ops, differentiable); integer/boolean values (token ids, shape
 arithmetic, masks) are numpy arrays computed without autograd. Steps that depend only on the inputs'
 shapes (Shape → Gather → Concat → ...) are computed once per input-shape signature and cached.
+`module.profile(*inputs, repeats=1)` runs the graph timing every step and returns a table of time
+per op type (imported layers by their module class), heaviest first.
 """
 import ast
 import re
@@ -802,17 +804,9 @@ def _as_output(value):
 
 
 class Linear(nn.Linear):
-    """An `nn.Linear` that multiplies (…, in) inputs as one 2-D product.
-
-    y = x Wᵀ + b. numpy's stacked matmul of a 3-D input with a transposed 2-D weight is an order of
-    magnitude slower than one (N·T, in) × (in, out) BLAS call, so leading axes are flattened first.
-    """
-
-    def forward(self, x):
-        if x.ndim <= 2:
-            return super().forward(x)
-        lead = x.shape[:-1]
-        return ops.reshape(super().forward(ops.reshape(x, (-1, x.shape[-1]))), lead + (self.out_features,))
+    """The `nn.Linear` imported MatMul/Gemm layers become: y = x Wᵀ + b. (`ops.linear` already
+    multiplies (…, in) inputs as one (N·T, in) × (in, out) GEMM, numpy's stacked matmul being an
+    order of magnitude slower, so no reshapes around it here.)"""
 
 
 def _linear(weight, bias):
