@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from dreidel.random import generator
-from dreidel.tensor import Tensor, _result, as_tensor, is_grad_enabled
+from dreidel.tensor import Tensor, _result, as_tensor
 
 try:
     from dreidel import kernels as _kernels
@@ -143,9 +143,13 @@ def tanh(x):
 
 
 def _sigmoid(v):
-    # exp of a non-positive number only: no overflow warnings for large |v|
-    e = np.exp(-np.abs(v))
-    return (np.where(v >= 0, 1, e) / (1 + e)).astype(v.dtype, copy=False)
+    """σ(v) = ½·(1 + tanh(v/2)): no overflow for any v, one transcendental, no branches."""
+    out = np.array(v, dtype=v.dtype if v.dtype.kind == "f" else np.float64)  # a copy, also for 0-d
+    out *= 0.5
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
 
 
 def sigmoid(x):

@@ -13,23 +13,6 @@ from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import any_tensor, array, axes_in, axis_in, ints, is_tensor, lift, register
 
 
-def _sigmoid_array(v):
-    """σ(v) = ½·(1 + tanh(v/2)): no overflow for any v, and ~5x faster than exp/where/divide."""
-    if v.dtype.kind != "f":
-        return ops._sigmoid(v)
-    out = np.multiply(v, 0.5, dtype=v.dtype)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
-
-
-def _sigmoid(x):
-    """Sigmoid on a Tensor; dσ/dx = σ·(1 − σ)."""
-    out = _sigmoid_array(x.data)
-    return _result(out, (x,), lambda g: (g * out * (1 - out),))
-
-
 def _tensor_like(values):
     return next(v for v in values if isinstance(v, Tensor))
 
@@ -58,7 +41,7 @@ for _name, _numpy, _tensor in [
         ("Sqrt", _float_only(np.sqrt), ops.sqrt), ("Tanh", _float_only(np.tanh), ops.tanh),
         ("Sin", _float_only(np.sin), ops.sin), ("Cos", _float_only(np.cos), ops.cos),
         ("Relu", lambda x: np.maximum(x, 0).astype(x.dtype), ops.relu),
-        ("Sigmoid", lambda x: _sigmoid_array(np.asarray(x)), lambda x: _sigmoid(x)),
+        ("Sigmoid", lambda x: ops.sigmoid(Tensor(np.asarray(x))).data, ops.sigmoid),
         ("Erf", lambda x: ops._erf_array(x), ops.erf),
         ("Reciprocal", lambda x: (1 / x).astype(x.dtype), lambda x: 1 / x)]:
     register(_name, since=6 if _name not in ("Erf", "Sin", "Cos") else (9 if _name == "Erf" else 7))(
