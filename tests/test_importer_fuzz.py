@@ -13,16 +13,16 @@ Single nodes with random attributes are also checked against onnxruntime: where 
 importer must give the same output (or refuse cleanly). Known importer bugs are xfail(strict=True)
 regression tests, so a fix shows up as an XPASS failure (then drop the xfail).
 """
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from timeouts import time_limit
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -92,17 +92,6 @@ BASE_BYTES = make_model().SerializeToString()
 # --------------------------------------------------------------------------------------------------
 # The contract.
 
-@contextlib.contextmanager
-def time_limit(seconds):
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"the importer took longer than {seconds} s (hang?)")
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _first_output(result):

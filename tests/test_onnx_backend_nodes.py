@@ -12,15 +12,15 @@ float8/int4-style types numpy cannot hold, ops outside the registry) are skipped
 
 `bench/onnx_node_coverage.py` imports this file for its per-op pass-rate table.
 """
-import contextlib
 import re
 import functools
-import signal
 import warnings
 from collections import Counter
 
 import numpy as np
 import pytest
+
+from timeouts import time_limit
 
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
@@ -181,18 +181,6 @@ def classify(case):
 # --------------------------------------------------------------------------------------------------
 # Running one case.
 
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Raise TimeoutError if the block runs longer than `seconds` (main thread only)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _outputs_as_list(result, output_names):

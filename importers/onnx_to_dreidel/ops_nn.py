@@ -269,22 +269,18 @@ def average_pool(node):
     return run
 
 
-@register("GlobalAveragePool", since=1)
-def global_average_pool(node):
-    def run(x):
-        x_t = _as_tensor(x)
-        out = ops.mean(x_t, axis=tuple(range(2, x_t.ndim)), keepdims=True)
-        return out if is_tensor(x) else out.data
-    return run
+def _global_pool(reduce):
+    def build(node):
+        def run(x):
+            x_t = _as_tensor(x)
+            out = reduce(x_t, axis=tuple(range(2, x_t.ndim)), keepdims=True)
+            return out if is_tensor(x) else out.data
+        return run
+    return build
 
 
-@register("GlobalMaxPool", since=1)
-def global_max_pool(node):
-    def run(x):
-        x_t = _as_tensor(x)
-        out = ops.max(x_t, axis=tuple(range(2, x_t.ndim)), keepdims=True)
-        return out if is_tensor(x) else out.data
-    return run
+register("GlobalAveragePool", since=1)(_global_pool(ops.mean))
+register("GlobalMaxPool", since=1)(_global_pool(ops.max))
 
 
 
