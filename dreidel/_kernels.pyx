@@ -383,6 +383,66 @@ cdef extern from *:
     }
     DR_GELU_LOOPS(float, f32)
     DR_GELU_LOOPS(double, f64)
+    /* Softmax of one row: max (8 lanes), then e = exp(x - max) written to y with the sum in one
+       pass (8 T lanes, flushed to a double every 64 elements: vectorises, and float32 lanes add
+       at most 8 terms each), then y *= 1/sum. Semantics of the numpy expression
+       exp(x - max) / sum: a NaN or +inf anywhere, or a row of only -inf, gives a NaN row.
+       float32 exp(t) for t < -87 is flushed to 0 (true value < 1.7e-38), so masked (-inf)
+       entries give exactly 0. */
+    static inline float dr_sm_expf(float t) { return t < -87.0f ? 0.0f : dr_expf(t); }
+    static inline double dr_sm_exp(double t) { return exp(t); }
+    /* Row max in one 32-byte vector of lanes (GCC does not vectorise the scalar select
+       reduction). A NaN never wins a '>' so it is dropped here, but exp(NaN - m) still turns
+       the whole row into NaN, as np.max would. */
+    typedef int32_t dr_v8i __attribute__((vector_size(32)));
+    typedef int64_t dr_v4l __attribute__((vector_size(32)));
+    #define DR_ROWMAX(T, SFX, VT, VI, L) \\
+    static inline T dr_rowmax_##SFX(const T* x, Py_ssize_t n) { \\
+        VT mm; \\
+        for (int k = 0; k < L; k++) mm[k] = x[0]; \\
+        Py_ssize_t i = 0; \\
+        for (; i + L <= n; i += L) { \\
+            VT v; memcpy(&v, x + i, sizeof v); \\
+            VI gt = v > mm; \\
+            mm = (VT)(((VI)v & gt) | ((VI)mm & ~gt)); \\
+        } \\
+        T m = mm[0]; \\
+        for (int k = 1; k < L; k++) m = mm[k] > m ? mm[k] : m; \\
+        for (; i < n; i++) m = x[i] > m ? x[i] : m; \\
+        return m; \\
+    }
+    DR_ROWMAX(float, f32, dr_v8f, dr_v8i, 8)
+    DR_ROWMAX(double, f64, dr_v4d, dr_v4l, 4)
+    #define DR_SOFTMAX_LOOPS(T, SFX, EXP) \\
+    static void dr_softmax_##SFX(const T* x, T* y, Py_ssize_t n) { \\
+        T m = dr_rowmax_##SFX(x, n); \\
+        Py_ssize_t i; \\
+        if (m == -(T)INFINITY) m = (T)NAN;  /* -inf - -inf is NaN in numpy too */ \\
+        double s = 0; \\
+        for (i = 0; i + 64 <= n; i += 64) { \\
+            T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; \\
+            for (int j = 0; j < 64; j += 8) \\
+                for (int k = 0; k < 8; k++) { \\
+                    T e = EXP(x[i + j + k] - m); y[i + j + k] = e; acc[k] += e; } \\
+            s += (double)(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))); \\
+        } \\
+        for (; i < n; i++) { T e = EXP(x[i] - m); y[i] = e; s += e; } \\
+        T inv = (T)(1.0 / s); \\
+        for (i = 0; i < n; i++) y[i] *= inv; \\
+    } \\
+    /* out = y * (g - sum(g * y)), the dot in 8 float64 lanes. */ \\
+    static void dr_softmax_bwd_##SFX(const T* g, const T* y, T* out, Py_ssize_t n) { \\
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0; \\
+        Py_ssize_t i = 0; \\
+        for (; i + 8 <= n; i += 8) \\
+            for (int k = 0; k < 8; k++) acc[k] += (double)g[i + k] * (double)y[i + k]; \\
+        for (; i < n; i++) s += (double)g[i] * (double)y[i]; \\
+        s += ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \\
+        T d = (T)s; \\
+        for (i = 0; i < n; i++) out[i] = y[i] * (g[i] - d); \\
+    }
+    DR_SOFTMAX_LOOPS(float, f32, dr_sm_expf)
+    DR_SOFTMAX_LOOPS(double, f64, dr_sm_exp)
     #pragma GCC pop_options
     """
     int dr_omp_max_threads() nogil
@@ -437,6 +497,10 @@ cdef extern from *:
     void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
     int dr_conference(int m, int i) noexcept nogil
     float dr_expf(float x) noexcept nogil
+    void dr_softmax_f32(const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void dr_softmax_f64(const double* x, double* y, Py_ssize_t n) noexcept nogil
+    void dr_softmax_bwd_f32(const float* g, const float* y, float* out, Py_ssize_t n) noexcept nogil
+    void dr_softmax_bwd_f64(const double* g, const double* y, double* out, Py_ssize_t n) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -1284,3 +1348,33 @@ def _expf_check(float x):
     return dr_expf(x)
 
 include "_kernels_hashing.pxi"
+
+# ------------------------------------------------------------------------------------------
+# softmax over the last axis (one row per task; a row never spans threads, so the bits do not
+# depend on the thread count)
+# ------------------------------------------------------------------------------------------
+def softmax_fwd(const floating[:, ::1] x, floating[:, ::1] y):
+    """y[r] = exp(x[r] - max x[r]) / sum exp(x[r] - max x[r]) for every row r."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n), t, r
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
+            for r in range(t * T, min(rows, t * T + T)):
+                if floating is float:
+                    dr_softmax_f32(&x[0, 0] + r * n, &y[0, 0] + r * n, n)
+                else:
+                    dr_softmax_f64(&x[0, 0] + r * n, &y[0, 0] + r * n, n)
+
+def softmax_bwd(const floating[:, ::1] g, const floating[:, ::1] y, floating[:, ::1] out):
+    """out[r] = y[r] * (g[r] - <g[r], y[r]>) for every row r (the softmax vector-Jacobian product)."""
+    cdef Py_ssize_t rows = y.shape[0], n = y.shape[1], T = _row_chunk(n), t, r
+    if rows == 0 or n == 0:
+        return
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
+            for r in range(t * T, min(rows, t * T + T)):
+                if floating is float:
+                    dr_softmax_bwd_f32(&g[0, 0] + r * n, &y[0, 0] + r * n, &out[0, 0] + r * n, n)
+                else:
+                    dr_softmax_bwd_f64(&g[0, 0] + r * n, &y[0, 0] + r * n, &out[0, 0] + r * n, n)

@@ -27,6 +27,7 @@ __all__ = [
     "permute", "permute_inverse", "is_permutation",
     "spectral_block", "spectral_block_backward", "spectral_stack", "spectral_stack_backward",
     "gelu", "gelu_backward", "bias_gelu", "bias_gelu_backward",
+    "softmax", "softmax_backward",
 ]
 
 MAX_FWHT_SIZE = 1 << 24
@@ -528,3 +529,63 @@ try:  # the hashing engineer's numpy API, re-exported
     from dreidel.hashing import *  # noqa: F401,F403
 except ImportError:
     pass
+
+
+# ------------------------------------------------------------------------------------------
+# softmax
+# ------------------------------------------------------------------------------------------
+def _softmax_axis(a, axis, what):
+    if not isinstance(axis, (int, np.integer)) or not -a.ndim <= axis < a.ndim:
+        raise ValueError(f"{what}: axis {axis!r} out of range for an array of shape {a.shape}")
+    if a.shape[axis] == 0:
+        raise ValueError(f"{what}: softmax over an empty axis (shape {a.shape}, axis {axis})")
+    return int(axis) % a.ndim
+
+
+def softmax(x, axis=-1, out=None):
+    """y = exp(x - max x) / sum exp(x - max x) along ``axis``, in one fused kernel per row.
+    ``out`` (last axis only) may be x itself: in place.
+
+    Same special values as that numpy expression: masked (-inf) entries give exactly 0; a row
+    of only -inf, or any NaN / +inf in a row, gives a NaN row. float32 exp is a ~1 ulp
+    polynomial (exp(t) for t < -87 is flushed to 0), float64 uses libm exp. Axes other than
+    the last cost one transposed copy.
+    """
+    a = np.asarray(x)
+    if a.ndim == 0:
+        raise ValueError("softmax: expected at least 1 dimension, got a scalar")
+    axis = _softmax_axis(a, axis, "softmax")
+    last = axis == a.ndim - 1
+    a = _as_float_array(a if last else np.moveaxis(a, axis, -1), "softmax")
+    if out is None:
+        y = np.empty(a.shape, dtype=a.dtype)
+    elif last:
+        _check_out(out, a, "softmax")
+        y = out
+    else:
+        raise ValueError(f"softmax: out= needs the last axis, got axis {axis} of an array of {a.ndim} dimensions")
+    if a.size:
+        _kernels.softmax_fwd(_rows(a), _rows(y))
+    return y if last else np.moveaxis(y, -1, axis)
+
+
+def softmax_backward(grad, y, axis=-1):
+    """Vector-Jacobian product of softmax: y * (grad - sum(grad * y, axis)), fused per row."""
+    b = np.asarray(y)
+    if b.ndim == 0:
+        raise ValueError("softmax_backward: expected at least 1 dimension, got a scalar")
+    g = np.asarray(grad)
+    if g.shape != b.shape:
+        raise ValueError(f"softmax_backward: grad shape {g.shape} != y shape {b.shape}")
+    axis = _softmax_axis(b, axis, "softmax_backward")
+    last = axis == b.ndim - 1
+    if not last:
+        b, g = np.moveaxis(b, axis, -1), np.moveaxis(g, axis, -1)
+    b = _as_float_array(b, "softmax_backward")
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"softmax_backward: grad must be real, got {g.dtype}")
+    g = np.ascontiguousarray(g, dtype=b.dtype)
+    out = np.empty(b.shape, dtype=b.dtype)
+    if b.size:
+        _kernels.softmax_bwd(_rows(g), _rows(b), _rows(out))
+    return out if last else np.moveaxis(out, -1, axis)

@@ -578,3 +578,136 @@ def test_fwht_out_of_place_equals_in_place_and_keeps_input(dtype):
         y = K.fwht(x)
         np.testing.assert_array_equal(x, keep)
         np.testing.assert_array_equal(y, K.fwht_(keep.copy()))   # same arithmetic, same bits
+
+
+# ------------------------------------------------------------------------------------------
+# softmax
+# ------------------------------------------------------------------------------------------
+def _softmax_ref(x, axis=-1):
+    """Plain numpy in float64: exp(x - max) / sum, NaN rows where numpy gives them."""
+    x = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+
+
+_SM_SHAPES = st.one_of(
+    st.tuples(st.integers(0, 9), st.integers(1, 70)),                       # rows (incl. 0), n (incl. 1)
+    st.tuples(st.integers(1, 3), st.integers(0, 4), st.integers(1, 40)),    # batch dims
+    st.tuples(st.integers(1, 70)))                                          # one row, 1-D
+
+
+@st.composite
+def _softmax_inputs(draw):
+    shape = draw(_SM_SHAPES)
+    dtype = draw(st.sampled_from(DTYPES))
+    scale = draw(st.sampled_from([1.0, 30.0, 1e4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
+    if draw(st.booleans()) and x.size:                                      # attention-style masks
+        x[rng.random(shape) < draw(st.sampled_from([0.3, 0.9]))] = -np.inf
+        if x.ndim > 1 and x.shape[-2] > 0:
+            x[..., 0, :] = -np.inf                                          # one fully masked row
+    return x
+
+
+def _assert_softmax_close(y, ref, dtype):
+    rtol, atol = (1e-5, 1e-37) if dtype == np.float32 else (1e-13, 1e-300)
+    np.testing.assert_allclose(y, ref, rtol=rtol, atol=atol)
+
+
+@SET
+@given(x=_softmax_inputs(), transposed=st.booleans())
+def test_softmax_matches_numpy(x, transposed):
+    if transposed and x.ndim > 1 and x.shape[-2]:     # non-contiguous input, softmax over the last axis
+        x = np.swapaxes(x, -1, -2)
+    y = K.softmax(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    ref = _softmax_ref(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))   # fully masked rows are NaN, like numpy
+    np.testing.assert_array_equal(y[np.isneginf(x) & ~np.isnan(ref)], 0)   # masked entries: exactly 0
+    _assert_softmax_close(y, ref, x.dtype)
+
+
+@SET
+@given(x=_softmax_inputs(), data=st.data())
+def test_softmax_other_axes_match_numpy(x, data):
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    if x.shape[axis] == 0:
+        with pytest.raises(ValueError, match="empty axis"):
+            K.softmax(x, axis=axis)
+        return
+    _assert_softmax_close(K.softmax(x, axis=axis), _softmax_ref(x, axis), x.dtype)
+
+
+@SET
+@given(x=_softmax_inputs(), data=st.data())
+def test_softmax_backward_matches_formula(x, data):
+    axis = data.draw(st.sampled_from([-1, 0]))
+    if x.shape[axis] == 0:
+        return
+    y = np.nan_to_num(K.softmax(x, axis=axis))        # a NaN row would make every comparison NaN
+    g = np.random.default_rng(x.size).standard_normal(x.shape).astype(x.dtype)
+    y64, g64 = y.astype(np.float64), g.astype(np.float64)
+    ref = y64 * (g64 - (g64 * y64).sum(axis=axis, keepdims=True))
+    out = K.softmax_backward(g, y, axis=axis)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    tol = 1e-5 if x.dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * (1 + np.abs(g64).max(initial=0)))
+
+
+def test_softmax_special_rows():
+    x = np.array([[-np.inf, -np.inf, -np.inf], [0, -np.inf, 0], [np.nan, 1, 2], [np.inf, 0, 1],
+                  [1e4, -1e4, 1e4], [88.0, 0.0, -200.0]])
+    for dtype in DTYPES:
+        with np.errstate(invalid="ignore"):
+            ref = _softmax_ref(x.astype(dtype))
+        y = K.softmax(x.astype(dtype))
+        assert np.isnan(y[:4]).sum() == 9 and (y[1] == [0.5, 0, 0.5]).all()
+        _assert_softmax_close(y, ref, dtype)
+
+
+def test_softmax_bad_input():
+    with pytest.raises(ValueError, match="scalar"):
+        K.softmax(np.float32(1))
+    with pytest.raises(ValueError, match="axis"):
+        K.softmax(np.zeros((2, 3)), axis=2)
+    with pytest.raises(ValueError, match="empty axis"):
+        K.softmax(np.zeros((2, 0)))
+    with pytest.raises(TypeError):
+        K.softmax(np.zeros(3, dtype=complex))
+    with pytest.raises(ValueError, match="grad shape"):
+        K.softmax_backward(np.zeros((2, 3)), np.zeros((2, 4)))
+    assert K.softmax(np.zeros((0, 5), np.float32)).shape == (0, 5)
+    np.testing.assert_array_equal(K.softmax(np.array([3, 3])), [0.5, 0.5])   # ints become float64
+
+
+def test_softmax_identical_with_1_and_2_threads(restore_threads):
+    outs = {}
+    for nt in (1, 2):
+        K.set_num_threads(nt)
+        res = []
+        for rows, n in [(300, 1024), (3, 1500), (1, 2 ** 19), (600, 1500)]:
+            for dtype in DTYPES:
+                r = np.random.default_rng(rows + n)
+                x = (r.standard_normal((rows, n)) * 10).astype(dtype)
+                x[r.random((rows, n)) < 0.2] = -np.inf
+                g = r.standard_normal((rows, n)).astype(dtype)
+                y = K.softmax(x)
+                res += [y, K.softmax_backward(g, y)]
+        outs[nt] = res
+    for a, b in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_in_place_equals_out_of_place(dtype):
+    x = (np.random.default_rng(11).standard_normal((4, 5, 77)) * 8).astype(dtype)
+    x[0, 1, ::3] = -np.inf
+    y = K.softmax(x)
+    assert K.softmax(x, out=x) is x
+    np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="out"):
+        K.softmax(x, out=np.empty((4, 5, 76), dtype))
+    with pytest.raises(ValueError, match="last axis"):
+        K.softmax(x, axis=0, out=x)

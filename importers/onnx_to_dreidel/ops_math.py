@@ -7,8 +7,8 @@ from collections import Counter
 
 import numpy as np
 
-from dreidel import ops
-from dreidel.tensor import Tensor, _result, is_grad_enabled
+from dreidel import kernels, ops
+from dreidel.tensor import Tensor, _result
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import any_tensor, array, axes_in, axis_in, ints, is_tensor, lift, register
 
@@ -243,38 +243,13 @@ def mish(node):
     return _tensor_fn(lambda x: x * ops.tanh(ops.relu(x) + ops.log(ops.exp(-ops.abs(x)) + 1.0)))
 
 
-def _softmax_inference(x, axis):
-    """softmax without recording a graph: one output buffer, exp and division in place."""
-    out = np.subtract(x.data, np.max(x.data, axis=axis, keepdims=True))
-    np.exp(out, out=out)
-    out *= np.reciprocal(out.sum(axis=axis, keepdims=True))
-    return Tensor(out)
-
-
 def softmax_in_place(x, axis):
-    """softmax(x) = exp(x − max) / Σ exp(x − max), overwriting the float array x (a value nothing
-    else reads: the importer donates a fresh MatMul result, e.g. attention scores). Saves
-    allocating, page-faulting and writing a second score-sized buffer."""
-    if axis in (-1, x.ndim - 1) and x.flags.c_contiguous and x.size > 1 << 16 and x.shape[-1]:
-        rows = x.reshape(-1, x.shape[-1])
-        step = max(1, (1 << 16) // x.shape[-1])  # blocks of rows that stay in L2 across the 4 passes
-        for start in range(0, rows.shape[0], step):
-            _softmax_rows_(rows[start:start + step], -1)
-    else:
-        _softmax_rows_(x, axis)
-    return Tensor(x)
-
-
-def _softmax_rows_(x, axis):
-    x -= np.max(x, axis=axis, keepdims=True)
-    np.exp(x, out=x)
-    x *= np.reciprocal(x.sum(axis=axis, keepdims=True))
-
-
-def _softmax(x, axis):
-    if x.requires_grad and is_grad_enabled():
-        return ops.softmax(x, axis)
-    return _softmax_inference(x, axis)
+    """softmax over `axis`, overwriting the float array x on the last axis (a value nothing else reads:
+    the importer donates a fresh MatMul result, e.g. attention scores), which saves allocating and
+    page-faulting a second score-sized buffer. One fused kernel pass per row."""
+    if axis in (-1, x.ndim - 1) and x.flags.c_contiguous and x.dtype in (np.float32, np.float64):
+        return Tensor(kernels.softmax(x, out=x))
+    return ops.softmax(Tensor(x), axis)
 
 
 def _softmax_builder(tensor_fn, legacy):
@@ -295,8 +270,8 @@ def _softmax_builder(tensor_fn, legacy):
     return build
 
 
-register("Softmax", since=1)(_softmax_builder(_softmax, legacy=True))
-register("Softmax", since=13)(_softmax_builder(_softmax, legacy=False))
+register("Softmax", since=1)(_softmax_builder(ops.softmax, legacy=True))
+register("Softmax", since=13)(_softmax_builder(ops.softmax, legacy=False))
 register("LogSoftmax", since=1)(_softmax_builder(ops.log_softmax, legacy=True))
 register("LogSoftmax", since=13)(_softmax_builder(ops.log_softmax, legacy=False))
 
