@@ -8,13 +8,9 @@ import math
 
 import numpy as np
 
+from dreidel import kernels as _kernels
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, as_tensor
-
-try:
-    from dreidel import kernels as _kernels
-except ImportError:  # kernels not built yet: numpy fallbacks below
-    _kernels = None
 
 
 def _pair(a, b):
@@ -176,8 +172,6 @@ _erf_float64 = np.frompyfunc(math.erf, 1, 1)
 
 
 def _erf_array(v):
-    if _kernels is not None and hasattr(_kernels, "erf"):
-        return _kernels.erf(v)
     if v.dtype == np.float64:
         return np.asarray(_erf_float64(v), dtype=np.float64)  # a 0-d input gives back a Python float
     # Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, at float32's resolution
@@ -193,36 +187,14 @@ def erf(x):
                    lambda g: (g * two_over_root_pi * np.exp(-x.data * x.data),))
 
 
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-
-
-def _gelu_numpy(v, approximate):
-    if approximate == "tanh":
-        return 0.5 * v * (1 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v ** 3)))
-    return 0.5 * v * (1 + _erf_array(v / math.sqrt(2)))
-
-
-def _gelu_backward_numpy(g, v, approximate):
-    if approximate == "tanh":
-        inner = _SQRT_2_OVER_PI * (v + 0.044715 * v ** 3)
-        t = np.tanh(inner)
-        return g * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * v * v))
-    cdf = 0.5 * (1 + _erf_array(v / math.sqrt(2)))
-    pdf = np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
-    return g * (cdf + v * pdf)
-
-
 def gelu(x, approximate="none"):
-    """GELU, exact (erf) or tanh form; runs on the fused Cython kernel when built."""
+    """GELU, exact (erf) or tanh form, on the fused Cython kernels."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    if _kernels is not None and hasattr(_kernels, "gelu"):
-        # reshape: the kernels hand a 0-d input back as shape (1,)
-        out = _kernels.gelu(x.data, approximate=approximate).reshape(x.shape)
-        return _result(out, (x,), lambda g: (
-            _kernels.gelu_backward(g, x.data, approximate=approximate).reshape(x.shape),))
-    out = _gelu_numpy(x.data, approximate).astype(x.dtype, copy=False)
-    return _result(out, (x,), lambda g: (_gelu_backward_numpy(g, x.data, approximate),))
+    # reshape: the kernels hand a 0-d input back as shape (1,)
+    out = _kernels.gelu(x.data, approximate=approximate).reshape(x.shape)
+    return _result(out, (x,), lambda g: (
+        _kernels.gelu_backward(g, x.data, approximate=approximate).reshape(x.shape),))
 
 
 # -- reductions ------------------------------------------------------------------------------------
@@ -477,13 +449,12 @@ def pad(x, pad_width, value=0.0):
 def _softmax_kernel_ok(a, axis):
     """The fused kernel covers float32/float64, one int axis of nonzero length (numpy raises
     for the rest, and keeps doing so)."""
-    return (_kernels is not None and hasattr(_kernels, "softmax") and a.dtype in (np.float32, np.float64)
-            and isinstance(axis, (int, np.integer)) and -a.ndim <= axis < a.ndim and a.shape[axis] > 0)
+    return (a.dtype in (np.float32, np.float64) and isinstance(axis, (int, np.integer)) and -a.ndim <= axis < a.ndim and a.shape[axis] > 0)
 
 
 def softmax(x, axis=-1):
     """y = exp(x − max x) / Σ exp(x − max x) along axis; backward y ⊙ (g − Σ g ⊙ y).
-    Runs on the fused Cython kernels when built (same values, same NaN/-inf behaviour)."""
+    Runs on the fused Cython kernels for float arrays (same values, same NaN/-inf behaviour)."""
     if _softmax_kernel_ok(x.data, axis):
         out = _kernels.softmax(x.data, axis=axis)
 

@@ -24,6 +24,8 @@ def test_digits_split_is_disjoint_balanced_and_repeatable():
 
 def test_mlp_trained_with_adamw_classifies_held_out_digits():
     x_train, y_train, x_test, y_test = load_digits(seed=0)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-3
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     rng = np.random.default_rng(0)
     model = nn.Sequential(nn.Linear(64, 128, rng=rng), nn.GELU(), nn.Linear(128, 10, rng=rng))
     optimizer = dreidel.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -37,7 +39,8 @@ def test_mlp_trained_with_adamw_classifies_held_out_digits():
             optimizer.step()
     with dreidel.no_grad():
         predicted = model(dreidel.Tensor(x_test)).data.argmax(1)
-    # a linear classifier reaches ~0.95 on this split; the MLP must do at least that well
+    # measured with this exact setup: MLP 0.969 (1 and 2 threads alike), a linear layer trained the
+    # same way 0.928; the bar sits between them with a margin of about seven test images
     assert np.mean(predicted == y_test) >= 0.95
 
 

@@ -12,6 +12,7 @@ from dreidel import ops
 from dreidel.tensor import Tensor, no_grad
 from dreidel.nn.module import Module, Parameter
 from dreidel.nn.layers import uniform_parameter
+from dreidel.nn.spectral import LinearWHT
 
 
 def _check_dims(x, d, name):
@@ -141,7 +142,6 @@ class Conv3DSpectral(Module):
         self.depthwise = Conv3d(in_channels, in_channels, kernel_size, stride, padding, dilation,
                                 groups=in_channels, bias=False, rng=rng, dtype=dtype)
         if mixing is None:
-            from dreidel.nn.spectral import LinearWHT  # a sibling layer module, imported when first needed
             self.mixing = LinearWHT(in_channels, out_channels, bias=bias, rng=rng, dtype=dtype)
         else:
             self.mixing = mixing(in_channels, out_channels, bias).to(dtype)
@@ -168,9 +168,7 @@ class Conv3DSpectral(Module):
         u, sv, vt = np.linalg.svd(slices, full_matrices=False)
         taps = vt[:, 0, :]  # (C, K)
         columns = u[:, :, 0] * sv[:, :1]  # (C, O): M[:, c]
-        if mixing is None:
-            from dreidel.nn.spectral import LinearWHT
-            mixing = LinearWHT
+        mixing = mixing or LinearWHT
         layer = cls(in_channels, out_channels, kernel, stride, padding, dilation, bias=True,
                     mixing=lambda i, o, b: mixing(i, o, bias=b), dtype=weight.dtype)
         layer.depthwise.weight.data = taps.reshape((in_channels, 1) + kernel).astype(weight.dtype)

@@ -23,15 +23,6 @@ from dreidel.tensor import Tensor, _result, is_grad_enabled
 
 
 # -- numpy-level building blocks (kernels) ---------------------------------------------------------
-def fwht(x):
-    """Orthonormal FWHT along the last axis of a numpy array (a new array)."""
-    return kernels.fwht(np.ascontiguousarray(x), normalized=True)
-
-
-def next_supported_size(n):
-    return int(kernels.next_supported_size(n))
-
-
 def _block_forward(x, perm, d):
     """y = H(P x ⊙ d) for rows of x (fused kernel; perm was validated at construction)."""
     return kernels.spectral_block(x, perm, d, validate=False)
@@ -41,22 +32,6 @@ def _block_forward(x, perm, d):
 # in L2/L3); larger batches recompute them in the backward from x: about as fast there (measured at
 # 4096 × 256, K = 4: within noise) and no K·rows·N activation buffer.
 SAVE_MAX_BYTES = 12 << 20
-
-# Single-block backward (`_block_backward`, used only as the per-block reference now that
-# DeepSpectralLinear runs the whole stack in `kernels.spectral_stack[_backward]`): the fused kernel
-# measured 2.5× slower than composing the FWHT and permutation kernels plus one numpy reduction.
-FUSED_BACKWARD = False
-
-
-def _block_backward(g, x, perm, d):
-    """Given y = H(P x ⊙ d): ∂/∂x = Pᵀ(d ⊙ H g), ∂/∂d = Σ_rows (H g) ⊙ P x  (H is symmetric)."""
-    if FUSED_BACKWARD:
-        return kernels.spectral_block_backward(g, x, perm, d, validate=False)
-    gz = kernels.fwht(g, normalized=True)
-    grad_d = np.einsum("bn,bn->n", gz, kernels.permute(x, perm, validate=False))
-    gz *= d
-    return kernels.permute_inverse(gz, perm, validate=False), grad_d
-
 
 def fwht_multiply_adds(n):
     """Multiply-adds of one orthonormal FWHT of width n = m·2^k (k stages of n adds, one H_m of n·m)."""
@@ -72,7 +47,7 @@ def hadamard_rows(n, rows, dtype=np.float64):
     """The first `rows` rows of the orthonormal H of width n, as a (rows, n) array."""
     eye = np.zeros((rows, n), dtype=dtype)
     eye[np.arange(rows), np.arange(rows)] = 1
-    return fwht(eye)  # row r = H e_r = H[r, :] since H is symmetric
+    return kernels.fwht(eye)  # row r = H e_r = H[r, :] since H is symmetric
 
 
 # -- argument handling -----------------------------------------------------------------------------
@@ -226,7 +201,7 @@ def _fit_diagonal(C_u, S_u, A, M, d_old, ridge=1e-9):
 
 def _hxh(X):
     """H X H for a square X (both FWHTs along rows, H symmetric)."""
-    return fwht(np.ascontiguousarray(fwht(X).T)).T
+    return kernels.fwht(kernels.fwht(X).T).T
 
 
 def _scatter_both(X, perm):
@@ -267,7 +242,7 @@ class LinearWHT(Module):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"LinearWHT needs positive sizes, got {in_features} → {out_features}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.size = next_supported_size(max(self.in_features, self.out_features))
+        self.size = kernels.next_supported_size(max(self.in_features, self.out_features))
         signs = generator(rng).choice(np.array([-1.0, 1.0]), size=self.in_features)
         self.d = Parameter((signs * np.sqrt(self.size / self.in_features)).astype(dtype))
         self.bias = Parameter(np.zeros(self.out_features, dtype=dtype)) if bias else None
@@ -390,7 +365,7 @@ class DeepSpectralLinear(Module):
         if int(depth) < 1:
             raise ValueError(f"DeepSpectralLinear depth must be at least 1, got {depth}")
         self.in_features, self.out_features, self.depth = int(in_features), int(out_features), int(depth)
-        self.size = N = next_supported_size(max(self.in_features, self.out_features))
+        self.size = N = kernels.next_supported_size(max(self.in_features, self.out_features))
         rng = np.random.default_rng(seed)
         self.register_buffer("perms", np.stack([rng.permutation(N) for _ in range(self.depth)]).astype(np.int64))
         d = rng.choice(np.array([-1.0, 1.0]), size=(self.depth, N))
@@ -466,7 +441,7 @@ class DeepSpectralLinear(Module):
         for k in range(self.depth - 1, 0, -1):
             M = np.empty_like(A)
             M[:, perms[k]] = A * D[k]
-            A = fwht(M)
+            A = kernels.fwht(M)
             maps[k - 1] = A
         return maps
 
@@ -494,7 +469,7 @@ class DeepSpectralLinear(Module):
             norms = np.empty_like(D)
             perms = self.perms.data
             for k in reversed(range(self.depth)):  # G = A_kᵀ z after the H of block k
-                gz = fwht(G)
+                gz = kernels.fwht(G)
                 norms[k] = np.mean(gz * gz, axis=0)
                 G = np.empty_like(gz)
                 G[:, perms[k]] = gz * D[k]
@@ -565,7 +540,7 @@ class DeepSpectralLinear(Module):
             D[k], change = _fit_diagonal(C_u, S_u, maps[k], gram[k], D[k], ridge)
             changes.append(change)
             C_z = _hxh(C_u * np.outer(D[k], D[k]))
-            S_z = fwht(S_u * D[k])
+            S_z = kernels.fwht(S_u * D[k])
         return changes
 
     def _output_grams(self, D):
