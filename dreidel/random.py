@@ -13,3 +13,16 @@ def manual_seed(seed):
 def generator(rng=None):
     """`rng` if given, else the global generator."""
     return rng if rng is not None else _generator
+
+
+def get_state():
+    """The global generator's state (a JSON-able dict), for checkpoints."""
+    return _generator.bit_generator.state
+
+
+def set_state(state):
+    """Restore the global generator to a state from `get_state` (same bit generator)."""
+    global _generator
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    _generator = np.random.Generator(bit_generator)

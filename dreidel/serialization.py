@@ -1,4 +1,10 @@
-"""Checkpoints in safetensors format: no pickle, written atomically (temp file + rename)."""
+"""Checkpoints in safetensors format: no pickle, written atomically (temp file + rename).
+
+`save`/`load` hold one flat dict of name → tensor (a model's `state_dict()`). A whole training state
+(model, optimizer, scheduler, data order, step, the global random generator) goes through
+`save_training_state`/`load_training_state`: its arrays are stored as tensors, everything else as
+JSON in the file's metadata, so a resumed run continues bit-exactly.
+"""
 import json
 import os
 import tempfile
@@ -19,7 +25,15 @@ def _as_arrays(state_dict):
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state_dict keys must be strings, got {name!r}")
+        if isinstance(value, (dict, list, tuple)):
+            raise TypeError(f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor: dreidel.save "
+                            f"stores flat name -> tensor dicts (a model's state_dict()); for optimizer or "
+                            f"scheduler state use dreidel.save_training_state(path, model=..., optimizer=..., "
+                            f"scheduler=..., step=...)")
         array = value.data if isinstance(value, Tensor) else np.asarray(value)
+        if array.dtype == object:
+            raise TypeError(f"state_dict entry {name!r} holds Python objects (dtype object), which a "
+                            f"checkpoint cannot store as a tensor")
         # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
         arrays[name] = array if array.flags.c_contiguous else np.array(array, order="C")
     return arrays
@@ -125,3 +139,92 @@ def _check_header(payload, path):
         raise CheckpointError(f"checkpoint {path!r} is truncated: tensors need {end} bytes of data, "
                               f"file has {len(payload) - 8 - size}")
     return header
+
+
+_STATE_KEY = "dreidel.training_state"
+
+
+def _encode(value, arrays, path):
+    """JSON-able form of a nested state: arrays move to `arrays` (referenced by key), tuples and
+    dicts with non-string keys are tagged so they come back as they were."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if isinstance(value, np.ndarray):
+        arrays[path] = value
+        return {"__tensor__": path}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: _encode(v, arrays, f"{path}/{k}") for k, v in value.items()}
+        return {"__items__": [[_encode(k, arrays, f"{path}/key{i}"), _encode(v, arrays, f"{path}/{k}")]
+                              for i, (k, v) in enumerate(value.items())]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, arrays, f"{path}/{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, arrays, f"{path}/{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"training state entry {path!r} is a {type(value).__name__}, which is neither an array "
+                    f"nor JSON-representable")
+
+
+def _decode(value, arrays):
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return arrays[value["__tensor__"]]
+    if "__tuple__" in value:
+        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
+    return {k: _decode(v, arrays) for k, v in value.items()}
+
+
+def save_training_state(path, *, model=None, optimizer=None, scheduler=None, data=None, step=None,
+                        extra=None, rng=True):
+    """Save everything a training run needs to resume, atomically, in one safetensors file.
+
+    `model`, `optimizer`, `scheduler`, `data` (e.g. a DataLoader) are anything with `state_dict()`;
+    `step` an int; `extra` a dict of arrays and JSON values; `rng=True` also stores the state of
+    dreidel's global random generator (initialisations, dropout). Restore with `load_training_state`.
+    """
+    from dreidel import random as _random
+    state = {"format": 1, "step": step, "extra": extra}
+    for name, owner in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("data", data)):
+        if owner is not None:
+            if not hasattr(owner, "state_dict"):
+                raise TypeError(f"{name}= needs an object with state_dict(), got {type(owner).__name__}")
+            state[name] = owner.state_dict()
+    if rng:
+        state["rng"] = _random.get_state()
+    arrays = {}
+    encoded = _encode(state, arrays, "state")
+    save(arrays, path, metadata={_STATE_KEY: json.dumps(encoded)})
+
+
+def load_training_state(path, *, model=None, optimizer=None, scheduler=None, data=None, rng=True):
+    """Restore a state written by `save_training_state` into the objects given (each through its
+    `load_state_dict`) and the global random generator (if it was saved and `rng`); returns the dict
+    {"step", "extra", and the raw state of every part}."""
+    from dreidel import random as _random
+    metadata = load_metadata(path)
+    if _STATE_KEY not in metadata:
+        raise CheckpointError(f"{os.fspath(path)!r} is not a training state written by save_training_state "
+                              f"(for a model's weights use dreidel.load)")
+    try:
+        encoded = json.loads(metadata[_STATE_KEY])
+        state = _decode(encoded, load(path))
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"training state {os.fspath(path)!r} is corrupt: {error}") from error
+    for name, owner in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("data", data)):
+        if owner is None:
+            continue
+        if name not in state:
+            raise CheckpointError(f"training state {os.fspath(path)!r} holds no {name} state")
+        owner.load_state_dict(state[name])
+    if rng and "rng" in state:
+        _random.set_state(state["rng"])
+    return state

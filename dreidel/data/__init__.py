@@ -2,10 +2,17 @@
 
 `digits.npz`: the UCI "Optical Recognition of Handwritten Digits" test set (E. Alpaydin, C. Kaynak,
 1998; CC BY 4.0): 1,797 images of 8×8 pixels with values 0..16, and their labels 0..9.
+
+    from dreidel.data import DataLoader, TensorDataset, load_digits
+    x_train, y_train, x_test, y_test = load_digits()          # (1438, 64) float32 in [0, 1], int64 labels
+    for images, labels in DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True):
+        ...                                                  # images: Tensor (64, 64); reshape(-1, 1, 8, 8) for a CNN
 """
 from importlib import resources
 
 import numpy as np
+
+from dreidel.data.loader import DataLoader, TensorDataset, default_collate  # noqa: F401
 
 
 def load_digits(test_fraction=0.2, seed=0, dtype=np.float32):

@@ -1,6 +1,6 @@
 """Layers and models' building blocks (`dreidel.nn`), PyTorch-style."""
 from dreidel.nn.module import Module, Parameter
-from dreidel.nn.layers import (GELU, CrossEntropyLoss, Dropout, Embedding, Identity, KLDivLoss, L1Loss,
+from dreidel.nn.layers import (GELU, CrossEntropyLoss, Dropout, Embedding, Flatten, Identity, KLDivLoss, L1Loss,
                                LayerNorm, Linear, ModuleDict, ModuleList, MSELoss, ReLU, RMSNorm, Sequential,
                                SiLU, Sigmoid, Softmax, Tanh)
 from dreidel.nn.conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AvgPool1d, AvgPool2d,
@@ -13,3 +13,4 @@ from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
 from dreidel.nn.alsh import ALSHSparseDense
 from dreidel.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
 from dreidel import functional
+from dreidel.nn import init

@@ -106,6 +106,20 @@ class Identity(Module):
         return x
 
 
+class Flatten(Module):
+    """Flatten dims start_dim … end_dim into one (default: all but the batch dim), as torch.nn.Flatten."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
 # -- dense and embedding ---------------------------------------------------------------------------
 class Linear(Module):
     """y = x Wᵀ + b, W of shape (out_features, in_features); PyTorch's initialisation."""

@@ -1,4 +1,4 @@
-"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's rules."""
+"""AdamW (decoupled weight decay, Loshchilov & Hutter) and Adam (L2 decay in the gradient), PyTorch's rules."""
 import numpy as np
 
 from dreidel.optim.optimizer import Optimizer, check_number
@@ -17,6 +17,8 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad))
 
+    decoupled = True
+
     def _check_group(self, group):
         check_number("lr", group["lr"], low=0)
         betas = group["betas"]
@@ -34,6 +36,8 @@ class AdamW(Optimizer):
             beta1, beta2 = group["betas"]
             for p in self._params_with_grad(group):
                 g = p.grad
+                if wd and not self.decoupled:  # Adam: L2 decay folded into the gradient
+                    g = g + p.dtype.type(wd) * p.data
                 state = self.state.setdefault(p, {})
                 if not state:
                     state["step"] = 0
@@ -44,7 +48,7 @@ class AdamW(Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                if wd:
+                if wd and self.decoupled:
                     p.data *= p.dtype.type(1 - lr * wd)
                 m *= beta1
                 m += (1 - beta1) * g
@@ -56,3 +60,13 @@ class AdamW(Optimizer):
                 denom = np.sqrt(v) / np.sqrt(1 - beta2 ** t) + eps
                 p.data -= ((lr / (1 - beta1 ** t)) * m / denom).astype(p.dtype, copy=False)
         return loss
+
+
+class Adam(AdamW):
+    """Adam exactly as `torch.optim.Adam`: like AdamW, except that weight decay is an L2 term added to
+    the gradient (g ← g + weight_decay·θ) before the moments, and defaults to 0."""
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)

@@ -1,0 +1,240 @@
+"""PyTorch habits that must work: factories, seeding, nn.init, Flatten, Adam, lr_scheduler, DataLoader,
+and whole training states that resume bit-exactly."""
+import math
+
+import numpy as np
+import pytest
+
+import dreidel
+from dreidel import nn
+from dreidel import functional as F
+from dreidel.data import DataLoader, TensorDataset
+
+
+def test_factories_follow_pytorch():
+    assert dreidel.arange(5).data.tolist() == [0, 1, 2, 3, 4] and dreidel.arange(5).dtype == np.int64
+    assert dreidel.arange(2, 8, 3).data.tolist() == [2, 5]
+    assert dreidel.arange(0, 1, 0.25).dtype == np.float32
+    a, b = dreidel.ones(2, 3), dreidel.zeros((2, 3))
+    assert dreidel.cat([a, b], dim=1).shape == (2, 6)
+    assert dreidel.stack([a, b], dim=0).shape == (2, 2, 3)
+    assert np.array_equal(dreidel.stack([a, b], dim=-1).data[..., 0], a.data)
+    assert dreidel.full((2,), 7.0).data.tolist() == [7.0, 7.0]
+    assert dreidel.zeros_like(a).shape == a.shape and dreidel.ones_like(b).data.sum() == 6
+    assert 0 <= dreidel.rand(100).data.min() and dreidel.rand(100).data.max() < 1
+
+
+def test_manual_seed_makes_inits_and_dropout_repeatable():
+    def run():
+        dreidel.manual_seed(123)
+        layer = nn.Linear(8, 4)
+        dropped = nn.Dropout(0.5)(dreidel.ones(16))
+        return layer.weight.data.copy(), dropped.data.copy(), dreidel.randn(3).data.copy()
+    first, second = run(), run()
+    for x, y in zip(first, second):
+        assert np.array_equal(x, y)
+    dreidel.manual_seed(124)
+    assert not np.array_equal(nn.Linear(8, 4).weight.data, first[0])
+
+
+def test_cross_entropy_gradient_through_data_module_is_available():
+    assert dreidel.data.load_digits is not None  # `import dreidel` brings dreidel.data
+
+
+@pytest.mark.parametrize("name", ["xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"])
+def test_init_statistics_match_their_formulas(name):
+    weight = nn.Parameter(np.zeros((256, 128, 3), dtype=np.float32))
+    fan_in, fan_out = 128 * 3, 256 * 3
+    getattr(nn.init, name)(weight, rng=np.random.default_rng(0))
+    expected_std = {"xavier_uniform_": math.sqrt(2 / (fan_in + fan_out)),
+                    "xavier_normal_": math.sqrt(2 / (fan_in + fan_out)),
+                    # default a=0 leaky_relu: gain sqrt(2), std = gain / sqrt(fan_in)
+                    "kaiming_uniform_": math.sqrt(2) / math.sqrt(fan_in),
+                    "kaiming_normal_": math.sqrt(2) / math.sqrt(fan_in)}[name]
+    assert abs(weight.data.std() / expected_std - 1) < 0.02
+    assert abs(weight.data.mean()) < 0.02 * expected_std * 10
+    if "uniform" in name:
+        assert weight.data.max() <= math.sqrt(3) * expected_std + 1e-7
+
+
+def test_init_fills_in_place_and_checks_input():
+    layer = nn.Linear(3, 4)
+    assert nn.init.zeros_(layer.bias) is layer.bias and not layer.bias.data.any()
+    nn.init.ones_(layer.weight)
+    assert (layer.weight.data == 1).all()
+    nn.init.normal_(layer.weight, 2.0, 0.0)
+    assert (layer.weight.data == 2).all()
+    nn.init.trunc_normal_(layer.weight, std=1.0, a=-0.5, b=0.5, rng=np.random.default_rng(1))
+    assert np.abs(layer.weight.data).max() <= 0.5
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        nn.init.xavier_uniform_(layer.bias)
+    with pytest.raises(TypeError, match="Tensor or Parameter"):
+        nn.init.zeros_(np.zeros(3))
+    with pytest.raises(ValueError, match="unknown nonlinearity"):
+        nn.init.calculate_gain("swish")
+    assert nn.init.calculate_gain("relu") == math.sqrt(2)
+
+
+def test_flatten_module():
+    x = dreidel.randn(2, 3, 4, 5)
+    assert nn.Flatten()(x).shape == (2, 60)
+    assert nn.Flatten(1, 2)(x).shape == (2, 12, 5)
+    assert nn.Flatten(0, -1)(x).shape == (120,)
+
+
+def _adam_by_hand(theta, grads, lr, betas, eps, wd):
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    for t, g in enumerate(grads, 1):
+        g = g + wd * theta
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        theta = theta - lr * (m / (1 - betas[0] ** t)) / (np.sqrt(v / (1 - betas[1] ** t)) + eps)
+    return theta
+
+
+def test_adam_is_l2_decay_in_the_gradient():
+    rng = np.random.default_rng(0)
+    theta0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(6)]
+    p = nn.Parameter(theta0.copy())
+    optimizer = dreidel.optim.Adam([p], lr=0.1, weight_decay=0.3)
+    for g in grads:
+        p.grad = g.copy()
+        optimizer.step()
+    expected = _adam_by_hand(theta0, grads, 0.1, (0.9, 0.999), 1e-8, 0.3)
+    np.testing.assert_allclose(p.data, expected, rtol=1e-12, atol=1e-12)
+    assert dreidel.optim.Adam([nn.Parameter(np.zeros(2))]).param_groups[0]["weight_decay"] == 0.0
+
+
+def test_lr_scheduler_module_name():
+    from dreidel.optim.lr_scheduler import CosineAnnealingLR, StepLR
+    optimizer = dreidel.optim.SGD([nn.Parameter(np.zeros(2))], lr=1.0)
+    scheduler = StepLR(optimizer, step_size=2, gamma=0.5)
+    for _ in range(4):
+        scheduler.step()
+    assert scheduler.get_last_lr() == [0.25]
+    assert CosineAnnealingLR is dreidel.optim.CosineAnnealingLR
+
+
+def test_dataloader_batches_every_sample_once_per_epoch():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, seed=3)
+    assert len(loader) == 3
+    epochs = [[b[1].data.tolist() for b in loader] for _ in range(2)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [4, 4, 2]
+        assert sorted(sum(batches, [])) == list(range(10))
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    again = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, seed=3)
+    assert [b[1].data.tolist() for b in again] == epochs[0]
+    dropped = DataLoader(TensorDataset(x, y), batch_size=4, drop_last=True)
+    assert len(dropped) == 2 and [b[1].data.tolist() for b in dropped] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_dataloader_generic_dataset_and_collate():
+    class Squares:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"x": np.full(2, i, dtype=np.float32), "y": i * i}
+
+    batch = next(iter(DataLoader(Squares(), batch_size=3)))
+    assert batch["x"].shape == (3, 2) and batch["y"].data.tolist() == [0, 1, 4]
+    lengths = next(iter(DataLoader(Squares(), batch_size=5, collate_fn=len)))
+    assert lengths == 5
+
+    class Ragged(Squares):
+        def __getitem__(self, i):
+            return np.zeros(i + 1)
+
+    with pytest.raises(ValueError, match="collate_fn"):
+        next(iter(DataLoader(Ragged(), batch_size=2)))
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(Squares(), batch_size=0)
+    with pytest.raises(TypeError, match="__len__"):
+        DataLoader(object())
+
+
+def test_saving_optimizer_state_with_save_says_what_to_use(tmp_path):
+    layer = nn.Linear(2, 2)
+    optimizer = dreidel.optim.AdamW(layer.parameters())
+    with pytest.raises(TypeError, match="save_training_state"):
+        dreidel.save(optimizer.state_dict(), tmp_path / "o.safetensors")
+
+
+def _training_run(steps, tmp_path, interrupt_at=None):
+    """Train a dropout MLP with AdamW + StepLR over a shuffling DataLoader; optionally save after
+    step `interrupt_at` (mid-epoch), rebuild everything from scratch and resume from the file."""
+    x, y, _, _ = dreidel.data.load_digits()
+
+    def build():
+        dreidel.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+        optimizer = dreidel.optim.AdamW(model.parameters(), lr=3e-3)
+        scheduler = dreidel.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
+        loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True, seed=1)
+        return model, optimizer, scheduler, loader
+
+    model, optimizer, scheduler, loader = build()
+    step = 0
+    path = tmp_path / "state.safetensors"
+    while step < steps:
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images), labels.data)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step == interrupt_at:
+                dreidel.save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                            data=loader, step=step, extra={"note": "mid-epoch"})
+                model, optimizer, scheduler, loader = build()  # a fresh process would start like this
+                dreidel.randn(7)  # and its generator would be elsewhere
+                state = dreidel.load_training_state(path, model=model, optimizer=optimizer,
+                                                    scheduler=scheduler, data=loader)
+                assert state["step"] == step and state["extra"] == {"note": "mid-epoch"}
+                break  # the next `for` resumes the epoch at the saved batch
+            if step == steps:
+                break
+    return model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("interrupt_at", [11, 15])  # an epoch boundary (11 batches each) and mid-epoch
+def test_training_state_resumes_bit_exactly(tmp_path, interrupt_at):
+    reference = _training_run(25, tmp_path)
+    resumed = _training_run(25, tmp_path, interrupt_at=interrupt_at)
+    for (name, a), (_, b) in zip(reference[0].state_dict().items(), resumed[0].state_dict().items()):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), name
+    assert reference[2].get_last_lr() == resumed[2].get_last_lr()
+    assert isinstance(resumed[2].state_dict()["base_lrs"], list)  # JSON values come back as themselves
+    state_a, state_b = reference[1].state_dict(), resumed[1].state_dict()
+    for i in state_a["state"]:
+        assert state_a["state"][i]["step"] == state_b["state"][i]["step"]
+        assert np.array_equal(state_a["state"][i]["exp_avg_sq"], state_b["state"][i]["exp_avg_sq"])
+
+
+def test_a_loop_left_early_starts_a_new_epoch_next_time():
+    loader = DataLoader(TensorDataset(np.arange(6)), batch_size=2, shuffle=True, seed=0)
+    first = next(iter(loader))[0].data.tolist()
+    assert loader.state_dict() == {"seed": 0, "epoch": 0, "batch": 1}
+    later = [b[0].data.tolist() for b in loader]
+    assert len(later) == 3 and loader.state_dict()["epoch"] == 2
+    assert first == np.random.default_rng([0, 0]).permutation(6)[:2].tolist()
+
+
+def test_training_state_errors(tmp_path):
+    dreidel.save({"w": np.zeros(2)}, tmp_path / "weights.safetensors")
+    with pytest.raises(dreidel.CheckpointError, match="not a training state"):
+        dreidel.load_training_state(tmp_path / "weights.safetensors")
+    with pytest.raises(TypeError, match="state_dict"):
+        dreidel.save_training_state(tmp_path / "s.safetensors", model=object())
+    path = tmp_path / "s.safetensors"
+    dreidel.save_training_state(path, step=3)
+    with pytest.raises(dreidel.CheckpointError, match="no optimizer state"):
+        dreidel.load_training_state(path, optimizer=dreidel.optim.SGD([nn.Parameter(np.zeros(1))], lr=1))
+    with pytest.raises(TypeError, match="JSON"):
+        dreidel.save_training_state(path, extra={"f": object()})
