@@ -1,0 +1,188 @@
+"""Llama-family GGUF files -> (config fields, Hugging Face state dict): names, shapes, Q/K rows.
+
+llama.cpp's converter (convert_hf_to_gguf.py, `LlamaModel.permute`) reorders the rows of q_proj
+and k_proj within each head so that ggml's interleaved ("GPT-J") rotary embedding, which rotates
+pairs (2i, 2i+1), reproduces Hugging Face's "rotate_half" embedding, which rotates pairs
+(i, i + head_dim/2). `unpermute_rows` inverts it, giving the rows the Hugging Face layout that
+dreidel's RotaryEmbedding expects.
+"""
+import re
+
+import numpy as np
+
+from importers.gguf_to_dreidel.errors import GGUFFormatError
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+_TOP_LEVEL = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_PER_LAYER = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_TOP_NAME = re.compile(r"(\w+)\.(weight|bias)")
+
+
+def hf_name(gguf_name):
+    """The Hugging Face Llama parameter name of a GGUF tensor name, or None when there is none."""
+    match = _LAYER_NAME.fullmatch(gguf_name)
+    if match:
+        layer, part, kind = match.groups()
+        if part in _PER_LAYER and str(int(layer)) == layer:
+            return f"model.layers.{layer}.{_PER_LAYER[part]}.{kind}"
+        return None
+    match = _TOP_NAME.fullmatch(gguf_name)
+    if match and match.group(1) in _TOP_LEVEL:
+        return f"{_TOP_LEVEL[match.group(1)]}.{match.group(2)}"
+    return None
+
+
+def permute_rows(weight, n_heads):
+    """llama.cpp's converter permutation (HF -> GGUF) of the rows of a q/k projection (or bias):
+    within each head, row (half h, index i) moves to row 2i + h."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def unpermute_rows(weight, n_heads):
+    """Inverse of `permute_rows` (GGUF -> HF): within each head, row 2i + h moves back to row
+    h * head_dim/2 + i."""
+    rows = weight.shape[0]
+    if rows % (2 * n_heads):
+        raise ValueError(f"{rows} rows do not split into {n_heads} heads of even size")
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _get(gguf, key, kinds, default=None, required=True):
+    """Metadata value `key`, checked to be one of the Python types `kinds`."""
+    value = gguf.metadata.get(key, default)
+    if value is None:
+        if required:
+            raise GGUFFormatError(f"{gguf.label}: metadata {key!r} is missing")
+        return None
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value!r} has the wrong type "
+                              f"(expected {'/'.join(k.__name__ for k in kinds)})")
+    return value
+
+
+def _positive(gguf, key, value):
+    if value <= 0:
+        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value} must be positive")
+    return value
+
+
+def unsupported_features(gguf):
+    """Everything in this file that the Llama importer cannot handle (architecture, tensor types,
+    tensors without a Hugging Face name, rope scaling, per-layer head counts), as messages."""
+    problems = []
+    arch = gguf.metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        problems.append(f"architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    for name, type_name in gguf.unsupported_tensor_types().items():
+        problems.append(f"tensor {name!r} has unsupported type {type_name}")
+    for name in gguf.tensors:
+        if hf_name(name) is None:
+            problems.append(f"tensor {name!r} has no Hugging Face Llama counterpart")
+    if arch in SUPPORTED_ARCHITECTURES:
+        scaling = gguf.metadata.get(f"{arch}.rope.scaling.type", "none")
+        if scaling != "none":
+            problems.append(f"rope scaling {scaling!r}")
+        for key in ("attention.head_count", "attention.head_count_kv"):
+            if isinstance(gguf.metadata.get(f"{arch}.{key}"), (list, np.ndarray)):
+                problems.append(f"per-layer {arch}.{key}")
+    return problems
+
+
+def config_fields(gguf):
+    """Hugging Face LlamaConfig fields from a llama-architecture file's metadata (and tensors)."""
+    arch, meta = "llama", gguf.metadata
+    heads = _positive(gguf, f"{arch}.attention.head_count", _get(gguf, f"{arch}.attention.head_count", (int,)))
+    hidden = _positive(gguf, f"{arch}.embedding_length", _get(gguf, f"{arch}.embedding_length", (int,)))
+    kv_heads = _positive(gguf, f"{arch}.attention.head_count_kv",
+                         _get(gguf, f"{arch}.attention.head_count_kv", (int,), default=heads))
+    head_dim = _positive(gguf, f"{arch}.attention.key_length",
+                         _get(gguf, f"{arch}.attention.key_length", (int,), default=hidden // heads))
+    if heads % kv_heads:
+        raise GGUFFormatError(f"{gguf.label}: {heads} attention heads are not a multiple of {kv_heads} kv heads")
+    vocab = _get(gguf, f"{arch}.vocab_size", (int,), required=False)
+    if vocab is None:  # older files: the vocabulary size is the embedding's row count
+        vocab = (len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta
+                 else gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None)
+        if vocab is None:
+            raise GGUFFormatError(f"{gguf.label}: no {arch}.vocab_size, tokenizer.ggml.tokens or token_embd.weight")
+    return dict(
+        vocab_size=_positive(gguf, f"{arch}.vocab_size", vocab),
+        hidden_size=hidden,
+        intermediate_size=_positive(gguf, f"{arch}.feed_forward_length",
+                                    _get(gguf, f"{arch}.feed_forward_length", (int,))),
+        num_hidden_layers=_positive(gguf, f"{arch}.block_count", _get(gguf, f"{arch}.block_count", (int,))),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=_positive(gguf, f"{arch}.context_length",
+                                          _get(gguf, f"{arch}.context_length", (int,))),
+        rope_theta=float(_positive(gguf, f"{arch}.rope.freq_base",
+                                   _get(gguf, f"{arch}.rope.freq_base", (int, float), default=10000.0))),
+        rms_norm_eps=float(_positive(gguf, f"{arch}.attention.layer_norm_rms_epsilon",
+                                     _get(gguf, f"{arch}.attention.layer_norm_rms_epsilon", (int, float)))),
+        tie_word_embeddings="output.weight" not in gguf.tensors,
+        bos_token_id=_get(gguf, "tokenizer.ggml.bos_token_id", (int,), required=False),
+        eos_token_id=_get(gguf, "tokenizer.ggml.eos_token_id", (int,), required=False),
+        chat_template=_get(gguf, "tokenizer.chat_template", (str,), required=False),
+    )
+
+
+def expected_shapes(fields):
+    """Hugging Face name -> shape for every parameter a Llama with these config fields has."""
+    hidden, inter, d = fields["hidden_size"], fields["intermediate_size"], fields["head_dim"]
+    q, kv = fields["num_attention_heads"] * d, fields["num_key_value_heads"] * d
+    shapes = {"model.embed_tokens.weight": (fields["vocab_size"], hidden), "model.norm.weight": (hidden,)}
+    if not fields["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (fields["vocab_size"], hidden)
+    for i in range(fields["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (q, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
+            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, q),
+            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+            p + "mlp.down_proj.weight": (hidden, inter),
+            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+        })
+        for proj, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
+            shapes[p + f"self_attn.{proj}.bias"] = (rows,)  # optional (attention_bias models)
+    return shapes
+
+
+def state_dict(gguf, fields):
+    """Hugging Face name -> float32 array for every tensor, Q/K rows un-permuted; shapes checked."""
+    shapes = expected_shapes(fields)
+    names = {hf_name(n): n for n in gguf.tensors}
+    wrong = [f"{g} ({n}): shape {gguf.tensors[g].shape}, config says {shapes.get(n)}"
+             for n, g in names.items() if shapes.get(n) != gguf.tensors[g].shape]
+    missing = [n for n in shapes if n not in names and not n.endswith(".bias")]
+    if wrong or missing:
+        raise GGUFFormatError(f"{gguf.label}: tensors do not match the metadata's Llama config: "
+                              + "; ".join(wrong + [f"{n} missing" for n in missing]))
+    heads = {"self_attn.q_proj": fields["num_attention_heads"], "self_attn.k_proj": fields["num_key_value_heads"]}
+    result = {}
+    for name, gguf_name in names.items():
+        array = gguf.tensor(gguf_name)
+        module = name.rsplit(".", 1)[0].split(".", 3)[-1] if name.startswith("model.layers.") else None
+        if module in heads:
+            array = np.ascontiguousarray(unpermute_rows(array, heads[module]))
+        result[name] = array
+    return dict(sorted(result.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(name):
+    """Hugging Face's parameter order: embeddings, layers in number order, final norm, lm_head."""
+    match = re.match(r"model\.layers\.(\d+)\.", name)
+    if match:
+        return (1, int(match.group(1)), name)
+    return (0 if "embed" in name else 2 if name.startswith("model.norm") else 3, 0, name)
