@@ -47,16 +47,45 @@ def _gelu(config):
     return "none" if config.activation_function == "gelu" else "tanh"
 
 
+class WhisperAttention(nn.MultiHeadAttention):
+    """Whisper's attention (HF names q_proj/k_proj/v_proj/out_proj, no k_proj bias).
+
+    Like Hugging Face, q is scaled right after its projection, so the (L, S) scores need no extra
+    pass; without a causal mask (the encoder, cross-attention, single-token decoding steps) it is
+    matmul → fused softmax → matmul, otherwise `F.scaled_dot_product_attention`.  `cache` is a
+    `LayerKVCache` (static for cross-attention)."""
+
+    def split_heads(self, x):
+        n, length = x.shape[:2]
+        return F.transpose(x.reshape(n, length, self.num_heads, self.head_dim), (0, 2, 1, 3))
+
+    def forward(self, x, states=None, cache=None):
+        n, length = x.shape[:2]
+        q = self.split_heads(self.q_proj(x) * self.scale)
+        if cache is not None and cache.static and cache.key is not None:
+            k, v = cache.key, cache.value
+        else:
+            source = x if states is None else states
+            k, v = self.split_heads(self.k_proj(source)), self.split_heads(self.v_proj(source))
+            if cache is not None:
+                k, v = cache.append(k, v)
+        if self.causal and length > 1:
+            out = F.scaled_dot_product_attention(q, k, v, causal=True, scale=1.0)
+        else:
+            out = F.matmul(F.softmax(F.matmul(q, F.swapaxes(k, -1, -2)), axis=-1), v)
+        out = F.transpose(out, (0, 2, 1, 3)).reshape(n, length, self.num_heads * self.head_dim)
+        return self.out_proj(out)
+
+
 class _Block(nn.Module):
     """A pre-LN transformer block; with `cross=True` it also attends to the encoder output."""
 
     def __init__(self, d_model, heads, ffn_dim, linear, approximate, causal=False, cross=False):
         super().__init__()
-        make = lambda: nn.MultiHeadAttention(d_model, heads, causal=causal, key_bias=False, projection=linear)
-        self.self_attn = make()
+        self.self_attn = WhisperAttention(d_model, heads, causal=causal, key_bias=False, projection=linear)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         if cross:
-            self.encoder_attn = nn.MultiHeadAttention(d_model, heads, key_bias=False, projection=linear)
+            self.encoder_attn = WhisperAttention(d_model, heads, key_bias=False, projection=linear)
             self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
         self.fc1 = linear(d_model, ffn_dim, True)
         self.fc2 = linear(ffn_dim, d_model, True)
@@ -154,6 +183,7 @@ class Whisper(nn.Module):
         self.config = config if config is not None else WhisperConfig()
         self.model = WhisperModel(self.config, linear if linear is not None else _dense(rng))
         self.tokenizer = None
+        self._projection = self._projection_source = None
 
     # ---- computation ---------------------------------------------------------------------------
     def encode(self, input_features):
@@ -161,8 +191,17 @@ class Whisper(nn.Module):
         return self.model.encoder(input_features)
 
     def logits(self, hidden):
-        """Output projection, tied to the token embedding."""
-        return F.linear(hidden, self.model.decoder.embed_tokens.weight)
+        """Output projection, tied to the token embedding.  Without gradients it multiplies by a
+        contiguous transposed copy of the embedding (made once per weight array), because BLAS reads
+        the (vocab, d) matrix two to three times faster that way for the few rows of a decode step."""
+        weight = self.model.decoder.embed_tokens.weight
+        if dreidel.is_grad_enabled() and weight.requires_grad:
+            return F.linear(hidden, weight)
+        if self._projection_source is not weight.data:
+            self._projection = np.ascontiguousarray(weight.data.T)
+            self._projection_source = weight.data
+        h = hidden.numpy()
+        return dreidel.tensor((h.reshape(-1, h.shape[-1]) @ self._projection).reshape(h.shape[:-1] + (-1,)))
 
     def decode(self, input_ids, encoder_hidden_states=None, self_cache=None, cross_cache=None, last_only=False):
         """Logits (N, L, V) of the next token at every position (only the last one if `last_only`)."""
