@@ -71,6 +71,13 @@ def _get(gguf, key, kinds, default=None, required=True):
     return value
 
 
+def _decimal(value):
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
+    9.999999747e-06): the value the converter read from the Hugging Face config."""
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else float(value)
+
+
 def _positive(gguf, key, value):
     if value <= 0:
         raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value} must be positive")
@@ -127,9 +134,9 @@ def config_fields(gguf):
         head_dim=head_dim,
         max_position_embeddings=_positive(gguf, f"{arch}.context_length",
                                           _get(gguf, f"{arch}.context_length", (int,))),
-        rope_theta=float(_positive(gguf, f"{arch}.rope.freq_base",
+        rope_theta=_decimal(_positive(gguf, f"{arch}.rope.freq_base",
                                    _get(gguf, f"{arch}.rope.freq_base", (int, float), default=10000.0))),
-        rms_norm_eps=float(_positive(gguf, f"{arch}.attention.layer_norm_rms_epsilon",
+        rms_norm_eps=_decimal(_positive(gguf, f"{arch}.attention.layer_norm_rms_epsilon",
                                      _get(gguf, f"{arch}.attention.layer_norm_rms_epsilon", (int, float)))),
         tie_word_embeddings="output.weight" not in gguf.tensors,
         bos_token_id=_get(gguf, "tokenizer.ggml.bos_token_id", (int,), required=False),
@@ -139,23 +146,23 @@ def config_fields(gguf):
 
 
 def expected_shapes(fields):
-    """Hugging Face name -> shape for every parameter a Llama with these config fields has."""
+    """Hugging Face name -> shape for every parameter a Llama with these config fields may have
+    (q/k/v/o biases optional), in Hugging Face's parameter order."""
     hidden, inter, d = fields["hidden_size"], fields["intermediate_size"], fields["head_dim"]
     q, kv = fields["num_attention_heads"] * d, fields["num_key_value_heads"] * d
-    shapes = {"model.embed_tokens.weight": (fields["vocab_size"], hidden), "model.norm.weight": (hidden,)}
-    if not fields["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (fields["vocab_size"], hidden)
+    shapes = {"model.embed_tokens.weight": (fields["vocab_size"], hidden)}
     for i in range(fields["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
-            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, q),
-            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
-            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-        })
-        for proj, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
-            shapes[p + f"self_attn.{proj}.bias"] = (rows,)  # optional (attention_bias models)
+        for proj, rows, cols in (("q_proj", q, hidden), ("k_proj", kv, hidden), ("v_proj", kv, hidden),
+                                 ("o_proj", hidden, q)):
+            shapes[f"{p}self_attn.{proj}.weight"] = (rows, cols)
+            shapes[f"{p}self_attn.{proj}.bias"] = (rows,)
+        shapes.update({p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                       p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
+                       p + "post_attention_layernorm.weight": (hidden,)})
+    shapes["model.norm.weight"] = (hidden,)
+    if not fields["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (fields["vocab_size"], hidden)
     return shapes
 
 
@@ -169,20 +176,12 @@ def state_dict(gguf, fields):
     if wrong or missing:
         raise GGUFFormatError(f"{gguf.label}: tensors do not match the metadata's Llama config: "
                               + "; ".join(wrong + [f"{n} missing" for n in missing]))
-    heads = {"self_attn.q_proj": fields["num_attention_heads"], "self_attn.k_proj": fields["num_key_value_heads"]}
+    heads = {"q_proj": fields["num_attention_heads"], "k_proj": fields["num_key_value_heads"]}
     result = {}
-    for name, gguf_name in names.items():
-        array = gguf.tensor(gguf_name)
-        module = name.rsplit(".", 1)[0].split(".", 3)[-1] if name.startswith("model.layers.") else None
-        if module in heads:
-            array = np.ascontiguousarray(unpermute_rows(array, heads[module]))
+    for name in (n for n in shapes if n in names):
+        array = gguf.tensor(names[name])
+        projection = name.split(".")[-2]
+        if projection in heads:
+            array = np.ascontiguousarray(unpermute_rows(array, heads[projection]))
         result[name] = array
-    return dict(sorted(result.items(), key=lambda kv: _order(kv[0])))
-
-
-def _order(name):
-    """Hugging Face's parameter order: embeddings, layers in number order, final norm, lm_head."""
-    match = re.match(r"model\.layers\.(\d+)\.", name)
-    if match:
-        return (1, int(match.group(1)), name)
-    return (0 if "embed" in name else 2 if name.startswith("model.norm") else 3, 0, name)
+    return result
