@@ -129,7 +129,7 @@ TINY = dict(vocab_size=40, hidden_size=32, intermediate_size=24, num_hidden_laye
             num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rope_theta=5000.0, rms_norm_eps=1e-6)
 
 
-def hf_weights(rng, tied=True, config=TINY):
+def hf_weights(rng, tied=True, config=TINY, bias=False):
     h, i, v, d = config["hidden_size"], config["intermediate_size"], config["vocab_size"], config["head_dim"]
     q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
     w = {"model.embed_tokens.weight": (v, h)}
@@ -140,6 +140,9 @@ def hf_weights(rng, tied=True, config=TINY):
                   p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
                   p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
                   p + "post_attention_layernorm.weight": (h,)})
+        if bias:
+            w.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                      p + "self_attn.v_proj.bias": (kv,), p + "self_attn.o_proj.bias": (h,)})
     w["model.norm.weight"] = (h,)
     if not tied:
         w["lm_head.weight"] = (v, h)
@@ -184,9 +187,9 @@ def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_ten
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for name, w in weights.items():
         stored = w
-        if name.endswith("q_proj.weight"):
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
             stored = converter_permute(w, heads, heads)
-        elif name.endswith("k_proj.weight"):
+        elif name.endswith(("k_proj.weight", "k_proj.bias")):
             stored = converter_permute(w, heads, kv_heads)
         expected[name] = w
         if name in quantise:
@@ -220,7 +223,7 @@ def test_synthetic_llama_round_trips(tmp_path, rng, tied):
     expected = write_llama(tmp_path / "tiny.gguf", weights, quantise=quantise)
     fields, state = fields_and_state(tmp_path / "tiny.gguf")
     assert {k: fields[k] for k in TINY} == TINY
-    assert fields["tie_word_embeddings"] is tied
+    assert fields["tie_word_embeddings"] is tied and fields["attention_bias"] is False
     assert (fields["bos_token_id"], fields["eos_token_id"], fields["chat_template"]) == (1, 2, "{{ messages }}")
     assert list(state) == list(weights)  # Hugging Face order and names
     for name, w in expected.items():
@@ -228,6 +231,19 @@ def test_synthetic_llama_round_trips(tmp_path, rng, tied):
         np.testing.assert_array_equal(state[name], w, err_msg=name)
     for name in quantise:  # quantised tensors are close to the originals, not equal
         assert 0 < np.abs(state[name] - weights[name]).max() < 0.05
+
+
+def test_attention_biases_are_unpermuted_too(tmp_path, rng):
+    weights = hf_weights(rng, bias=True)
+    write_llama(tmp_path / "bias.gguf", weights)
+    fields, state = fields_and_state(tmp_path / "bias.gguf")
+    assert fields["attention_bias"] is True and set(state) == set(weights)
+    for name, w in weights.items():
+        np.testing.assert_array_equal(state[name], w, err_msg=name)
+    del weights["model.layers.1.self_attn.o_proj.bias"]
+    write_llama(tmp_path / "some_bias.gguf", weights)
+    with pytest.raises(GGUFFormatError, match="o_proj.bias missing"):
+        fields_and_state(tmp_path / "some_bias.gguf")
 
 
 def test_load_gguf_builds_the_llama_config(tmp_path, rng):

@@ -81,7 +81,7 @@ def test_config_is_smollm2_135m(files):
     assert {k: v for k, v in fields.items() if k != "chat_template"} == dict(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rope_theta=100000.0,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+        rms_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=False, bos_token_id=1, eos_token_id=2)
     assert fields["chat_template"].startswith("{% for message in messages %}") and "<|im_start|>" in fields["chat_template"]
 
 

@@ -139,6 +139,7 @@ def config_fields(gguf):
         rms_norm_eps=_decimal(_positive(gguf, f"{arch}.attention.layer_norm_rms_epsilon",
                                      _get(gguf, f"{arch}.attention.layer_norm_rms_epsilon", (int, float)))),
         tie_word_embeddings="output.weight" not in gguf.tensors,
+        attention_bias=any(n.startswith("blk.") and ".attn_" in n and n.endswith(".bias") for n in gguf.tensors),
         bos_token_id=_get(gguf, "tokenizer.ggml.bos_token_id", (int,), required=False),
         eos_token_id=_get(gguf, "tokenizer.ggml.eos_token_id", (int,), required=False),
         chat_template=_get(gguf, "tokenizer.chat_template", (str,), required=False),
@@ -147,7 +148,7 @@ def config_fields(gguf):
 
 def expected_shapes(fields):
     """Hugging Face name -> shape for every parameter a Llama with these config fields may have
-    (q/k/v/o biases optional), in Hugging Face's parameter order."""
+    (q/k/v/o biases only with attention_bias), in Hugging Face's parameter order."""
     hidden, inter, d = fields["hidden_size"], fields["intermediate_size"], fields["head_dim"]
     q, kv = fields["num_attention_heads"] * d, fields["num_key_value_heads"] * d
     shapes = {"model.embed_tokens.weight": (fields["vocab_size"], hidden)}
@@ -172,7 +173,7 @@ def state_dict(gguf, fields):
     names = {hf_name(n): n for n in gguf.tensors}
     wrong = [f"{g} ({n}): shape {gguf.tensors[g].shape}, config says {shapes.get(n)}"
              for n, g in names.items() if shapes.get(n) != gguf.tensors[g].shape]
-    missing = [n for n in shapes if n not in names and not n.endswith(".bias")]
+    missing = [n for n in shapes if n not in names and (fields["attention_bias"] or not n.endswith(".bias"))]
     if wrong or missing:
         raise GGUFFormatError(f"{gguf.label}: tensors do not match the metadata's Llama config: "
                               + "; ".join(wrong + [f"{n} missing" for n in missing]))
