@@ -162,7 +162,8 @@ def to_gguf_name(name):
     return f"{GGUF_NAMES['.'.join(parts[:-1])]}.{parts[-1]}"
 
 
-def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_tensors=(), scaling=None):
+def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_tensors=(), scaling=None,
+                tokenizer="gpt2"):
     """Write `weights` (HF names/layout) as a llama GGUF the way llama.cpp's converter does; the
     tensors named in `quantise` are stored as Q8_0. Returns the weights the file should load as."""
     writer = GGUFWriter(str(path), arch)
@@ -178,8 +179,10 @@ def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_ten
     writer.add_rope_dimension_count(config["head_dim"])
     if scaling:
         writer.add_rope_scaling_type(scaling)
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer)
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list([f"t{i}" for i in range(config["vocab_size"])])
+    writer.add_token_merges(["t 1"])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_chat_template("{{ messages }}")
@@ -246,31 +249,30 @@ def test_attention_biases_are_unpermuted_too(tmp_path, rng):
         fields_and_state(tmp_path / "some_bias.gguf")
 
 
-def test_load_gguf_builds_the_llama_config(tmp_path, rng):
-    llama = pytest.importorskip("dreidel.models.llama")
-    if not hasattr(llama, "LlamaConfig"):
-        pytest.skip("dreidel.models.llama has no LlamaConfig yet")
+def test_load_gguf_builds_config_and_tokenizer(tmp_path, rng):
+    from dreidel.models.llama import LlamaConfig
+    from dreidel.models.llama.tokenizer import GGUFTokenizer
     weights = hf_weights(rng)
     write_llama(tmp_path / "tiny.gguf", weights)
     config, state, tokenizer = load_gguf(tmp_path / "tiny.gguf")
-    assert isinstance(config, llama.LlamaConfig)
+    assert isinstance(config, LlamaConfig) and isinstance(tokenizer, GGUFTokenizer)
     for key, value in TINY.items():
         assert getattr(config, key) == value, key
-    assert config.tie_word_embeddings and set(state) == set(weights)
-    assert tokenizer is not None
+    assert config.tie_word_embeddings and config.chat_template == "{{ messages }}" and set(state) == set(weights)
+    assert (config.bos_token_id, config.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id) == (1, 2)
 
 
 def test_every_unsupported_feature_in_one_error(tmp_path, rng):
     weights = hf_weights(rng)
     q2k = np.zeros((2, 84), np.uint8)
-    write_llama(tmp_path / "odd.gguf", weights, arch="qwen2", scaling=RopeScalingType.LINEAR,
+    write_llama(tmp_path / "odd.gguf", weights, arch="qwen2", scaling=RopeScalingType.LINEAR, tokenizer="llama",
                 extra_tensors=[("rope_freqs.weight", np.ones(2, np.float32), None),
                                ("blk.0.ffn_gate_exps.weight", q2k, Q.Q2_K)])
     with pytest.raises(GGUFUnsupportedError) as info:
         load_gguf(tmp_path / "odd.gguf")
     text = str(info.value)
-    assert "odd.gguf" in text and len(info.value.problems) == 4, text
-    for fragment in ("architecture 'qwen2'", "'rope_freqs.weight' has no Hugging Face", "Q2_K",
+    assert "odd.gguf" in text and len(info.value.problems) == 5, text
+    for fragment in ("architecture 'qwen2'", "'rope_freqs.weight' has no Hugging Face", "Q2_K", "tokenizer model 'llama'",
                      "'blk.0.ffn_gate_exps.weight' has no Hugging Face"):
         assert fragment in text, fragment
     write_llama(tmp_path / "scaled.gguf", weights, scaling=RopeScalingType.YARN)

@@ -196,3 +196,17 @@ def test_unpermuted_weights_with_rotate_half_are_llama_cpp_and_predict_text(ours
     print(f"mean NLL over {len(ids) - 1} tokens: un-permuted {nll:.3f}, as stored {nll_unfixed:.3f} nats")
     # Measured: 1.32 vs 3.69 nats (uniform guessing: ln 49152 = 10.8); the bounds leave margin.
     assert nll < 2.0 and nll_unfixed > nll + 1.0
+
+
+def test_load_gguf(path):
+    from dreidel.models.llama import LlamaConfig
+    from dreidel.models.llama.tokenizer import GGUFTokenizer
+    from importers.gguf_to_dreidel import load_gguf
+    config, state, tokenizer = load_gguf(path)
+    assert isinstance(config, LlamaConfig) and isinstance(tokenizer, GGUFTokenizer)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (30, 576, 3)
+    assert len(state) == 272 and "lm_head.weight" not in state  # tied: 30 layers x 9 + embedding + norm
+    assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in state.values())
+    assert state["model.layers.5.self_attn.k_proj.weight"].shape == (192, 576)
+    text = "Hello, world! 123"
+    assert tokenizer.decode(tokenizer.encode(text)) == text

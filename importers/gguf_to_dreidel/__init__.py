@@ -24,7 +24,8 @@ def load_gguf(path):
     `config` is a `dreidel.models.llama.LlamaConfig` (context length, rope theta, RMS eps, heads,
     kv heads, vocab, sizes, tied embeddings, bos/eos ids, chat template); `state_dict` maps Hugging
     Face names (`model.layers.0.self_attn.q_proj.weight`, ...) to float32 arrays with q/k rows in
-    the Hugging Face rotary layout; `tokenizer` is built from the file's `tokenizer.*` metadata.
+    the Hugging Face rotary layout; `tokenizer` is a `dreidel.models.llama.tokenizer.GGUFTokenizer`
+    built from the file's `tokenizer.*` metadata.
     Raises `GGUFUnsupportedError` listing every unsupported feature before dequantising anything.
     """
     with read_gguf(path) as gguf:
@@ -33,17 +34,13 @@ def load_gguf(path):
             raise GGUFUnsupportedError(gguf.label, problems)
         fields = _llama.config_fields(gguf)
         state = _llama.state_dict(gguf, fields)
-        tokenizer_metadata = {k: v for k, v in gguf.metadata.items() if k.startswith("tokenizer.")}
-    return _make_config(fields), state, _make_tokenizer(tokenizer_metadata)
-
-
-def _make_config(fields):
+        label, metadata = gguf.label, gguf.metadata
     from dreidel.models.llama import LlamaConfig
-    return LlamaConfig(**fields)
-
-
-def _make_tokenizer(metadata):
-    return metadata
+    from dreidel.models.llama.tokenizer import tokenizer_from_gguf
+    try:
+        return LlamaConfig(**fields), state, tokenizer_from_gguf(metadata, source=label)
+    except ValueError as exc:  # metadata the config or tokenizer refuses (they name the file)
+        raise GGUFFormatError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
 
 
 __all__ = ["load_gguf", "read_gguf", "GGUFFile", "TensorInfo", "GGUFError", "GGUFFormatError",

@@ -86,7 +86,7 @@ def _positive(gguf, key, value):
 
 def unsupported_features(gguf):
     """Everything in this file that the Llama importer cannot handle (architecture, tensor types,
-    tensors without a Hugging Face name, rope scaling, per-layer head counts), as messages."""
+    tensors without a Hugging Face name, tokenizer, rope scaling, per-layer head counts), as messages."""
     problems = []
     arch = gguf.metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -96,6 +96,7 @@ def unsupported_features(gguf):
     for name in gguf.tensors:
         if hf_name(name) is None:
             problems.append(f"tensor {name!r} has no Hugging Face Llama counterpart")
+    problems += _tokenizer_problems(gguf.metadata)
     if arch in SUPPORTED_ARCHITECTURES:
         scaling = gguf.metadata.get(f"{arch}.rope.scaling.type", "none")
         if scaling != "none":
@@ -104,6 +105,17 @@ def unsupported_features(gguf):
             if isinstance(gguf.metadata.get(f"{arch}.{key}"), (list, np.ndarray)):
                 problems.append(f"per-layer {arch}.{key}")
     return problems
+
+
+def _tokenizer_problems(metadata):
+    from dreidel.models.llama.tokenizer import PRE_TOKENIZERS
+    model = metadata.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        return [f"tokenizer model {model!r} (supported: 'gpt2', byte-level BPE)"]
+    pre = metadata.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        return [f"pre-tokenizer {pre!r} (supported: {', '.join(sorted(PRE_TOKENIZERS))})"]
+    return []
 
 
 def config_fields(gguf):
