@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.io import wavfile
 
-from dreidel import audio
 from dreidel.audio import WavError, log_mel_spectrogram, mel_filters, read_wav, resample
 from shared_data import shared_path
 

@@ -12,7 +12,6 @@ rows whose sequence has ended are dropped from the caches, so they stop costing 
 import numpy as np
 
 import dreidel
-import dreidel.functional as F
 from dreidel.audio import log_mel_spectrogram
 
 __all__ = ["greedy", "beam_search", "transcribe"]

@@ -8,7 +8,6 @@
 Every projection (attention q/k/v/out and the MLP's fc1/fc2) is built by the `linear(in, out, bias)`
 factory (default dense `nn.Linear`), so a spectral, low-rank or hash-sparse student is this same class.
 """
-import json
 import math
 import shutil
 from pathlib import Path
