@@ -212,3 +212,19 @@ def test_hand_built_files_parse_when_valid(tmp_path):
         assert [a.tolist() for a in f.metadata["n"]] == [[5, 6]]
         np.testing.assert_array_equal(f.tensor("w"), values)
         assert f.tensor("zero").shape == (3, 0)
+
+
+@FUZZ
+@given(where=st.integers(0, 10**6), value=st.sampled_from([2**64 - 1, 2**63, 2**40, 2**32, 2**32 - 1, 10**6, 0])
+       | st.integers(0, 2**64 - 1), header=st.booleans())
+def test_huge_counts_and_lengths(valid, tmp_path, where, value, header):
+    """A random u64 written over a header count or any 8 bytes of the metadata / tensor infos
+    (string lengths, array counts, dims, offsets)."""
+    data, end, _ = valid
+    info_end = data.index(b"w.q6_k") + 64
+    position = 8 + 8 * (where % 2) if header else where % (info_end - 8)
+    damaged = bytearray(data)
+    damaged[position:position + 8] = struct.pack("<Q", value)
+    path = tmp_path / "counts.gguf"
+    path.write_bytes(bytes(damaged))
+    attempt(path)
