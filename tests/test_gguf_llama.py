@@ -290,9 +290,15 @@ def test_metadata_that_contradicts_the_tensors(tmp_path, rng):
     with pytest.raises(GGUFFormatError, match="model.layers.1.mlp.down_proj.weight missing"):
         fields_and_state(tmp_path / "short.gguf")
     write_llama(tmp_path / "heads.gguf", hf_weights(rng), config={**TINY, "num_attention_heads": 2,
-                                                                   "num_key_value_heads": 4})
+                                                                   "num_key_value_heads": 4, "head_dim": 16})
     with pytest.raises(GGUFFormatError, match="2 attention heads are not a multiple of 4 kv heads"):
         fields_and_state(tmp_path / "heads.gguf")
+
+
+def test_partial_rotary_is_unsupported(tmp_path, rng):
+    write_llama(tmp_path / "partial.gguf", hf_weights(rng), config={**TINY, "head_dim": 4})  # rope dims 4 of 8
+    with pytest.raises(GGUFUnsupportedError, match="llama.rope.dimension_count = 4 differs from the head size 8"):
+        load_gguf(tmp_path / "partial.gguf")
 
 
 def test_missing_metadata_is_named(tmp_path):

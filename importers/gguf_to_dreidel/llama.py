@@ -58,17 +58,17 @@ def unpermute_rows(weight, n_heads):
     return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _get(gguf, key, kinds, default=None, required=True):
-    """Metadata value `key`, checked to be one of the Python types `kinds`."""
+def _get(gguf, key, kind, default=None, required=True):
+    """Metadata value `key`: a positive int (`kind` int) or positive float (`kind` float)."""
     value = gguf.metadata.get(key, default)
     if value is None:
         if required:
             raise GGUFFormatError(f"{gguf.label}: metadata {key!r} is missing")
         return None
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value!r} has the wrong type "
-                              f"(expected {'/'.join(k.__name__ for k in kinds)})")
-    return value
+    kinds = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value!r} is not a positive {kind.__name__}")
+    return value if kind is int else _decimal(value)
 
 
 def _decimal(value):
@@ -76,12 +76,6 @@ def _decimal(value):
     9.999999747e-06): the value the converter read from the Hugging Face config."""
     single = np.float32(value)
     return float(str(single)) if float(single) == value else float(value)
-
-
-def _positive(gguf, key, value):
-    if value <= 0:
-        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value} must be positive")
-    return value
 
 
 def unsupported_features(gguf):
@@ -101,9 +95,18 @@ def unsupported_features(gguf):
         scaling = gguf.metadata.get(f"{arch}.rope.scaling.type", "none")
         if scaling != "none":
             problems.append(f"rope scaling {scaling!r}")
-        for key in ("attention.head_count", "attention.head_count_kv"):
+        for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
             if isinstance(gguf.metadata.get(f"{arch}.{key}"), (list, np.ndarray)):
                 problems.append(f"per-layer {arch}.{key}")
+        meta = gguf.metadata
+        head_dim = meta.get(f"{arch}.attention.key_length")
+        if head_dim is None and isinstance(meta.get(f"{arch}.embedding_length"), int) \
+                and isinstance(meta.get(f"{arch}.attention.head_count"), int) and meta[f"{arch}.attention.head_count"] > 0:
+            head_dim = meta[f"{arch}.embedding_length"] // meta[f"{arch}.attention.head_count"]
+        for key in ("rope.dimension_count", "attention.value_length"):
+            value = meta.get(f"{arch}.{key}", head_dim)
+            if value != head_dim:
+                problems.append(f"{arch}.{key} = {value} differs from the head size {head_dim}")
     return problems
 
 
@@ -120,42 +123,47 @@ def _tokenizer_problems(metadata):
 
 def config_fields(gguf):
     """Hugging Face LlamaConfig fields from a llama-architecture file's metadata (and tensors)."""
-    arch, meta = "llama", gguf.metadata
-    heads = _positive(gguf, f"{arch}.attention.head_count", _get(gguf, f"{arch}.attention.head_count", (int,)))
-    hidden = _positive(gguf, f"{arch}.embedding_length", _get(gguf, f"{arch}.embedding_length", (int,)))
-    kv_heads = _positive(gguf, f"{arch}.attention.head_count_kv",
-                         _get(gguf, f"{arch}.attention.head_count_kv", (int,), default=heads))
-    head_dim = _positive(gguf, f"{arch}.attention.key_length",
-                         _get(gguf, f"{arch}.attention.key_length", (int,), default=hidden // heads))
+    meta, key = gguf.metadata, "llama.{}".format
+    heads = _get(gguf, key("attention.head_count"), int)
+    hidden = _get(gguf, key("embedding_length"), int)
+    kv_heads = _get(gguf, key("attention.head_count_kv"), int, default=heads)
     if heads % kv_heads:
         raise GGUFFormatError(f"{gguf.label}: {heads} attention heads are not a multiple of {kv_heads} kv heads")
-    vocab = _get(gguf, f"{arch}.vocab_size", (int,), required=False)
-    if vocab is None:  # older files: the vocabulary size is the embedding's row count
+    vocab = meta.get(key("vocab_size"))
+    if vocab is None:  # older files: the vocabulary is the token list (or the embedding's rows)
         vocab = (len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta
                  else gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None)
-        if vocab is None:
-            raise GGUFFormatError(f"{gguf.label}: no {arch}.vocab_size, tokenizer.ggml.tokens or token_embd.weight")
     return dict(
-        vocab_size=_positive(gguf, f"{arch}.vocab_size", vocab),
+        vocab_size=_get(gguf, key("vocab_size"), int, default=vocab),
         hidden_size=hidden,
-        intermediate_size=_positive(gguf, f"{arch}.feed_forward_length",
-                                    _get(gguf, f"{arch}.feed_forward_length", (int,))),
-        num_hidden_layers=_positive(gguf, f"{arch}.block_count", _get(gguf, f"{arch}.block_count", (int,))),
+        intermediate_size=_get(gguf, key("feed_forward_length"), int),
+        num_hidden_layers=_get(gguf, key("block_count"), int),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=_positive(gguf, f"{arch}.context_length",
-                                          _get(gguf, f"{arch}.context_length", (int,))),
-        rope_theta=_decimal(_positive(gguf, f"{arch}.rope.freq_base",
-                                   _get(gguf, f"{arch}.rope.freq_base", (int, float), default=10000.0))),
-        rms_norm_eps=_decimal(_positive(gguf, f"{arch}.attention.layer_norm_rms_epsilon",
-                                     _get(gguf, f"{arch}.attention.layer_norm_rms_epsilon", (int, float)))),
+        head_dim=_get(gguf, key("attention.key_length"), int, default=hidden // heads or None),
+        max_position_embeddings=_get(gguf, key("context_length"), int),
+        rope_theta=_get(gguf, key("rope.freq_base"), float, default=10000.0),
+        rms_norm_eps=_get(gguf, key("attention.layer_norm_rms_epsilon"), float),
         tie_word_embeddings="output.weight" not in gguf.tensors,
         attention_bias=any(n.startswith("blk.") and ".attn_" in n and n.endswith(".bias") for n in gguf.tensors),
-        bos_token_id=_get(gguf, "tokenizer.ggml.bos_token_id", (int,), required=False),
-        eos_token_id=_get(gguf, "tokenizer.ggml.eos_token_id", (int,), required=False),
-        chat_template=_get(gguf, "tokenizer.chat_template", (str,), required=False),
+        bos_token_id=_token_id(gguf, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=_token_id(gguf, "tokenizer.ggml.eos_token_id"),
+        chat_template=_string(gguf, "tokenizer.chat_template"),
     )
+
+
+def _token_id(gguf, key):
+    value = gguf.metadata.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} = {value!r} is not a token id")
+    return value
+
+
+def _string(gguf, key):
+    value = gguf.metadata.get(key)
+    if value is not None and not isinstance(value, str):
+        raise GGUFFormatError(f"{gguf.label}: metadata {key!r} is not a string")
+    return value
 
 
 def expected_shapes(fields):
