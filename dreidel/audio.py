@@ -98,7 +98,9 @@ def _chunks(blob, path):
                 raise WavError(f"{path}: truncated fmt chunk ({len(body)} of 16+ bytes)")
             fmt = body
         elif cid == b"data":
-            if len(body) < size and size not in (0, 0xFFFFFFFF):
+            if size in (0, 0xFFFFFFFF):  # streaming writers leave the size unset: data runs to the end
+                body = blob[pos + 8:]
+            elif len(body) < size:
                 raise WavError(f"{path}: truncated data chunk ({len(body)} of {size} bytes present)")
             data = body
             if fmt is not None:
@@ -144,6 +146,8 @@ def resample(samples, orig_rate, target_rate=SAMPLE_RATE):
         raise ValueError(f"sample rates must be positive, got {orig_rate} → {target_rate}")
     if orig_rate == target_rate:
         return x.copy()
+    if max(orig_rate, target_rate) > 256 * min(orig_rate, target_rate):
+        raise ValueError(f"resample: ratio {orig_rate} → {target_rate} Hz is beyond 256:1 (not audio rates?)")
     g = math.gcd(orig_rate, target_rate)
     up, down = target_rate // g, orig_rate // g         # output m sits at input time m·down/up
     cutoff = _ROLLOFF * min(1.0, target_rate / orig_rate)

@@ -124,11 +124,21 @@ def test_passband_and_stop_band():
         assert tone_gain_db(freq) < -90, freq
 
 
+def test_streaming_wav_without_a_data_size(tmp_path):
+    ints = np.array([5, -7, 300], np.int16)
+    blob = bytearray(riff(fmt_chunk(1, 1, 16000, 16), ints.tobytes()))
+    blob[40:44] = b"\xff\xff\xff\xff"  # the data chunk's size field, as pipes write it
+    (tmp_path / "s.wav").write_bytes(bytes(blob))
+    np.testing.assert_array_equal(read_wav(tmp_path / "s.wav")[0], ints / 32768.0)
+
+
 def test_resample_errors():
     with pytest.raises(ValueError, match="1-D"):
         resample(np.zeros((2, 3)), 8000)
     with pytest.raises(ValueError, match="positive"):
         resample(np.zeros(3), 0)
+    with pytest.raises(ValueError, match="256:1"):
+        resample(np.zeros(3), 4_000_000_000)
 
 
 def test_mel_filters_match_whisper():
