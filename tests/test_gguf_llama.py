@@ -311,3 +311,11 @@ def test_missing_metadata_is_named(tmp_path):
     with read_gguf(tmp_path / "bare.gguf") as f:
         with pytest.raises(GGUFFormatError, match=r"bare\.gguf.*'llama\.attention\.head_count' is missing"):
             gguf_llama.config_fields(f)
+
+
+def test_dreidel_does_not_import_the_importer():
+    """importers.gguf_to_dreidel imports dreidel.models.llama, never the other way round."""
+    import pathlib
+    root = pathlib.Path(dreidel.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "gguf_to_dreidel" in p.read_text(encoding="utf-8")]
+    assert offenders == []
