@@ -323,6 +323,6 @@ def test_dreidel_does_not_import_the_importer_at_module_level():
     for path in root.rglob("*.py"):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("importers")]
+                     else [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if "gguf_to_dreidel" in n]
     assert offenders == []
