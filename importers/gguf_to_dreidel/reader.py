@@ -8,7 +8,7 @@ element type, a u64 count and the elements. ne[0] is the fastest-varying axis, s
 of a tensor is ne reversed.
 
 Every count and length is checked against the bytes left in the file before anything is
-allocated, so a hostile file costs at most about its own size in memory.
+allocated, so memory use stays in proportion to the file's size whatever a header claims.
 """
 import math
 import os
