@@ -163,7 +163,7 @@ def to_gguf_name(name):
 
 
 def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_tensors=(), scaling=None,
-                tokenizer="gpt2"):
+                tokenizer="gpt2", bos=1):
     """Write `weights` (HF names/layout) as a llama GGUF the way llama.cpp's converter does; the
     tensors named in `quantise` are stored as Q8_0. Returns the weights the file should load as."""
     writer = GGUFWriter(str(path), arch)
@@ -183,7 +183,7 @@ def write_llama(path, weights, config=TINY, arch="llama", quantise=(), extra_ten
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list([f"t{i}" for i in range(config["vocab_size"])])
     writer.add_token_merges(["t 1"])
-    writer.add_bos_token_id(1)
+    writer.add_bos_token_id(bos)
     writer.add_eos_token_id(2)
     writer.add_chat_template("{{ messages }}")
     expected = {}
@@ -293,6 +293,12 @@ def test_metadata_that_contradicts_the_tensors(tmp_path, rng):
                                                                    "num_key_value_heads": 4, "head_dim": 16})
     with pytest.raises(GGUFFormatError, match="2 attention heads are not a multiple of 4 kv heads"):
         fields_and_state(tmp_path / "heads.gguf")
+
+
+def test_tokenizer_errors_are_gguf_errors(tmp_path, rng):
+    write_llama(tmp_path / "bos.gguf", hf_weights(rng), bos=99)
+    with pytest.raises(GGUFFormatError, match=r"bos\.gguf.*bos_token_id = 99 is outside the vocabulary"):
+        load_gguf(tmp_path / "bos.gguf")
 
 
 def test_partial_rotary_is_unsupported(tmp_path, rng):

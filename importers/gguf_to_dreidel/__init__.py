@@ -28,19 +28,19 @@ def load_gguf(path):
     built from the file's `tokenizer.*` metadata.
     Raises `GGUFUnsupportedError` listing every unsupported feature before dequantising anything.
     """
+    # Imported here: read_gguf serves any architecture without loading the Llama package.
+    from dreidel.models.llama import LlamaConfig
+    from dreidel.models.llama.tokenizer import tokenizer_from_gguf
     with read_gguf(path) as gguf:
         problems = _llama.unsupported_features(gguf)
         if problems:
             raise GGUFUnsupportedError(gguf.label, problems)
         fields = _llama.config_fields(gguf)
-        state = _llama.state_dict(gguf, fields)
-        label, metadata = gguf.label, gguf.metadata
-    from dreidel.models.llama import LlamaConfig
-    from dreidel.models.llama.tokenizer import tokenizer_from_gguf
-    try:
-        return LlamaConfig(**fields), state, tokenizer_from_gguf(metadata, source=label)
-    except ValueError as exc:  # metadata the config or tokenizer refuses (they name the file)
-        raise GGUFFormatError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
+        try:  # the config and tokenizer check their values (and name the file) before any dequantising
+            config, tokenizer = LlamaConfig(**fields), tokenizer_from_gguf(gguf.metadata, source=gguf.label)
+        except ValueError as exc:
+            raise GGUFFormatError(str(exc) if gguf.label in str(exc) else f"{gguf.label}: {exc}") from None
+        return config, _llama.state_dict(gguf, fields), tokenizer
 
 
 __all__ = ["load_gguf", "read_gguf", "GGUFFile", "TensorInfo", "GGUFError", "GGUFFormatError",
