@@ -51,10 +51,13 @@ class LlamaConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a dict, ignoring keys that are not fields (HF configs carry many). A list
-        `eos_token_id` (HF allows several) keeps its first entry."""
+        """Build from a dict, ignoring keys that are not fields (HF configs carry many); None stays
+        None (a model without BOS/EOS). A list `eos_token_id` (HF allows several) keeps its first."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in names and v is not None}
+        values = {k: v for k, v in values.items() if k in names}
+        # as in Hugging Face: absent kv heads mean multi-head attention, absent head_dim is derived
+        values.setdefault("num_key_value_heads", None)
+        values.setdefault("head_dim", None)
         if isinstance(values.get("eos_token_id"), (list, tuple)):
             values["eos_token_id"] = values["eos_token_id"][0] if values["eos_token_id"] else None
         return cls(**values)
