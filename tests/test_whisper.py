@@ -166,7 +166,7 @@ def test_cached_logits_equal_uncached_logits_each_step():
 
 
 def test_batched_greedy_equals_one_clip_at_a_time_and_the_uncached_path():
-    model = tiny_model(3)
+    model = tiny_model(8)
     feats = tiny_features(4, seed=5)
     batched = greedy(model, feats)
     assert batched == [greedy(model, feats[i:i + 1])[0] for i in range(4)]
@@ -178,7 +178,7 @@ def test_batched_greedy_equals_one_clip_at_a_time_and_the_uncached_path():
 
 
 def test_beam_of_one_is_greedy_and_wider_beams_score_no_worse():
-    model = tiny_model(3)
+    model = tiny_model(8)
     feats = tiny_features(3, seed=5)
     assert beam_search(model, feats, beam_size=1) == greedy(model, feats)
     wide = beam_search(model, feats, beam_size=4)

@@ -101,12 +101,12 @@ class _Block(nn.Module):
 class WhisperEncoder(nn.Module):
     """Log-mel features (N, num_mel_bins, 2·max_source_positions) → hidden states (N, T, d_model)."""
 
-    def __init__(self, config, linear):
+    def __init__(self, config, linear, rng=None):
         super().__init__()
         d = config.d_model
-        self.conv1 = nn.Conv1d(config.num_mel_bins, d, 3, padding=1)
-        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
-        self.embed_positions = nn.Embedding(config.max_source_positions, d)
+        self.conv1 = nn.Conv1d(config.num_mel_bins, d, 3, padding=1, rng=rng)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1, rng=rng)
+        self.embed_positions = nn.Embedding(config.max_source_positions, d, rng=rng)
         self.embed_positions.weight.data = sinusoids(config.max_source_positions, d)
         self.embed_positions.weight.requires_grad_(False)  # fixed, as in Whisper
         self.layers = nn.ModuleList([_Block(d, config.encoder_attention_heads, config.encoder_ffn_dim, linear,
@@ -134,11 +134,11 @@ class WhisperEncoder(nn.Module):
 class WhisperDecoder(nn.Module):
     """Token ids (N, L) and encoder states (N, T, d) → hidden states (N, L, d), optionally cached."""
 
-    def __init__(self, config, linear):
+    def __init__(self, config, linear, rng=None):
         super().__init__()
         d = config.d_model
-        self.embed_tokens = nn.Embedding(config.vocab_size, d)
-        self.embed_positions = nn.Embedding(config.max_target_positions, d)
+        self.embed_tokens = nn.Embedding(config.vocab_size, d, rng=rng)
+        self.embed_positions = nn.Embedding(config.max_target_positions, d, rng=rng)
         self.layers = nn.ModuleList([_Block(d, config.decoder_attention_heads, config.decoder_ffn_dim, linear,
                                             _gelu(config), causal=True, cross=True)
                                      for _ in range(config.decoder_layers)])
@@ -163,10 +163,10 @@ class WhisperDecoder(nn.Module):
 
 
 class WhisperModel(nn.Module):
-    def __init__(self, config, linear):
+    def __init__(self, config, linear, rng=None):
         super().__init__()
-        self.encoder = WhisperEncoder(config, linear)
-        self.decoder = WhisperDecoder(config, linear)
+        self.encoder = WhisperEncoder(config, linear, rng)
+        self.decoder = WhisperDecoder(config, linear, rng)
 
 
 class Whisper(nn.Module):
@@ -180,9 +180,9 @@ class Whisper(nn.Module):
     def __init__(self, config=None, linear=None, rng=None):
         super().__init__()
         self.config = config if config is not None else WhisperConfig()
-        self.model = WhisperModel(self.config, linear if linear is not None else _dense(rng))
+        self.model = WhisperModel(self.config, linear if linear is not None else _dense(rng), rng)
         self.tokenizer = None
-        self._projection = self._projection_source = None
+        self._embedding_layout()
 
     # ---- computation ---------------------------------------------------------------------------
     def encode(self, input_features):
@@ -190,17 +190,15 @@ class Whisper(nn.Module):
         return self.model.encoder(input_features)
 
     def logits(self, hidden):
-        """Output projection, tied to the token embedding.  Without gradients it multiplies by a
-        contiguous transposed copy of the embedding (made once per weight array), because BLAS reads
-        the (vocab, d) matrix two to three times faster that way for the few rows of a decode step."""
+        """Output projection, tied to the token embedding (see `_embedding_layout`)."""
+        return F.linear(hidden, self.model.decoder.embed_tokens.weight)
+
+    def _embedding_layout(self):
+        """Keep the (vocab, d) embedding in column-major memory: its transpose, which the output
+        projection multiplies by, is then a contiguous (d, vocab) matrix, which BLAS reads two to
+        three times faster for the few rows of a decoding step; row lookups barely notice."""
         weight = self.model.decoder.embed_tokens.weight
-        if dreidel.is_grad_enabled() and weight.requires_grad:
-            return F.linear(hidden, weight)
-        if self._projection_source is not weight.data:
-            self._projection = np.ascontiguousarray(weight.data.T)
-            self._projection_source = weight.data
-        h = hidden.numpy()
-        return dreidel.tensor((h.reshape(-1, h.shape[-1]) @ self._projection).reshape(h.shape[:-1] + (-1,)))
+        weight.data = np.asfortranarray(weight.data)
 
     def decode(self, input_ids, encoder_hidden_states=None, self_cache=None, cross_cache=None, last_only=False):
         """Logits (N, L, V) of the next token at every position (only the last one if `last_only`)."""
@@ -260,6 +258,7 @@ class Whisper(nn.Module):
             raise WeightMappingError(f"{source} do not fit Whisper ({len(problems)} problems):\n  " + "\n  ".join(problems))
         for name, parameter in own.items():
             parameter.data = np.array(state[name], dtype=parameter.dtype)
+        self._embedding_layout()
 
     @classmethod
     def from_onnx(cls, encoder_path, decoder_path, config=None, linear=None):
