@@ -79,6 +79,7 @@ def speed_worker(args):
     sys.path.insert(0, str(ROOT))
     from dreidel.audio import log_mel_spectrogram
     from dreidel.models.whisper import Whisper
+    from dreidel.models.whisper.decoding import step_threads
 
     dreidel.set_num_threads(args.threads)
     folder = shared_whisper()
@@ -137,7 +138,9 @@ def speed_worker(args):
         model.decode(np.array([config.prompt]), hidden, self_cache, cross_cache, last_only=True)
         steps = []
         for token in ids[2:-1]:
-            seconds, _ = timed(lambda: model.decode(np.array([[token]]), None, self_cache, cross_cache, last_only=True))
+            with step_threads(1):  # as greedy() runs its steps
+                seconds, _ = timed(lambda: model.decode(np.array([[token]]), None, self_cache, cross_cache,
+                                                        last_only=True))
             steps.append(seconds)
         frontend = [timed(lambda: log_mel_spectrogram([clip]))[0] for _ in range(args.repeats)]
         thirty = np.zeros(480000, np.float32)

@@ -9,12 +9,14 @@ new position written per step); cross-attention keys/values are projected from t
 once per clip, at the first step.  A batch of clips shares one encoder call and one decode loop;
 rows whose sequence has ended are dropped from the caches, so they stop costing work.
 """
+import contextlib
+
 import numpy as np
 
 import dreidel
 from dreidel.audio import log_mel_spectrogram
 
-__all__ = ["greedy", "beam_search", "transcribe"]
+__all__ = ["greedy", "beam_search", "transcribe", "step_threads"]
 
 
 def _features(model, input_features):
@@ -56,7 +58,8 @@ def greedy(model, input_features, max_new_tokens=None, use_cache=True):
         encoder_states = hidden
         for step in range(budget):
             if use_cache:
-                logits = model.decode(step_ids, encoder_states, self_cache, cross_cache, last_only=True)
+                with step_threads(len(active) if step else _SERIAL_ROWS + 1):  # step 0 projects the encoder states
+                    logits = model.decode(step_ids, encoder_states, self_cache, cross_cache, last_only=True)
             else:
                 prefix = np.array([sequences[i] for i in active], np.int64)
                 logits = model.decode(prefix, encoder_states, last_only=True)
@@ -80,6 +83,26 @@ def greedy(model, input_features, max_new_tokens=None, use_cache=True):
                 step_ids = chosen[:, None].astype(np.int64)
                 encoder_states = None  # cross-attention keys/values are cached from here on
     return sequences
+
+
+_SERIAL_ROWS = 8
+
+
+@contextlib.contextmanager
+def step_threads(rows):
+    """A step over a few rows is a chain of small matrix-vector products, memory-bound and too
+    short to split: it runs on one thread (measured on the shared 2-core machine: 42 ms per step
+    on one thread, 265 ms on two when the cores are oversubscribed).  Larger batches keep the
+    caller's thread count."""
+    previous = dreidel.get_num_threads()
+    if rows > _SERIAL_ROWS or previous == 1:
+        yield
+        return
+    dreidel.set_num_threads(1)
+    try:
+        yield
+    finally:
+        dreidel.set_num_threads(previous)
 
 
 def _log_softmax(scores):
@@ -109,7 +132,8 @@ def beam_search(model, input_features, beam_size=5, max_new_tokens=None, length_
         states = dreidel.tensor(np.repeat(hidden, beam_size, axis=0))
         step_ids = np.tile(np.array(prompt, np.int64), (n * beam_size, 1))
         for step in range(budget):
-            logits = model.decode(step_ids, states, self_cache, cross_cache, last_only=True).numpy()[:, -1]
+            with step_threads(len(step_ids) if step else _SERIAL_ROWS + 1):
+                logits = model.decode(step_ids, states, self_cache, cross_cache, last_only=True).numpy()[:, -1]
             logprobs = _log_softmax(np.where(begin if step == 0 else suppress, -np.inf, logits))
             sources, next_ids, still = [], [], []
             for slot, clip in enumerate(live):
