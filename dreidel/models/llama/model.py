@@ -1,0 +1,223 @@
+"""Llama-family decoder (SmolLM2, TinyLlama, Llama 2/3 shapes) with Hugging Face parameter names.
+
+    x = embed_tokens(ids)
+    per layer:  x = x + o_proj(attention(rope(q_proj(rms(x))), rope(k_proj(…)), v_proj(…)))
+                x = x + mlp(rms(x)),   mlp(h) = down_proj(silu(gate_proj(h)) · up_proj(h))
+    logits = lm_head(norm(x))            (lm_head = embed_tokens when the embeddings are tied)
+
+Attention is grouped-query (num_key_value_heads ≤ num_attention_heads) with rotary positions in the
+Hugging Face "rotate_half" layout. Every projection is built by `linear(in, out, bias)` (dense
+`nn.Linear` by default; DeepSpectralLinear, LowRankLinear, … fit) and every feed-forward block by
+`ffn(hidden_size, intermediate_size, linear)` (default `LlamaMLP`), so compressed or sparse variants
+plug in without touching the model. Generation uses a `StaticKVCache` preallocated to the context
+length: one forward for the whole prompt, then one token per step.
+"""
+import numpy as np
+
+import dreidel
+import dreidel.functional as F
+from dreidel import nn
+from dreidel.nn.kv_cache import StaticKVCache
+
+from .config import LlamaConfig
+
+__all__ = ["LlamaMLP", "LlamaAttention", "LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM", "WeightMappingError"]
+
+
+class WeightMappingError(ValueError):
+    """A state dict that does not fit the model (lists every missing, unexpected or mis-shaped tensor)."""
+
+
+def dense_linear(rng=None):
+    """The default `linear=` factory: `nn.Linear(in, out, bias)`."""
+    return lambda in_features, out_features, bias: nn.Linear(in_features, out_features, bias=bias, rng=rng)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down_proj(silu(gate_proj(x)) · up_proj(x)), no biases."""
+
+    def __init__(self, hidden_size, intermediate_size, linear=None):
+        super().__init__()
+        linear = linear if linear is not None else dense_linear()
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.gate_proj = linear(hidden_size, intermediate_size, False)
+        self.up_proj = linear(hidden_size, intermediate_size, False)
+        self.down_proj = linear(intermediate_size, hidden_size, False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaAttention(nn.Module):
+    """Causal grouped-query self-attention with rotary q/k (HF names q_proj, k_proj, v_proj, o_proj).
+
+    `forward(x, cache=None)`: x (N, L, hidden); with a `LayerKVCache` the new keys/values are written
+    into it and the queries (positions cache.length …) attend over everything stored."""
+
+    def __init__(self, config, linear, rotary):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = linear(config.hidden_size, self.num_heads * self.head_dim, bias)
+        self.k_proj = linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias)
+        self.v_proj = linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias)
+        self.o_proj = linear(self.num_heads * self.head_dim, config.hidden_size, bias)
+        self.rotary = rotary  # shared by all layers: parameter-free
+
+    def _heads(self, x, heads):
+        n, length = x.shape[:2]
+        return F.transpose(x.reshape(n, length, heads, self.head_dim), (0, 2, 1, 3))
+
+    def forward(self, x, cache=None):
+        n, length = x.shape[:2]
+        offset = cache.length if cache is not None else 0
+        q = self.rotary(self._heads(self.q_proj(x), self.num_heads), offset=offset)
+        k = self.rotary(self._heads(self.k_proj(x), self.num_kv_heads), offset=offset)
+        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        # a single new query may see every stored key: no mask needed
+        out = F.scaled_dot_product_attention(q, k, v, causal=length > 1)
+        out = F.transpose(out, (0, 2, 1, 3)).reshape(n, length, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm residual block: attention then feed-forward, each after an RMSNorm."""
+
+    def __init__(self, config, linear, ffn, rotary):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, linear, rotary)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = ffn(config.hidden_size, config.intermediate_size, linear)
+
+    def forward(self, x, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers and the final norm (Hugging Face's `model.` prefix)."""
+
+    def __init__(self, config, linear, ffn, rng=None):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, rng=rng)
+        self.embed_tokens.weight.data *= 0.02  # HF's initializer_range; N(0, 1) rows would swamp the norms
+        rotary = nn.RotaryEmbedding(config.head_dim, base=config.rope_theta)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, linear, ffn, rotary)
+                                     for _ in range(config.num_hidden_layers)])
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, input_ids, cache=None):
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if cache is None else cache[i])
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama language model: `forward(input_ids (N, L), cache=None) -> logits (N, L, vocab)`.
+
+    `linear(in, out, bias)` builds every projection and `ffn(hidden, intermediate, linear)` every
+    feed-forward block. `lm_head` exists only when the embeddings are not tied. `tokenizer` and
+    `chat_template` are attached by `from_gguf` (None otherwise)."""
+
+    def __init__(self, config=None, linear=None, ffn=None, rng=None):
+        super().__init__()
+        self.config = config if config is not None else LlamaConfig()
+        linear = linear if linear is not None else dense_linear(rng)
+        ffn = ffn if ffn is not None else LlamaMLP
+        self.model = LlamaModel(self.config, linear, ffn, rng=rng)
+        self.lm_head = None if self.config.tie_word_embeddings else linear(
+            self.config.hidden_size, self.config.vocab_size, False)
+        self.tokenizer = None
+        self._projection = self._projection_source = None
+
+    # ---- computation ---------------------------------------------------------------------------
+    def logits(self, hidden):
+        """Output projection. Tied and without gradients, it multiplies by a contiguous transposed
+        copy of the embedding (made once per weight array): BLAS streams a (hidden, vocab) matrix
+        much faster than the strided transpose of (vocab, hidden) for the one row of a decode step."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        weight = self.model.embed_tokens.weight
+        if dreidel.is_grad_enabled() and weight.requires_grad:
+            return F.linear(hidden, weight)
+        if self._projection_source is not weight.data:
+            self._projection = np.ascontiguousarray(weight.data.T)
+            self._projection_source = weight.data
+        h = hidden.numpy()
+        return dreidel.tensor((h.reshape(-1, h.shape[-1]) @ self._projection).reshape(h.shape[:-1] + (-1,)))
+
+    def forward(self, input_ids, cache=None, last_only=False):
+        """Logits (N, L, vocab) of the next token at every position (only the last if `last_only`).
+        With a cache (`new_cache`), `input_ids` continue the sequence it holds."""
+        ids = np.asarray(input_ids.numpy() if isinstance(input_ids, dreidel.Tensor) else input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"LlamaForCausalLM expects integer token ids (N, L), got {ids.dtype} {ids.shape}")
+        start = cache.length if cache is not None else 0
+        if start + ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {start + ids.shape[1]} positions exceeds the context length "
+                             f"{self.config.max_position_embeddings}")
+        hidden = self.model(ids, cache)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.logits(hidden)
+
+    def loss(self, token_ids):
+        """Next-token cross-entropy of `token_ids` (N, L): position t predicts token t+1."""
+        ids = np.asarray(token_ids)
+        logits = self.forward(ids[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+    def new_cache(self, capacity=None):
+        """A KV cache for all layers, preallocated (at its first write) to `capacity` positions
+        (default: the context length)."""
+        capacity = self.config.max_position_embeddings if capacity is None else int(capacity)
+        if not 0 < capacity <= self.config.max_position_embeddings:
+            raise ValueError(f"cache capacity {capacity} must be in 1 … {self.config.max_position_embeddings}")
+        return StaticKVCache(self.config.num_hidden_layers, capacity=capacity)
+
+    def generate(self, input_ids, **options):
+        """See `dreidel.models.llama.generate.generate` (greedy / sampling, stop tokens, streaming)."""
+        from .generate import generate
+        return generate(self, input_ids, **options)
+
+    # ---- weights -------------------------------------------------------------------------------
+    def load_weights(self, state, source="weights"):
+        """Copy a {HF name: array} dict into the model after checking that it names exactly the
+        model's tensors with the right shapes. A tied model accepts (and checks) `lm_head.weight`
+        equal to the embedding. Modules that are not dense Linear layers load through their own
+        `state_dict` names, so `linear=` factories must keep `weight` for this to apply."""
+        state = dict(state)
+        own = dict(self.named_parameters())
+        tied = state.pop("lm_head.weight", None) if self.lm_head is None else None
+        problems = [f"missing {k} {tuple(p.shape)}" for k, p in own.items() if k not in state]
+        problems += [f"unexpected {k} {tuple(np.shape(v))}" for k, v in state.items() if k not in own]
+        problems += [f"mis-shaped {k}: got {tuple(np.shape(v))}, model has {tuple(own[k].shape)}"
+                     for k, v in state.items() if k in own and tuple(np.shape(v)) != tuple(own[k].shape)]
+        embed = state.get("model.embed_tokens.weight")
+        if tied is not None and embed is not None and (np.shape(tied) != np.shape(embed) or not np.array_equal(tied, embed)):
+            problems.append("lm_head.weight differs from model.embed_tokens.weight (the model ties them)")
+        if problems:
+            raise WeightMappingError(f"{source} do not fit {type(self).__name__} ({len(problems)} problems):\n  "
+                                     + "\n  ".join(problems))
+        for name, parameter in own.items():
+            parameter.data = np.ascontiguousarray(state[name], dtype=parameter.dtype)
+        self._projection = self._projection_source = None
+
+    @classmethod
+    def from_gguf(cls, path, linear=None, ffn=None):
+        """Load a Llama-family GGUF file (weights dequantised to float32, tokenizer and chat template
+        from its metadata) with dreidel's GGUF importer."""
+        from importers.gguf_to_dreidel import load_gguf
+        from .tokenizer import GGUFTokenizer, tokenizer_from_gguf
+        config, state, tokenizer = load_gguf(path)
+        model = cls(config, linear=linear, ffn=ffn)
+        model.load_weights(state, f"{path}: tensors")
+        model.tokenizer = tokenizer if isinstance(tokenizer, GGUFTokenizer) else tokenizer_from_gguf(tokenizer, path)
+        return model
