@@ -34,7 +34,7 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel import nn
-from dreidel.nn.wht_attention import WalshHadamardAttention
+from dreidel.nn.wht_attention import WalshHadamardAttention, softmax_attention
 from dreidel.tensor import Tensor
 
 ROLES = ("patch", "query", "key", "value", "attention_output", "fc1", "fc2")
@@ -152,10 +152,11 @@ class _Holder(nn.Module):
 
 
 class SoftmaxAttention(nn.Module):
-    """The default kernel: softmax(q kᵀ/√d) v per head (`F.scaled_dot_product_attention`)."""
+    """The default kernel: softmax(q kᵀ/√d) v per head (`dreidel.nn.wht_attention.softmax_attention`:
+    the values of `F.scaled_dot_product_attention`, on per-head GEMMs)."""
 
     def forward(self, query, key, value):
-        return F.scaled_dot_product_attention(query, key, value)
+        return softmax_attention(query, key, value)
 
 
 def attention_kernel(attention, head_dim, num_heads):
@@ -279,9 +280,21 @@ class ViTSelfAttention(nn.Module):
         n, length, _ = x.shape
         return x.reshape(n, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
+    def _fusable(self):
+        layers = (self.query, self.key, self.value)
+        return all(type(m) is nn.Linear for m in layers) and len({m.bias is None for m in layers}) == 1
+
     def forward(self, x):
         n, length, d = x.shape
-        out = self.kernel(self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x)))
+        if self._fusable():  # one GEMM for q, k and v (the concatenation of the weights is cheap)
+            layers = (self.query, self.key, self.value)
+            weight = F.concat([m.weight for m in layers], axis=0)
+            bias = None if self.query.bias is None else F.concat([m.bias for m in layers], axis=0)
+            qkv = F.linear(x, weight, bias).reshape(n, length, 3, self.num_heads, self.head_dim)
+            q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        else:
+            q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        out = self.kernel(q, k, v)
         return out.transpose(0, 2, 1, 3).reshape(n, length, d)
 
 
