@@ -816,7 +816,8 @@ def area_resize(image, height, width):
             for j in range(int(np.floor(start)), min(int(np.ceil(stop)), n_in)):
                 matrix[i, j] = (min(stop, j + 1) - max(start, j)) / scale
         return matrix
-    out = np.einsum("ih,hwc,jw->ijc", overlap(h, height), image.astype(np.float64), overlap(w, width))
+    rows = np.tensordot(overlap(h, height), image.astype(np.float64), axes=(1, 0))   # (height, w, C)
+    out = np.einsum("jw,iwc->ijc", overlap(w, width), rows, optimize=True)
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8) if image.dtype == np.uint8 else out
 
 
