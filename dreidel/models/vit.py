@@ -381,7 +381,8 @@ class ViTModel(nn.Module):
 
     def forward_with_grid(self, pixel_values):
         if not isinstance(pixel_values, Tensor):
-            pixel_values = Tensor(np.asarray(pixel_values, dtype=np.float32))
+            array = np.asarray(pixel_values)
+            pixel_values = Tensor(array if array.dtype.kind == "f" else array.astype(np.float32))
         x, grid = self.embeddings(pixel_values)
         for layer in self.encoder.layer:
             x = layer(x)
@@ -468,12 +469,11 @@ def _multiply_adds(model, backbone, image_size, batch):
         else:
             total += config.num_attention_heads * tokens * tokens * (2 * config.head_dim + 1)
         mlp = layer._modules.get("mlp")
-        fcs = (mlp.fc1, mlp.fc2) if isinstance(mlp, MLP) else (
-            (layer.intermediate.dense, layer.output.dense) if mlp is None else ())
-        for fc in fcs:
-            total += _layer_multiply_adds(fc, tokens)
-        if mlp is not None and not isinstance(mlp, MLP):
-            total += tokens * mlp.multiply_adds()
+        if isinstance(mlp, MLP) or mlp is None:
+            for fc in (mlp.fc1, mlp.fc2) if mlp is not None else (layer.intermediate.dense, layer.output.dense):
+                total += _layer_multiply_adds(fc, tokens)
+        else:  # a custom mlp= module counts itself
+            total += _layer_multiply_adds(mlp, tokens)
     for name in ("classifier", "cls_classifier", "distillation_classifier"):
         if name in model._modules:
             total += _layer_multiply_adds(model._modules[name], 1)
