@@ -37,6 +37,19 @@ def _rotation(rng):
     return q
 
 
+def object_mask(kind, grid, centre, radius, rotation, axes=None):
+    """Voxels (grid (..., 3) of coordinates) inside one object: kind 1 a ball of `radius`, 2 a cube of
+    half-side 0.8·radius, 3 an ellipsoid of semi-axes radius·`axes`, rotated by `rotation` (3 × 3)."""
+    local = (grid - centre) @ rotation  # coordinates in the object's frame
+    if kind == 1:
+        return np.sum(local ** 2, axis=-1) <= radius ** 2
+    if kind == 2:
+        return np.max(np.abs(local), axis=-1) <= radius * 0.8  # about the sphere's volume scale
+    if kind == 3:
+        return np.sum((local / (radius * np.asarray(axes))) ** 2, axis=-1) <= 1
+    raise ValueError(f"object kind must be 1 (sphere), 2 (cube) or 3 (ellipsoid), got {kind!r}")
+
+
 def make_volume(rng, size=32, max_objects=5, dtype=np.float32):
     """One volume from generator `rng`: (image (1, S, S, S) standardised, labels (S, S, S) int64)."""
     size = _check_positive_int(size, "size", 8)
@@ -48,14 +61,8 @@ def make_volume(rng, size=32, max_objects=5, dtype=np.float32):
         kind = int(rng.integers(1, 4))
         radius = rng.uniform(0.12, 0.22) * size
         centre = rng.uniform(radius, size - radius, size=3)
-        local = (grid - centre) @ _rotation(rng)  # coordinates in the object's frame
-        if kind == 1:
-            inside = np.sum(local ** 2, axis=-1) <= radius ** 2
-        elif kind == 2:
-            inside = np.max(np.abs(local), axis=-1) <= radius * 0.8  # same volume scale as the sphere
-        else:
-            axes = radius * np.array([1.6, rng.uniform(0.6, 0.8), rng.uniform(0.5, 0.7)])
-            inside = np.sum((local / axes) ** 2, axis=-1) <= 1
+        axes = np.array([1.6, rng.uniform(0.6, 0.8), rng.uniform(0.5, 0.7)]) if kind == 3 else None
+        inside = object_mask(kind, grid, centre, radius, _rotation(rng), axes)
         labels[inside] = kind
         image[inside] = background + rng.uniform(0.4, 1.0)
     x = grid / (size - 1) * 2 - 1  # in [-1, 1]
@@ -66,27 +73,30 @@ def make_volume(rng, size=32, max_objects=5, dtype=np.float32):
     return image[None].astype(dtype), labels
 
 
-def synthetic_volumes(count, size=32, seed=0, stream=_TRAIN, max_objects=5, dtype=np.float32):
-    """`count` volumes of stream `stream` (0 train, 1 held-out): (images (n, 1, S, S, S), labels (n, S, S, S))."""
+def synthetic_volumes(count, size=32, seed=0, stream=_TRAIN, max_objects=5, labels="kind", dtype=np.float32):
+    """`count` volumes of stream `stream` (0 train, 1 held-out): (images (n, 1, S, S, S), labels (n, S, S, S)),
+    labels per `KINDS` (`labels="kind"`) or 0/1 background/object (`labels="binary"`)."""
+    if labels not in ("kind", "binary"):
+        raise ValueError(f"labels must be 'kind' or 'binary', got {labels!r}")
     count = _check_positive_int(count, "count", 0)
     size = _check_positive_int(size, "size", 8)
     max_objects = _check_positive_int(max_objects, "max_objects", 2)
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     images = np.empty((count, 1) + (size,) * 3, dtype=dtype)
-    labels = np.empty((count,) + (size,) * 3, dtype=np.int64)
+    maps = np.empty((count,) + (size,) * 3, dtype=np.int64)
     for i in range(count):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), i]))
-        images[i], labels[i] = make_volume(rng, size, max_objects, dtype)
-    return images, labels
+        images[i], maps[i] = make_volume(rng, size, max_objects, dtype)
+    return images, (maps > 0).astype(np.int64) if labels == "binary" else maps
 
 
-def load_volumes(n_train=48, n_test=16, size=32, seed=0, max_objects=5, dtype=np.float32):
+def load_volumes(n_train=48, n_test=16, size=32, seed=0, max_objects=5, labels="kind", dtype=np.float32):
     """(x_train, y_train, x_test, y_test): images (n, 1, S, S, S) and voxel labels (n, S, S, S) in 0..3
-    (see `KINDS`), the held-out volumes drawn from their own seed stream."""
-    x_train, y_train = synthetic_volumes(n_train, size, seed, _TRAIN, max_objects, dtype)
-    x_test, y_test = synthetic_volumes(n_test, size, seed, _HELD_OUT, max_objects, dtype)
+    (see `KINDS`; 0/1 with `labels="binary"`), the held-out volumes drawn from their own seed stream."""
+    x_train, y_train = synthetic_volumes(n_train, size, seed, _TRAIN, max_objects, labels, dtype)
+    x_test, y_test = synthetic_volumes(n_test, size, seed, _HELD_OUT, max_objects, labels, dtype)
     return x_train, y_train, x_test, y_test
 
 
-__all__ = ["KINDS", "make_volume", "synthetic_volumes", "load_volumes"]
+__all__ = ["KINDS", "object_mask", "make_volume", "synthetic_volumes", "load_volumes"]
