@@ -151,8 +151,8 @@ def train(variant, optimizer, data, steps=300, patch=16, batch=4, lr=None, seed=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="spectral:adamw,dense:adamw,spectral:split",
-                        help="comma-separated variant:optimizer pairs")
+    parser.add_argument("--runs", default="spectral:adamw,dense:adamw,spectral:split:0.1",
+                        help="comma-separated variant:optimizer[:lr] runs")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--batch", type=int, default=4)
@@ -175,9 +175,9 @@ def main(argv=None):
     data = load_volumes(args.volumes[0], args.volumes[1], size=args.size, seed=args.seed, labels=args.labels)
     results = []
     for run in args.runs.split(","):
-        variant, _, optimizer = run.partition(":")
+        variant, optimizer, lr = (run.split(":") + [None, None])[:3]
         results.append(train(variant, optimizer or "adamw", data, args.steps, args.patch, args.batch,
-                             lr=args.lr, seed=args.seed, eval_every=args.eval_every, target=args.target,
+                             lr=float(lr) if lr else args.lr, seed=args.seed, eval_every=args.eval_every, target=args.target,
                              line_search=args.line_search, damping=args.damping))
     print(f"\nlabels {args.labels}; held-out: {args.volumes[1]} volumes of {args.size}³ (seed stream 1), sliding windows of "
           f"{args.patch}³, overlap 0.5, Gaussian blending; training crops {args.patch}³ × batch {args.batch}")

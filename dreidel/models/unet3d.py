@@ -18,12 +18,14 @@ Both keep the stem (the first conv, from the C_in input channels) and the head d
 channel a depthwise conv followed by mixing is rank one (every channel a multiple of the same
 filter response), and the head's K × c_0 weights are too few to matter.
 
-Upsampling: a transposed spectral convolution rather than WHT-domain interpolation. Zero-filling the
-Walsh–Hadamard spectrum of a signal and transforming back replicates each sample (it is nearest-
-neighbour upsampling: the Walsh functions are piecewise constant), so it would add nothing learnable
-over `nn.Upsample`; the depthwise transposed 2×2×2 kernel learns the sub-voxel pattern per channel
-and mirrors the dense twin's ConvTranspose3d one to one (the dense kernel W[c, o, k] factored as
-M[o, c]·w_c[k]), so the comparison is like for like.
+Upsampling: a transposed spectral convolution rather than WHT-domain interpolation. Zero-filling a
+signal's Walsh–Hadamard spectrum to twice its length and transforming back only copies samples:
+in natural (Hadamard) order it tiles the signal ([1 2 3 4] → [1 2 3 4 1 2 3 4]), interleaving the
+zeros repeats each sample ([1 1 2 2 3 3 4 4], nearest-neighbour upsampling; the Walsh functions are
+piecewise constant). Neither is learnable nor smoother than `nn.Upsample`. The depthwise transposed
+2×2×2 kernel learns the sub-voxel pattern per channel, and the block mirrors the dense twin's
+ConvTranspose3d one to one (the dense kernel W[c, o, k] factored as M[o, c]·w_c[k]), so the
+comparison is like for like.
 
 Skips: `config.skip = "concat"` concatenates the upsampled and the encoder features (2c channels) and
 mixes them back to c with `mix`; `"add"` sums them (no parameters).
