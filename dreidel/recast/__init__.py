@@ -29,76 +29,28 @@ Public API (all documented where defined):
   part) and input/output samples; per block input/output samples; per batch the model outputs.
   Samples beyond `memory_budget` bytes go to memory-mapped `.npy` files in `spill_dir`.
 - `STUDENTS` (name -> class) and `register_student(name)` (class decorator). A family class has
-  `from_dense(linear, stats, **options) -> nn.Module`, `candidates(linear) -> list[dict]` (the option
-  sets the planner tries), `multiply_adds(module)`, `parameter_count(module)`. Families: `dense`,
-  `lowrank`, `spectral`, `wht`, `hybrid`.
+  `from_dense(linear, stats, **options) -> nn.Module` (and `fit(weight, bias, stats, **options)`),
+  `candidates(in_features, out_features) -> list[dict]` (the option sets the planner tries),
+  `operator(module) -> (W, b)`, `multiply_adds(module)`, `parameter_count(module)`. Families: `dense`,
+  `lowrank`, `spectral`, `wht`, `hybrid` (the mixture-of-experts FFN is not built yet).
 - `plan(teacher, calibration, families, budget, budget_kind="latency", ...) -> Plan`; `Plan.save(path)`,
   `Plan.load(path, teacher=None)` (validates: unknown layer / family / options, mismatched teacher ->
   `PlanError`); `Plan.build(teacher, calibration)` -> a student with every layer fitted in closed form.
 - `distill(teacher, student_or_plan, calibration, stages=("init", "refit", "blockwise", "global"),
   optimizer="newton", lr_by_block_kind=None, steps=..., checkpoint_dir=None, resume=True, seed=0)
-  -> student`; `run_block_task(...)` is the pure per-block gradient-distillation step.
+  -> (student, history)`; `run_block_task(student, calibration, block, ...)` is the per-block
+  gradient-distillation step (seeded, touches only that block).
 - `report(teacher, student, eval_batches, ...) -> Report` with `to_json(path)`, `to_markdown(path)`.
 """
+from dreidel.recast.calibration import Calibration, SampleStore, calibrate, teacher_fingerprint
+from dreidel.recast.distill import STAGES, distill, refit_block, run_block_task, global_task
+from dreidel.recast.planning import Plan, PlanError, plan
+from dreidel.recast.report import Report, report
+from dreidel.recast.structure import call_model, find_blocks, find_targets
+from dreidel.recast.students import STUDENTS, register_student
+from dreidel.recast import students
 
-_NOT_YET = "dreidel.recast is being built: this function is a documented stub for now"
+__all__ = ["Calibration", "SampleStore", "calibrate", "teacher_fingerprint", "STAGES", "distill", "refit_block",
+           "run_block_task", "global_task", "Plan", "PlanError", "plan", "Report", "report", "call_model",
+           "find_blocks", "find_targets", "STUDENTS", "register_student", "students"]
 
-
-class PlanError(ValueError):
-    """A plan that does not fit its teacher: unknown layer, unknown family, bad options, other teacher."""
-
-
-def call_model(model, batch):
-    """Call `model` on one batch: dict -> model(**batch), tuple/list -> model(*batch), else model(batch)."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
-def find_blocks(model):
-    """Dotted names of the model's blocks (repeated units), in execution order."""
-    raise NotImplementedError(_NOT_YET)
-
-
-def find_targets(model, blocks=None):
-    """Dotted names of the `nn.Linear` modules inside `blocks` (all blocks when None)."""
-    raise NotImplementedError(_NOT_YET)
-
-
-def calibrate(teacher, batches, targets=None, blocks=None, memory_budget=1 << 30, spill_dir=None,
-              holdout=0.25, max_rows=None):
-    """Run the teacher on `batches` with hooks; returns a `Calibration` (see the module docstring)."""
-    raise NotImplementedError(_NOT_YET)
-
-
-def plan(teacher, calibration, families=("lowrank", "spectral"), budget=0.5, budget_kind="latency",
-         sensitivity=True, threads=None):
-    """Choose one student per target layer maximising quality within `budget` (a fraction of the dense
-    cost of the targets, measured as `budget_kind` = "latency", "macs" or "params"); returns a `Plan`."""
-    raise NotImplementedError(_NOT_YET)
-
-
-def distill(teacher, student_or_plan, calibration, stages=("init", "refit", "blockwise", "global"),
-            optimizer="newton", lr_by_block_kind=None, steps=None, checkpoint_dir=None, resume=True, seed=0,
-            global_loss=None):
-    """Distil a student (a module or a `Plan`) from the teacher, stage by stage; returns the student."""
-    raise NotImplementedError(_NOT_YET)
-
-
-def report(teacher, student, eval_batches, plan=None, metric=None, threads=None, repeats=5):
-    """Measure teacher and student on held-out batches; returns a `Report`."""
-    raise NotImplementedError(_NOT_YET)
-
-
-STUDENTS = {}
-
-
-def register_student(name):
-    """Class decorator: register a student family under `name` in `STUDENTS`."""
-    def decorate(cls):
-        cls.name = name
-        STUDENTS[name] = cls
-        return cls
-    return decorate
