@@ -43,7 +43,7 @@ Public API (all documented where defined):
 - `report(teacher, student, eval_batches, ...) -> Report` with `to_json(path)`, `to_markdown(path)`.
 """
 from dreidel.recast.calibration import Calibration, SampleStore, calibrate, teacher_fingerprint
-from dreidel.recast.distill import STAGES, distill, refit_block, run_block_task, global_task
+from dreidel.recast.distillation import STAGES, distill, refit_block, run_block_task, global_task
 from dreidel.recast.planning import Plan, PlanError, plan
 from dreidel.recast.report import Report, report
 from dreidel.recast.structure import call_model, find_blocks, find_targets
