@@ -134,8 +134,9 @@ class BlockBoundaries:
                 self.taps[block] = (order[first], order[last], False)
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted block output is seen."""
+class _Stop(BaseException):
+    """Raised by a hook to end a forward pass once the wanted block output is seen (a BaseException,
+    like KeyboardInterrupt, so wrappers that re-raise every Exception with context let it through)."""
 
 
 def run_to_block_output(model, batch, boundaries, block, keep_input=False):

@@ -118,7 +118,7 @@ class Spectral(Family):
     depths = (1, 2, 4, 8)
 
     @classmethod
-    def fit(cls, weight, bias, stats, depth=4, sweeps=4):
+    def fit(cls, weight, bias, stats, depth=4, sweeps=2):
         return DeepSpectralLinear.from_dense(weight, bias, inputs=stats, depth=depth, sweeps=sweeps,
                                              dtype=np.float32)
 
