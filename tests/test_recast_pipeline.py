@@ -273,3 +273,21 @@ def test_report_measures_student_against_teacher(tmp_path, setup):
     rep.to_json(tmp_path / "r.json")
     assert "lowrank" in rep.to_markdown(tmp_path / "r.md")
     assert json.loads((tmp_path / "r.json").read_text())["model"]["eval_batches"] == 2
+
+
+def test_a_saved_student_reloads_into_an_unfitted_build(tmp_path, setup):
+    teacher, calib, _ = setup
+    layers = {"layers.0.fc1": {"family": "spectral", "options": {"depth": 2}},
+              "layers.0.fc2": {"family": "hybrid", "options": {"rank": 3, "depth": 1}},
+              "layers.1.fc1": {"family": "wht", "options": {}}, "layers.1.fc2": {"family": "dense", "options": {}},
+              "layers.2.fc1": {"family": "lowrank", "options": {"rank": 5}}}
+    plan = recast.Plan(layers, {"fingerprint": calib.fingerprint,
+                                "shapes": {t: [teacher.get_submodule(t).in_features,
+                                               teacher.get_submodule(t).out_features] for t in layers}})
+    student, _ = recast.distill(teacher, plan, calib, stages=("init", "refit"))
+    dreidel.save(student.state_dict(), tmp_path / "student.safetensors")
+    shell = plan.build(teacher)  # no calibration: the structure only
+    shell.load_state_dict(dreidel.load(tmp_path / "student.safetensors"))
+    x = batches(1, seed=3)[0]
+    with dreidel.no_grad():
+        np.testing.assert_array_equal(shell(dreidel.Tensor(x)).numpy(), student(dreidel.Tensor(x)).numpy())

@@ -5,18 +5,20 @@ import tempfile
 
 import numpy as np
 
-from dreidel import no_grad
+from dreidel import nn, no_grad
 from dreidel.nn.spectral import InputStatistics
 from dreidel.progress import progress
 from dreidel.recast.structure import (BlockBoundaries, as_array, call_model, find_blocks, find_targets,
                                       first_output)
 
 
-def teacher_fingerprint(model, targets):
-    """A short hash of the targets' names, shapes and weights: plans and checkpoints are tied to it."""
+def teacher_fingerprint(model):
+    """A short hash of the names, shapes and weights of the model's nn.Linear layers: plans and
+    checkpoints are tied to it."""
     digest = hashlib.sha256()
-    for name in targets:
-        layer = model.get_submodule(name)
+    for name, layer in model.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
         weight = np.ascontiguousarray(as_array(layer.weight), dtype=np.float32)
         digest.update(f"{name}:{weight.shape};".encode())
         digest.update(weight.tobytes())
@@ -114,7 +116,7 @@ def calibrate(teacher, batches, targets=None, blocks=None, memory_budget=1 << 30
     fit_indices = sorted(int(i) for i in order[n_holdout:])
     boundaries = BlockBoundaries(teacher, blocks, batches[0])
     calib = Calibration(batches, targets, blocks, boundaries, fit_indices, holdout_indices,
-                        teacher_fingerprint(teacher, targets))
+                        teacher_fingerprint(teacher))
     budget = _Budget(memory_budget, spill_dir)
     calib.block_outputs = {b: SampleStore(budget, f"block-{b or 'model'}") for b in blocks}
     calib.outputs = SampleStore(budget, "output")

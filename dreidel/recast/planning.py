@@ -210,18 +210,25 @@ class Plan:
             if list(self.teacher["shapes"][name]) != shape:
                 raise PlanError(f"{where}: layer {name!r} is {shape[0]}→{shape[1]} in this teacher, "
                                 f"the plan was made for {self.teacher['shapes'][name]}")
-        fingerprint = teacher_fingerprint(teacher, list(self.teacher["shapes"]))
+        fingerprint = teacher_fingerprint(teacher)
         if self.teacher.get("fingerprint") not in (None, fingerprint):
             raise PlanError(f"{where}: made for another teacher (weights fingerprint "
                             f"{self.teacher['fingerprint']}, this teacher has {fingerprint})")
 
-    def build(self, teacher, calibration=None, stats=None):
+    def build(self, teacher, calibration=None, stats=None, fit=None):
         """A copy of the teacher with every planned layer replaced by its family's closed-form fit on the
-        calibration's fit statistics (weight-only fits without a calibration)."""
+        calibration's fit statistics (`stats`: {layer: InputStatistics} instead). Without either, the
+        layers are unfitted modules of the planned structure, to `load_state_dict` a saved student into;
+        `fit=True` then asks for weight-only fits (data-free) instead."""
+        fit = (calibration is not None or stats is not None) if fit is None else fit
         self.check(teacher)
         student = copy.deepcopy(teacher)
-        for name, choice in progress(list(self.layers.items()), "fit students"):
+        for name, choice in progress(list(self.layers.items()), "fit students" if fit else "build students"):
             layer = teacher.get_submodule(name)
+            if not fit:
+                student.set_submodule(name, family(choice["family"]).empty(
+                    layer.in_features, layer.out_features, layer.bias is not None, **choice.get("options", {})))
+                continue
             layer_stats = stats.get(name) if stats is not None else (
                 calibration.stats[name]["fit"] if calibration is not None else None)
             student.set_submodule(name, family(choice["family"]).from_dense(layer, layer_stats,

@@ -44,6 +44,11 @@ class Family:
         bias = None if linear.bias is None else as_array(linear.bias)
         return cls.fit(as_array(linear.weight), bias, stats, **options)
 
+    @classmethod
+    def empty(cls, n_in, n_out, bias=True, **options):
+        """An unfitted module of this family's structure (to load a saved student's state into)."""
+        return cls.fit(np.zeros((n_out, n_in)), np.zeros(n_out) if bias else None, None, **options)
+
     @staticmethod
     def multiply_adds(module):
         if isinstance(module, nn.Linear):
@@ -126,6 +131,10 @@ class Spectral(Family):
     def candidates(cls, n_in, n_out):
         return [{"depth": k} for k in cls.depths]
 
+    @classmethod
+    def empty(cls, n_in, n_out, bias=True, depth=4, sweeps=None):
+        return DeepSpectralLinear(n_in, n_out, depth=depth, bias=bias)
+
     @staticmethod
     def operator(module):
         return module.dense_weight(), _bias_of(module)
@@ -164,6 +173,10 @@ class Hybrid(Family):
     def candidates(cls, n_in, n_out):
         ranks = sorted({_rank_for(f, n_in, n_out) for f in cls.fractions})
         return [{"rank": r, "depth": 1} for r in ranks]
+
+    @classmethod
+    def empty(cls, n_in, n_out, bias=True, rank=1, depth=1):
+        return SpectralLowRankLinear(n_in, n_out, rank, depth=depth, bias=bias)
 
     @staticmethod
     def operator(module):
