@@ -1,6 +1,7 @@
 """Recast the imported Whisper tiny.en encoder with dreidel.recast and measure it on held-out clips.
 
     python bench/recast_whisper.py [--calib 16] [--eval 16] [--budget 0.5] [--pareto]
+    python bench/recast_whisper.py --transcribe --out DIR   # greedy ids of the student saved in DIR
 
 Calibration: the first `--calib` clips of calib/ (clip_000...); evaluation: the last `--eval` clips
 (clip_099 backwards), never calibrated on. Log-mel features are computed here in numpy exactly as
@@ -87,6 +88,38 @@ def measure(name, teacher, student, calib, eval_batches, teacher_eval, results, 
     print(json.dumps(row), flush=True)
 
 
+def transcription_check(args, filters):
+    """Greedy ids of the distilled student (plan.json + the last distillation checkpoint in --out) with
+    the teacher's decoder, against the teacher's ids from calib/index.json, on the eval clips; and
+    end-to-end transcription time of teacher vs student on one clip (interleaved medians)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from transcribe_whisper import transcribe
+    index = {c["file"]: c for c in json.loads((ROOT / "calib/index.json").read_text())["clips"]}
+    generation = json.loads((ROOT / "generation_config.json").read_text())
+    teacher, decoder = load(ROOT / "encoder_model.onnx"), load(ROOT / "decoder_model.onnx")
+    the_plan = recast.Plan.load(f"{args.out}/plan.json", teacher)
+    student = the_plan.build(teacher)
+    state = json.loads(Path(f"{args.out}/ckpt-plan/state.json").read_text())
+    student.load_state_dict(dreidel.load(f"{args.out}/ckpt-plan/{state['weights_file']}"))
+    wavs = sorted((ROOT / "calib").glob("clip_*.wav"))[-args.eval:]
+    same, teacher_same = 0, 0
+    for w in wavs:
+        features = log_mel(w, filters)
+        ids = transcribe(student, decoder, features, generation)
+        teacher_ids = transcribe(teacher, decoder, features, generation)
+        same += ids == index[w.name]["teacher_token_ids"]
+        teacher_same += teacher_ids == index[w.name]["teacher_token_ids"]
+        print(w.name, "student==teacher ids" if ids == index[w.name]["teacher_token_ids"] else
+              f"differs: {ids} vs {index[w.name]['teacher_token_ids']}", flush=True)
+    features = log_mel(wavs[0], filters)
+    runs = [lambda m=m: transcribe(m, decoder, features, generation) for m in (teacher, student)]
+    t_teacher, t_student = median_latencies(runs, repeats=3, min_seconds=0.0)
+    print(json.dumps({"eval_clips": len(wavs), "student_identical_ids": same,
+                      "dreidel_teacher_identical_ids": teacher_same,
+                      "transcription_seconds_teacher": t_teacher, "transcription_seconds_student": t_student,
+                      "transcription_speedup": t_teacher / t_student}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calib", type=int, default=16)
@@ -97,8 +130,12 @@ def main():
     parser.add_argument("--pareto", action="store_true", help="also the pure-spectral Pareto (closed-form + refit)")
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", default="/tmp/recast_whisper")
+    parser.add_argument("--transcribe", action="store_true",
+                        help="only decode the eval clips with the student saved in --out by an earlier run")
     args = parser.parse_args()
     filters = np.load(ROOT / "mel_filters.npy", allow_pickle=False)
+    if args.transcribe:
+        return transcription_check(args, filters)
     check = log_mel(ROOT / "clips/clip_0.wav", filters)
     print("log-mel vs clip_0_logmel.npy max abs diff",
           float(np.abs(check - np.load(ROOT / "clips/clip_0_logmel.npy", allow_pickle=False)).max()))

@@ -36,7 +36,7 @@ def relative_mse(output, target):
 
 def cosine_loss(output, target):
     """Mean over rows (last axis) of 1 − cos(output, target)."""
-    t = target.reshape(-1, target.shape[-1]).astype(np.float32)
+    t = target.reshape(-1, target.shape[-1]).astype(output.dtype)
     o = output.reshape(-1, target.shape[-1])
     t_unit = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
     dots = F.sum(o * t_unit, axis=-1)
@@ -52,7 +52,7 @@ def kl_loss(output, target):
     p /= p.sum(axis=1, keepdims=True)
     o = output.reshape(-1, target.shape[-1])
     log_q = F.log_softmax(o, axis=-1)
-    return F.mean(-F.sum(log_q * p.astype(np.float32), axis=-1)) + float(np.sum(p * np.log(p + 1e-30)) / len(p))
+    return F.mean(-F.sum(log_q * p.astype(output.dtype), axis=-1)) + float(np.sum(p * np.log(p + 1e-30)) / len(p))
 
 
 GLOBAL_LOSSES = {"mse": relative_mse, "cosine": cosine_loss, "kl": kl_loss}
