@@ -130,6 +130,9 @@ def main():
     parser.add_argument("--pareto", action="store_true", help="also the pure-spectral Pareto (closed-form + refit)")
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", default="/tmp/recast_whisper")
+    parser.add_argument("--optimizers", type=int, default=None, metavar="K",
+                        help="instead of the plan: DSL K everywhere, init+refit, then block-wise + global with "
+                             "DiagonalNewton and with AdamW (and low rank at the same multiply-adds)")
     parser.add_argument("--transcribe", action="store_true",
                         help="only decode the eval clips with the student saved in --out by an earlier run")
     args = parser.parse_args()
@@ -152,6 +155,28 @@ def main():
     calib = recast.calibrate(teacher, calib_batches, memory_budget=1 << 30, spill_dir=f"{args.out}/spill")
     print(f"calibrate {time.time() - t0:.0f}s; blocks {calib.blocks}; {len(calib.targets)} targets")
     results = []
+    if args.optimizers:
+        shapes = {t: [teacher.get_submodule(t).in_features, teacher.get_submodule(t).out_features]
+                  for t in calib.targets}
+        info = {"fingerprint": calib.fingerprint, "shapes": shapes}
+        spectral = recast.Plan({t: {"family": "spectral", "options": {"depth": args.optimizers}}
+                                for t in calib.targets}, info)
+        probe = spectral.build(teacher)
+        ranks = recast.Plan({t: {"family": "lowrank", "options": {"rank": max(1, round(
+            probe.get_submodule(t).multiply_adds() / sum(shapes[t])))}} for t in calib.targets}, info)
+        low, _ = recast.distill(teacher, ranks, calib, stages=("init", "refit"))
+        measure(f"lowrank at K={args.optimizers} macs: init+refit", teacher, low, calib, eval_batches, teacher_eval,
+                results, e2e=False)
+        for optimizer in ("newton", "adamw"):
+            t0 = time.time()
+            student, history = recast.distill(teacher, spectral, calib, optimizer=optimizer, steps=args.steps,
+                                              lr_by_block_kind={"layers": 1.0 if optimizer == "newton" else 1e-3},
+                                              checkpoint_dir=f"{args.out}/ckpt-K{args.optimizers}-{optimizer}")
+            print(f"{optimizer} {time.time() - t0:.0f}s", json.dumps(history), flush=True)
+            measure(f"spectral K={args.optimizers} {optimizer}: refit+blockwise+global", teacher, student, calib,
+                    eval_batches, teacher_eval, results, e2e=optimizer == "newton")
+        json.dump(results, open(f"{args.out}/results.json", "w"), indent=1)
+        return
     recast.students.Spectral.depths = tuple(args.depths)
     t0 = time.time()
     the_plan = recast.plan(teacher, calib, families=("lowrank", "spectral"), budget=args.budget,

@@ -7,7 +7,7 @@ student, distil it stage by stage, and report what it costs and what it buys.
     calib = recast.calibrate(teacher, batches, targets, blocks, memory_budget=2 << 30, spill_dir="out/spill")
     the_plan = recast.plan(teacher, calib, families=("lowrank", "spectral"), budget=0.5, budget_kind="latency")
     the_plan.save("out/plan.json")                           # human-readable, editable; Plan.load validates
-    student = recast.distill(teacher, the_plan, calib, checkpoint_dir="out/ckpt", resume=True)
+    student, history = recast.distill(teacher, the_plan, calib, checkpoint_dir="out/ckpt", resume=True)
     rep = recast.report(teacher, student, eval_batches)
     rep.to_json("out/report.json"); rep.to_markdown("out/report.md")
 
@@ -16,8 +16,8 @@ Batches. A batch is what the model is called with: a dict (`model(**batch)`, e.g
 `call_model(model, batch)` does exactly that; every function here accepts any iterable of batches.
 
 Blocks and targets. A block is a named submodule holding a repeated unit (`encoder.layers.3`): the
-children of the largest `ModuleList`/`Sequential`-like container of structurally similar modules, or,
-for an imported `GraphModule`, its numbered scopes (`layers.0`...). A target is an `nn.Linear` inside a
+numbered children of a container (`ModuleList`, `Sequential`, an imported `GraphModule`'s `layers`
+scope) that hold `nn.Linear` layers. A target is an `nn.Linear` inside a
 block (the layers a student family replaces). A block's input is the input of the first module it runs;
 its output is the input of the first module run after it (the next block's first norm, the final
 norm), or its last module's output when nothing runs after it.
@@ -25,9 +25,9 @@ norm), or its last module's output when nothing runs after it.
 Public API (all documented where defined):
 - `find_blocks(model) -> list[str]`, `find_targets(model, blocks=None) -> list[str]`, `call_model`.
 - `calibrate(teacher, batches, targets, blocks, memory_budget=..., spill_dir=None, holdout=0.25)
-  -> Calibration`: per target layer streamed input statistics (`InputStatistics`, fit part and held-out
-  part) and input/output samples; per block input/output samples; per batch the model outputs.
-  Samples beyond `memory_budget` bytes go to memory-mapped `.npy` files in `spill_dir`.
+  -> Calibration`: per target layer streamed input statistics (`InputStatistics`, fit batches and
+  held-out batches apart) and rows per batch; per block the teacher's output on every batch; per batch
+  the model output. Samples beyond `memory_budget` bytes go to memory-mapped `.npy` files in `spill_dir`.
 - `STUDENTS` (name -> class) and `register_student(name)` (class decorator). A family class has
   `from_dense(linear, stats, **options) -> nn.Module` (and `fit(weight, bias, stats, **options)`),
   `candidates(in_features, out_features) -> list[dict]` (the option sets the planner tries),
@@ -35,7 +35,9 @@ Public API (all documented where defined):
   `lowrank`, `spectral`, `wht`, `hybrid` (the mixture-of-experts FFN is not built yet).
 - `plan(teacher, calibration, families, budget, budget_kind="latency", ...) -> Plan`; `Plan.save(path)`,
   `Plan.load(path, teacher=None)` (validates: unknown layer / family / options, mismatched teacher ->
-  `PlanError`); `Plan.build(teacher, calibration)` -> a student with every layer fitted in closed form.
+  `PlanError`); `Plan.build(teacher, calibration)` -> a student with every layer fitted in closed form;
+  `Plan.build(teacher)` (no data) -> the planned structure unfitted, to `load_state_dict` a saved
+  student into. `plan.json` layers: {"layers.0.fc1": {"family": "lowrank", "options": {"rank": 96}, ...}}.
 - `distill(teacher, student_or_plan, calibration, stages=("init", "refit", "blockwise", "global"),
   optimizer="newton", lr_by_block_kind=None, steps=..., checkpoint_dir=None, resume=True, seed=0)
   -> (student, history)`; `run_block_task(student, calibration, block, ...)` is the per-block
