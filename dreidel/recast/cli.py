@@ -12,7 +12,7 @@ it), `checkpoints/` (one atomic checkpoint per stage and block), `student.safete
 the same command with `--resume` continues from there.
 
 A student is saved as its plan plus its state dict; loading rebuilds the teacher's module tree with
-the planned layers replaced (`Plan.build`) and loads the weights into it.
+the planned layers replaced (`Plan.build(teacher)`) and loads the weights into it.
 """
 import argparse
 import importlib
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import dreidel
+from dreidel import nn
 from dreidel.progress import progress
 from dreidel.recast.data import DataError, Samples, load_data
 from dreidel.serialization import atomic_write_bytes
@@ -110,26 +111,64 @@ def load_dreidel_model(path):
     return model.eval()
 
 
+class SelectOutput(nn.Module):
+    """The teacher with one of its outputs selected (the one distillation and quality are about):
+    e.g. MiniLM's graph returns token ids, mask, token embeddings and the sentence embedding."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.index = model, index
+        self.input_names = getattr(model, "input_names", None)
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        return out[self.index] if isinstance(out, (tuple, list)) else out
+
+
+def select_output(model, output=None):
+    """Wrap a multi-output imported graph so it returns only output `output` (a graph output name or
+    an index); None keeps the model as it is (recasting then uses its first output)."""
+    names = getattr(model, "output_names", None)
+    if not names or len(names) == 1:
+        return model
+    if output is None:
+        return model
+    if isinstance(output, str) and not output.lstrip("-").isdigit():
+        if output not in names:
+            raise TeacherError(f"the teacher has no output {output!r}; its outputs are {names}")
+        index = names.index(output)
+    else:
+        index = int(output)
+        if not -len(names) <= index < len(names):
+            raise TeacherError(f"output index {index} out of range for outputs {names}")
+    return SelectOutput(model, index)
+
+
 # -- students --------------------------------------------------------------------------------------
-def save_student(student, the_plan, folder):
-    """Write the student's weights and its plan into `folder` (both atomically)."""
+def save_student(student, the_plan, folder, output=None):
+    """Write the student's weights, its plan and the teacher output it follows into `folder` (atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     the_plan.save(folder / PLAN_FILE)
+    atomic_write_bytes(folder / "student.json", json.dumps({"output": output}).encode())
     dreidel.save(student.state_dict(), folder / STUDENT_WEIGHTS, metadata={"format": "dreidel-student"})
 
 
 def load_student(teacher, folder):
-    """Rebuild a saved student on `teacher`: the plan's layers replaced, then its weights loaded."""
+    """(student, plan, teacher): the saved student rebuilt on `teacher` (the plan's layers replaced,
+    its weights loaded), and the teacher with the output the student follows selected."""
     from dreidel import recast
     folder = Path(folder)
     for name in (PLAN_FILE, STUDENT_WEIGHTS):
         if not (folder / name).exists():
             raise TeacherError(f"{folder}: not a student folder (no {name}; `dreidel recast --out` writes it)")
+    described = folder / "student.json"
+    if described.exists():
+        teacher = select_output(teacher, json.loads(described.read_text()).get("output"))
     the_plan = recast.Plan.load(folder / PLAN_FILE, teacher=teacher)
-    student = the_plan.build(teacher, None)
+    student = the_plan.build(teacher)
     student.load_state_dict(dreidel.load(folder / STUDENT_WEIGHTS))
-    return student.eval(), the_plan
+    return student.eval(), the_plan, teacher
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -167,7 +206,7 @@ def describe_split(calibration, evaluation, seed):
 
 
 # -- the int8 baseline -----------------------------------------------------------------------------
-def int8_row(teacher_path, evaluation, batch_size, threads, out_dir, repeats=5):
+def int8_row(teacher_path, evaluation, batch_size, threads, out_dir, repeats=5, output_index=0):
     """The teacher under onnxruntime dynamic int8 beside onnxruntime float32, on the evaluation
     batches; None when onnxruntime is missing or the teacher is not ONNX."""
     from dreidel.recast.int8 import OrtModel, file_megabytes, int8_available, quantize_int8
@@ -178,7 +217,7 @@ def int8_row(teacher_path, evaluation, batch_size, threads, out_dir, repeats=5):
     batches = list(evaluation.batches(batch_size))
     reference = [fp32(**b) for b in batches]
     candidate = [int8(**b) for b in batches]
-    quality = output_agreement([r[-1] for r in reference], [c[-1] for c in candidate])
+    quality = output_agreement([r[output_index] for r in reference], [c[output_index] for c in candidate])
     timings = interleaved_medians({"ort_fp32": lambda: [fp32(**b) for b in batches],
                                    "ort_int8": lambda: [int8(**b) for b in batches]}, repeats, "time int8 baseline")
     return {"model": str(quantized), "megabytes": file_megabytes(quantized),
@@ -225,10 +264,13 @@ def _recast_parser():
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tokenizer", help="tokenizer.json for text data (default: beside the teacher)")
+    parser.add_argument("--output", help="the teacher output to distil and score (name or index; default: the first)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
     parser.add_argument("--optimizer", choices=("newton", "adamw"), default="newton")
     parser.add_argument("--stages", default="init,refit,blockwise,global")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per block and global stage")
+    parser.add_argument("--global-loss", choices=("mse", "cosine", "kl"), default="mse")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats in the report")
     parser.add_argument("--memory-budget", type=float, default=1.0, help="GiB of calibration samples kept in memory")
@@ -257,6 +299,7 @@ def _recast(args, out):
     from dreidel import recast
     out.mkdir(parents=True, exist_ok=True)
     teacher, kind = load_teacher(args.teacher)
+    teacher = select_output(teacher, args.output)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     unknown = [f for f in families if f not in recast.STUDENTS]
     if unknown:
@@ -282,12 +325,13 @@ def _recast(args, out):
         print(f"resuming with the plan in {plan_path}")
     else:
         the_plan = recast.plan(teacher, calibration, families=families, budget=args.budget,
-                               budget_kind=args.budget_kind, threads=args.threads)
+                               budget_kind=args.budget_kind)
         the_plan.save(plan_path)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    student = recast.distill(teacher, the_plan, calibration, stages=stages, optimizer=args.optimizer,
-                             checkpoint_dir=out / "checkpoints", resume=args.resume, seed=args.seed)
-    save_student(student, the_plan, out)
+    student, _ = recast.distill(teacher, the_plan, calibration, stages=stages, optimizer=args.optimizer,
+                                steps=args.steps, checkpoint_dir=out / "checkpoints", resume=args.resume,
+                                seed=args.seed, global_loss=args.global_loss)
+    save_student(student, the_plan, out, args.output)
     write_report(teacher, student, the_plan, evaluation_set, args, out)
     return 0
 
@@ -296,11 +340,11 @@ def write_report(teacher, student, the_plan, evaluation_set, args, out):
     """report.json / report.md from the core's `report`, with the int8 baseline beside it."""
     from dreidel import recast
     evaluation_batches = list(evaluation_set.batches(args.batch_size))
-    rep = recast.report(teacher, student, evaluation_batches, plan=the_plan, threads=args.threads,
-                        repeats=args.repeats)
+    rep = recast.report(teacher, student, evaluation_batches, targets=list(the_plan.layers), repeats=args.repeats)
     rep.to_json(out / "report.json")
     rep.to_markdown(out / "report.md")
-    baseline = int8_row(args.teacher, evaluation_set, args.batch_size, args.threads, out, args.repeats)
+    baseline = int8_row(args.teacher, evaluation_set, args.batch_size, args.threads, out, args.repeats,
+                        getattr(teacher, "index", 0))
     if baseline is not None:
         merged = json.loads((out / "report.json").read_text())
         merged["int8_baseline"] = baseline
@@ -340,7 +384,7 @@ def evaluate_main(argv=None):
         dreidel.set_num_threads(args.threads)
     try:
         teacher, _ = load_teacher(args.teacher)
-        student, the_plan = load_student(teacher, args.student)
+        student, the_plan, teacher = load_student(teacher, args.student)
         used = json.loads((Path(args.student) / "data.json").read_text()) \
             if (Path(args.student) / "data.json").exists() else None
         evaluation_set = load_samples(args.data, teacher, args.tokenizer, args.teacher)
