@@ -65,7 +65,7 @@ def recast_job(argv=None):
     parser.add_argument("--budgets", default="0.7,0.5,0.35",
                         help="multiply-adds of the recast layers as fractions of the dense ones")
     parser.add_argument("--families", default="lowrank,spectral")
-    parser.add_argument("--calibration-images", type=int, default=1024)
+    parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--steps", type=int, default=None, help="gradient steps per distillation stage")
     parser.add_argument("--stages", default="init,refit,blockwise,global")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
@@ -94,7 +94,8 @@ def recast_job(argv=None):
                                    targets, blocks)
     students = {}
     for budget in budgets:
-        the_plan = recast.plan(teacher, calibration, families=families, budget=budget, budget_kind="macs")
+        the_plan = recast.plan(teacher, calibration, families=families, budget=budget, budget_kind="macs",
+                               repeats=3)
         students[budget], _ = recast.distill(teacher, the_plan, calibration, stages=stages, steps=args.steps,
                                              seed=args.seed, global_loss="kl")
 
