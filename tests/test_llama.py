@@ -345,3 +345,32 @@ def test_gguf_tokenizer_rejects_bad_metadata_naming_the_file(change, match):
     with pytest.raises(ValueError, match=match) as error:
         tokenizer_from_gguf(meta, "model.gguf")
     assert "model.gguf" in str(error.value)
+
+
+def test_tied_logits_follow_in_place_weight_updates():
+    """Optimizers update weights in place: no cached copy of the tied embedding may go stale."""
+    model = tiny_model(seed=4)
+    ids = np.array([[1, 2, 3]])
+    model.generate([1, 2], max_new_tokens=2)
+    with dreidel.no_grad():
+        before = model(ids).numpy()
+        model.model.embed_tokens.weight.data *= 2   # in place, like AdamW's step
+        after = model(ids).numpy()
+    assert not np.allclose(before, after)
+    assert model._frozen_projection is None
+
+
+def test_stream_decoder_holds_back_split_characters():
+    from dreidel.models.llama.cli import StreamDecoder
+    meta, tokens = _toy_metadata()
+    tok = tokenizer_from_gguf(meta)
+    ids = tok.encode("é!")                     # é is two byte tokens
+    stream = StreamDecoder(tok)
+    deltas = [stream.push(i) for i in ids]
+    assert deltas[0] == "" and "".join(deltas) + stream.flush() == "é!"
+
+
+def test_cli_reports_a_missing_file(tmp_path, capsys):
+    from dreidel.models.llama.cli import main
+    assert main([str(tmp_path / "missing.gguf"), "hi"]) == 1
+    assert "missing.gguf" in capsys.readouterr().err

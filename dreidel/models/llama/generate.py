@@ -117,6 +117,8 @@ def generate(model, input_ids, max_new_tokens=32, temperature=0.0, top_k=None, t
     history = list(prompt)
     was_training = model.training
     model.eval()
+    if model.lm_head is None:
+        model._frozen_projection = np.ascontiguousarray(model.model.embed_tokens.weight.numpy().T)
     try:
         with dreidel.no_grad():
             cache = model.new_cache(len(prompt) + budget) if use_cache else None
@@ -142,4 +144,5 @@ def generate(model, input_ids, max_new_tokens=32, temperature=0.0, top_k=None, t
             result.decode_seconds = time.perf_counter() - start
     finally:
         model.train(was_training)
+        model._frozen_projection = None
     return result
