@@ -29,7 +29,6 @@ def test_spectral_unet_learns_to_segment_held_out_volumes():
     assert result["final_dice"] > 0.6
 
 
-@pytest.mark.xfail(reason="split optimiser no longer lowers the loss by 20 % in 15 steps since the model change of 49bd15c; open", strict=False)
 def test_split_optimizer_covers_every_parameter_once_and_descends():
     example = _example()
     dreidel.random.manual_seed(0)
