@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dreidel  # noqa: E402
-from dreidel.models.llama.model import LlamaForCausalLM  # noqa: E402
+from importers.gguf_to_dreidel import load_llama  # noqa: E402
 from dreidel.models.llama.moe import HashRoutedFFN, ffn_inputs, moefy, restore  # noqa: E402
 from dreidel.models.llama.train import load_text  # noqa: E402
 
@@ -66,6 +66,75 @@ def llama_cpp_speed(path, prompt64, threads, repeats, decode_tokens=32):
             llm.eval([token])
         decode.append(decode_tokens / (time.perf_counter() - start))
     return float(np.median(prefill)), float(np.median(decode))
+
+
+def torch_model(config, state):
+    """Hugging Face transformers' LlamaForCausalLM (PyTorch, float32) on the same dequantised weights,
+    or None when torch/transformers are not installed."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    hf_config = transformers.LlamaConfig(**{k: v for k, v in config.to_dict().items() if k != "chat_template"})
+    model = transformers.LlamaForCausalLM(hf_config).eval()
+    weights = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise SystemExit(f"bench/llama.py: weights do not fit transformers' Llama: missing {missing}, "
+                         f"unexpected {unexpected}")
+    model.tie_weights()
+    return model
+
+
+def torch_greedy(torch_llama, ids, new_tokens):
+    """Greedy tokens from transformers with its KV cache, no stop token (as dreidel's stop_tokens=[])."""
+    import torch
+    out = torch_llama(torch.tensor([ids]), use_cache=True)
+    tokens = []
+    for _ in range(new_tokens):
+        token = out.logits[:, -1:].argmax(-1)
+        tokens.append(int(token))
+        out = torch_llama(token, past_key_values=out.past_key_values, use_cache=True)
+    return tokens
+
+
+def torch_compare(model, torch_llama, tokenizer, prompt64, threads, repeats, new_tokens=32):
+    """Prefill/decode tokens/s of transformers (KV cache, greedy) interleaved with dreidel's, the
+    largest |Δ| of last-position logits on every prompt, and whether 32 greedy tokens agree."""
+    import torch
+    torch.set_num_threads(threads)
+    prompts = [tokenizer.encode(p) for p in PROMPTS] + [prompt64]
+    worst, same = 0.0, []
+    with torch.no_grad():
+        for ids in prompts:
+            with dreidel.no_grad():
+                ours = model(np.asarray([ids])).numpy()[0, -1]
+            theirs = torch_llama(torch.tensor([ids])).logits[0, -1].numpy()
+            worst = max(worst, float(np.abs(ours - theirs).max()))
+        for ids in prompts[:len(PROMPTS)]:
+            ours = model.generate(ids, max_new_tokens=new_tokens, stop_tokens=[]).tokens
+            theirs = torch_greedy(torch_llama, ids, new_tokens)
+            same.append(list(ours) == theirs)
+        ours_p, ours_d, th_p, th_d = [], [], [], []
+        x = torch.tensor([prompt64])
+        for _ in range(repeats):  # interleaved
+            g = model.generate(prompt64, max_new_tokens=new_tokens, stop_tokens=[])
+            ours_p.append(g.prefill_tokens_per_second)
+            ours_d.append(g.decode_tokens_per_second)
+            start = time.perf_counter()
+            out = torch_llama(x, use_cache=True)
+            th_p.append(len(prompt64) / (time.perf_counter() - start))
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                out = torch_llama(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            th_d.append(new_tokens / (time.perf_counter() - start))
+    med = lambda v: float(np.median(v))  # noqa: E731
+    return dict(max_logit_diff=worst, greedy_same=same, prefill=med(ours_p), decode=med(ours_d),
+                torch_prefill=med(th_p), torch_decode=med(th_d))
 
 
 def ffn_speed(mlp, inputs, fractions, repeats, calibration):
@@ -135,9 +204,10 @@ def main(argv=None):
     from importers.gguf_to_dreidel import load_gguf
     config, state, _ = load_gguf(path)
     load_seconds = time.perf_counter() - start
-    model = LlamaForCausalLM.from_gguf(path)
+    model = load_llama(path)
     tokenizer = model.tokenizer
     print(f"load_gguf (read + dequantise Q4_1 → float32, {len(state)} tensors): {load_seconds:.1f} s")
+    torch_llama = torch_model(config, state)
     del state
 
     text = load_text()
@@ -145,8 +215,17 @@ def main(argv=None):
     assert len(prompt64) == 64
     prefill, decode = speed(model, prompt64, args.repeats)
     print(f"dreidel     prefill (64-token prompt): {prefill:7.1f} tokens/s   decode: {decode:6.1f} tokens/s")
-    if importlib.util.find_spec("torch") is None:
-        print("PyTorch: not installed, skipped")
+    if torch_llama is None:
+        print("PyTorch: torch or transformers not installed, skipped")
+    else:
+        t = torch_compare(model, torch_llama, tokenizer, prompt64, args.threads, args.repeats)
+        print(f"PyTorch     prefill (64-token prompt): {t['torch_prefill']:7.1f} tokens/s   decode: "
+              f"{t['torch_decode']:6.1f} tokens/s  (transformers, same weights; interleaved with dreidel at "
+              f"{t['prefill']:.1f} / {t['decode']:.1f}: dreidel ÷ PyTorch speed prefill "
+              f"{t['prefill'] / t['torch_prefill']:.2f}, decode {t['decode'] / t['torch_decode']:.2f})")
+        print(f"  vs PyTorch: max |Δ last-position logits| over {len(PROMPTS) + 1} prompts "
+              f"{t['max_logit_diff']:.2e}; greedy 32 tokens identical: {t['greedy_same']}")
+        del torch_llama
     cpp = llama_cpp_speed(path, prompt64, args.threads, args.repeats)
     if cpp is None:
         print("llama.cpp: llama-cpp-python not installed (its build did not finish within ~10 minutes here), skipped")

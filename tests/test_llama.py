@@ -361,7 +361,7 @@ def test_tied_logits_follow_in_place_weight_updates():
 
 
 def test_stream_decoder_holds_back_split_characters():
-    from dreidel.models.llama.cli import StreamDecoder
+    from dreidel.cli.generate import StreamDecoder
     meta, tokens = _toy_metadata()
     tok = tokenizer_from_gguf(meta)
     ids = tok.encode("é!")                     # é is two byte tokens
@@ -371,6 +371,6 @@ def test_stream_decoder_holds_back_split_characters():
 
 
 def test_cli_reports_a_missing_file(tmp_path, capsys):
-    from dreidel.models.llama.cli import main
+    from dreidel.cli.generate import main
     assert main([str(tmp_path / "missing.gguf"), "hi"]) == 1
     assert "missing.gguf" in capsys.readouterr().err

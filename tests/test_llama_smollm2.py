@@ -27,8 +27,8 @@ def tokenizer(path):
 
 @pytest.fixture(scope="module")
 def model(path):
-    from dreidel.models.llama.model import LlamaForCausalLM
-    return LlamaForCausalLM.from_gguf(path)
+    from importers.gguf_to_dreidel import load_llama
+    return load_llama(path)
 
 
 REFERENCE_IDS = {
@@ -54,7 +54,7 @@ def test_tokenizer_matches_reference_ids_and_round_trips(tokenizer):
 
 
 def test_config_and_chat_prompt(model):
-    from dreidel.models.llama.cli import build_prompt
+    from dreidel.cli.generate import build_prompt
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads) == (30, 576, 9, 3)
     assert c.tie_word_embeddings and model.lm_head is None
@@ -78,7 +78,7 @@ def test_greedy_text_is_coherent_and_cached_equals_uncached(model):
     ("What is 2 + 2?", "4"),
 ])
 def test_chat_answers(model, prompt, expected):
-    from dreidel.models.llama.cli import build_prompt
+    from dreidel.cli.generate import build_prompt
     ids, stops = build_prompt(model, prompt, chat=True)
     result = model.generate(ids, max_new_tokens=24, stop_tokens=stops)
     assert expected in model.tokenizer.decode(result.tokens, skip_special_tokens=True)

@@ -10,7 +10,7 @@ import dreidel
 from dreidel import nn, optim
 from dreidel.audio import log_mel_spectrogram
 from dreidel.models.whisper import Whisper, WhisperConfig, WeightMappingError
-from dreidel.models.whisper.cli import main as cli_main
+from dreidel.cli.transcribe import main as cli_main
 from dreidel.models.whisper.decoding import beam_search, greedy
 from shared_data import shared_path
 

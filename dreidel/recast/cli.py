@@ -59,16 +59,11 @@ def load_teacher(path):
 
 def _load_gguf(path):
     try:
-        from importers.gguf_to_dreidel import load_gguf
-        from dreidel.models.llama import LlamaForCausalLM
+        from importers.gguf_to_dreidel import load_llama
     except ImportError as error:
         raise TeacherError(f"{path}: GGUF teachers need the GGUF importer and dreidel.models.llama, "
                            f"which this build does not have ({error})") from None
-    config, state, tokenizer = load_gguf(path)
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(state)
-    model.tokenizer = tokenizer
-    return model.eval()
+    return load_llama(path).eval()
 
 
 def save_dreidel_model(model, path, class_path, config):

@@ -1,7 +1,8 @@
 """Import GGUF files (llama.cpp's format): a reader, dequantisers, and Llama models.
 
-    from importers.gguf_to_dreidel import load_gguf, read_gguf
-    config, state, tokenizer = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")   # Llama-family files
+    from importers.gguf_to_dreidel import load_gguf, load_llama, read_gguf
+    model = load_llama("SmolLM2-135M-Instruct.Q4_1.gguf")                     # a LlamaForCausalLM
+    config, state, tokenizer = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")   # or its parts
     with read_gguf("model.gguf") as f:                                        # any architecture
         f.metadata["general.architecture"], f.tensors["token_embd.weight"].shape
         embedding = f.tensor("token_embd.weight")                             # float32, numpy shape
@@ -11,6 +12,8 @@ Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K dequantise to float32. Errors all derive f
 (a ValueError) and name the file: `GGUFFormatError` for malformed files, `GGUFUnsupportedError`
 listing every unsupported feature (architecture, tensor types, ...) at once.
 """
+from dreidel.models.llama import LlamaConfig, LlamaForCausalLM
+from dreidel.models.llama.tokenizer import tokenizer_from_gguf
 from importers.gguf_to_dreidel.errors import GGUFError, GGUFFormatError, GGUFUnsupportedError
 from importers.gguf_to_dreidel.llama import SUPPORTED_ARCHITECTURES, hf_name, permute_rows, unpermute_rows
 from importers.gguf_to_dreidel.quants import GGML_TYPES, SUPPORTED_TYPES, dequantize
@@ -28,9 +31,6 @@ def load_gguf(path):
     built from the file's `tokenizer.*` metadata.
     Raises `GGUFUnsupportedError` listing every unsupported feature before dequantising anything.
     """
-    # Imported here: read_gguf serves any architecture without loading the Llama package.
-    from dreidel.models.llama import LlamaConfig
-    from dreidel.models.llama.tokenizer import tokenizer_from_gguf
     with read_gguf(path) as gguf:
         problems = _llama.unsupported_features(gguf)
         if problems:
@@ -43,6 +43,17 @@ def load_gguf(path):
         return config, _llama.state_dict(gguf, fields), tokenizer
 
 
-__all__ = ["load_gguf", "read_gguf", "GGUFFile", "TensorInfo", "GGUFError", "GGUFFormatError",
+def load_llama(path, linear=None, ffn=None):
+    """A ready `LlamaForCausalLM` from a Llama-family GGUF file: weights dequantised to float32,
+    `model.tokenizer` (and its chat template) from the file's metadata. `linear=` / `ffn=` build a
+    student with other layers, as `LlamaForCausalLM(config, linear=..., ffn=...)` does."""
+    config, state, tokenizer = load_gguf(path)
+    model = LlamaForCausalLM(config, linear=linear, ffn=ffn)
+    model.load_weights(state, f"{path}: tensors")
+    model.tokenizer = tokenizer
+    return model
+
+
+__all__ = ["load_gguf", "load_llama", "read_gguf", "GGUFFile", "TensorInfo", "GGUFError", "GGUFFormatError",
            "GGUFUnsupportedError", "GGML_TYPES", "SUPPORTED_TYPES", "SUPPORTED_ARCHITECTURES", "dequantize",
            "hf_name", "permute_rows", "unpermute_rows"]

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from dreidel.models.llama.tokenizer import PRE_TOKENIZERS
 from importers.gguf_to_dreidel.errors import GGUFFormatError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -111,7 +112,6 @@ def unsupported_features(gguf):
 
 
 def _tokenizer_problems(metadata):
-    from dreidel.models.llama.tokenizer import PRE_TOKENIZERS
     model = metadata.get("tokenizer.ggml.model")
     if model != "gpt2":
         return [f"tokenizer model {model!r} (supported: 'gpt2', byte-level BPE)"]

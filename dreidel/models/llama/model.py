@@ -122,7 +122,7 @@ class LlamaForCausalLM(nn.Module):
 
     `linear(in, out, bias)` builds every projection and `ffn(hidden, intermediate, linear)` every
     feed-forward block. `lm_head` exists only when the embeddings are not tied. `tokenizer` and
-    `chat_template` are attached by `from_gguf` (None otherwise)."""
+    `chat_template` are attached by `importers.gguf_to_dreidel.load_llama` (None otherwise)."""
 
     def __init__(self, config=None, linear=None, ffn=None, rng=None):
         super().__init__()
@@ -206,15 +206,3 @@ class LlamaForCausalLM(nn.Module):
                                      + "\n  ".join(problems))
         for name, parameter in own.items():
             parameter.data = np.ascontiguousarray(state[name], dtype=parameter.dtype)
-
-    @classmethod
-    def from_gguf(cls, path, linear=None, ffn=None):
-        """Load a Llama-family GGUF file (weights dequantised to float32, tokenizer and chat template
-        from its metadata) with dreidel's GGUF importer."""
-        from importers.gguf_to_dreidel import load_gguf
-        from .tokenizer import GGUFTokenizer, tokenizer_from_gguf
-        config, state, tokenizer = load_gguf(path)
-        model = cls(config, linear=linear, ffn=ffn)
-        model.load_weights(state, f"{path}: tensors")
-        model.tokenizer = tokenizer if isinstance(tokenizer, GGUFTokenizer) else tokenizer_from_gguf(tokenizer, path)
-        return model

@@ -54,7 +54,7 @@ def build_prompt(model, prompt, chat=False, system=None):
     stops = {model.config.eos_token_id} - {None}
     if not chat:
         return tokenizer.encode(prompt), stops
-    from .chat import render_chat
+    from dreidel.models.llama.chat import render_chat
     if not model.config.chat_template:
         raise ValueError("--chat: this model file has no tokenizer.chat_template")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -70,12 +70,12 @@ def build_prompt(model, prompt, chat=False, system=None):
 def main(argv=None):
     args = _parser().parse_args(argv)
     import dreidel
-    from .model import LlamaForCausalLM
+    from importers.gguf_to_dreidel import load_llama
     if args.threads is not None:
         dreidel.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        model = LlamaForCausalLM.from_gguf(args.model)
+        model = load_llama(args.model)
         ids, stops = build_prompt(model, args.prompt, args.chat, args.system)
     except (OSError, ValueError) as error:
         print(f"dreidel generate: {error}", file=sys.stderr)

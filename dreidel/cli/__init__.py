@@ -14,8 +14,8 @@ import sys
 
 # name -> (module, function taking argv, one-line help)
 COMMANDS = {
-    "transcribe": ("dreidel.models.whisper.cli", "main", "speech to text with Whisper (WAV files in)"),
-    "generate": ("dreidel.models.llama.cli", "main", "text generation from a GGUF language model"),
+    "transcribe": ("dreidel.cli.transcribe", "main", "speech to text with Whisper (WAV files in)"),
+    "generate": ("dreidel.cli.generate", "main", "text generation from a GGUF language model"),
     "recast": ("dreidel.recast.cli", "recast_main", "recast a dense teacher into a faster student"),
     "evaluate": ("dreidel.recast.cli", "evaluate_main", "compare a student with its teacher"),
     "demo": ("dreidel.__main__", "main", "the main job on its embedded default"),

@@ -21,7 +21,7 @@ def main(argv=None):
         parser.error("--beam-size and --batch-size must be at least 1")
     import dreidel
     from dreidel.audio import WavError
-    from .model import Whisper
+    from dreidel.models.whisper import Whisper
     if args.threads:
         dreidel.set_num_threads(args.threads)
     missing = [str(p) for p in args.audio if not p.is_file()]
