@@ -13,7 +13,8 @@ intra_op_num_threads, no spinning), medians of interleaved repeats, in one proce
 - ms per decoder step with the cache (one clip, after the first step);
 - peak RSS of a fresh process that loads the model and transcribes the clip (and RSS after loading);
 - optionally faster-whisper (CTranslate2) fp32 and int8 on the same clip, when importable
-  (`--faster-whisper` names the CTranslate2 model folder).
+  (`--faster-whisper` names the CTranslate2 model folder; bench/faster_whisper_model.py builds it
+  from the same weights).
 """
 import argparse
 import json
