@@ -83,6 +83,8 @@ class ALSHSparseDense(Module):
     computes the dense layer.
     """
 
+    _input_kind = "float"  # input policy: see dreidel.nn.module
+
     def __init__(self, in_features, out_features, hash="simhash", bits=8, tables=16, max_active=None,
                  rebuild_every=50, bias=True, seed=0, bin_size=8, fast=True, drift_threshold=0.05,
                  exact_eval=False, rng=None, dtype=np.float32):

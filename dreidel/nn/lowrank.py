@@ -17,6 +17,8 @@ class LowRankLinear(Module):
     PyTorch-initialised dense Linear (Var(x)/3 per coordinate). The bias starts at zero.
     """
 
+    _input_kind = "float"  # input policy: see dreidel.nn.module
+
     def __init__(self, in_features, out_features, rank, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -79,6 +81,8 @@ class SpectralLowRankLinear(Module):
     of the outputs. Cost per sample: S's K·(FWHT(N) + N) plus rank·(in + out) (+ out for the bias).
     Parameters: `spectral.d`, `low_rank.U`, `low_rank.V`, `bias`; the permutations are buffers.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, rank, depth=4, bias=True, seed=0, rng=None, dtype=np.float32):
         super().__init__()

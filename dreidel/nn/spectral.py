@@ -78,6 +78,8 @@ class LinearWHT(Module):
     Var(y_j) = Σ_i H_ji² d_i² Var(x) = Var(x), since H_ji² = 1/N. The bias starts at zero.
     """
 
+    _input_kind = "float"  # input policy: see dreidel.nn.module
+
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -192,6 +194,8 @@ class DeepSpectralLinear(Module):
 
     Cost per sample: K·(FWHT(N) + N) multiply-adds (+ out for the bias), vs in·out dense.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, depth=4, bias=True, seed=0, dtype=np.float32):
         super().__init__()
