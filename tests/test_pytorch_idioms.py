@@ -248,6 +248,7 @@ def test_linear_takes_numpy_arrays_and_lists_like_tensors():
     np.testing.assert_allclose(layer(x).data, want, rtol=1e-6)
     np.testing.assert_allclose(layer([[0, 1, 2], [3, 4, 5]]).data, want, rtol=1e-6)  # Python numbers: float32
     assert layer([[0.0, 1.0, 2.0]]).dtype == np.float32
+    assert nn.Linear(3, 2, dtype=np.float64)([[0, 1, 2]]).dtype == np.float64  # the layer's dtype
     layer(x).sum().backward()
     np.testing.assert_allclose(layer.weight.grad, np.ones((2, 2)).T @ x, rtol=1e-6)
 

@@ -22,7 +22,7 @@ from dreidel.tensor import DEFAULT_DTYPE, Tensor, as_tensor
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 IncompatibleKeys.__doc__ = "What `load_state_dict` returns: the model's keys the state lacked, and the state's extra keys."
 
-# what the input policy lifts to a Tensor (bool is an int: it is lifted, then refused as non-float)
+# what the input policy lifts to a Tensor (by `as_tensor`: numbers and lists take the layer's dtype)
 _LIFTED = (np.ndarray, np.generic, int, float, list)
 
 
@@ -180,14 +180,14 @@ class Module:
         if reference is not None and dtype == reference.dtype:
             return x  # the usual case
         name = type(self).__name__
-        expected = "a floating-point" if reference is None else str(reference.dtype)
+        expected = "floating-point" if reference is None else str(reference.dtype)
         if dtype.kind != "f":
             raise TypeError(f"{name} expects a {expected} input, got {dtype}: cast it first, "
                             f"e.g. x.float() (float32) or x.double() (float64)")
         if reference is not None and dtype.itemsize > reference.dtype.itemsize:
+            widen = ".double()" if dtype == np.float64 else f".to(np.{dtype})"
             raise TypeError(f"{name} has {reference.dtype} parameters but got a {dtype} input: cast the "
-                            f"input (x.astype(np.{reference.dtype})) or the layer (.to(np.{dtype}), "
-                            f".double())")
+                            f"input (x.astype(np.{reference.dtype})) or the layer ({widen})")
         return x
 
     # -- traversal ---------------------------------------------------------------------------
