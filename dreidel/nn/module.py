@@ -151,22 +151,26 @@ class Module:
                 replaced = hook(self, args)
                 if replaced is not None:
                     args = replaced if isinstance(replaced, tuple) else (replaced,)
-        if self._input_kind is not None and args:
-            args = (self._checked_input(args[0]),) + args[1:]
+        if self._input_kind is not None and args:  # the input policy (module docstring)
+            x, reference = args[0], None
+            for reference in self._parameters.values():
+                if reference is not None:
+                    break
+            # the usual case first and inline: layers are called in every inner loop
+            if not (type(x) is Tensor and reference is not None and x.data.dtype is reference.data.dtype
+                    and self._input_kind == "float"):
+                args = (self._checked_input(x, reference),) + args[1:]
         output = self.forward(*args, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            replaced = hook(self, args, output)
-            if replaced is not None:
-                output = replaced
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                replaced = hook(self, args, output)
+                if replaced is not None:
+                    output = replaced
         return output
 
-    def _checked_input(self, x):
-        """The first input under the input policy (module docstring): lifted to a Tensor, dtype checked."""
-        reference = None
-        for p in self._parameters.values():
-            if p is not None:
-                reference = p
-                break
+    def _checked_input(self, x, reference):
+        """`x` under the input policy (module docstring): lifted to a Tensor, its dtype checked
+        against the `reference` parameter (the module's first, or None)."""
         if not isinstance(x, Tensor):
             if not isinstance(x, _LIFTED):
                 raise TypeError(f"{type(self).__name__} expects a Tensor or numpy array as input, "
