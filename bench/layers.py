@@ -32,7 +32,8 @@ import dreidel
 from dreidel.runtime import blas_num_threads
 from dreidel.nn import Linear
 from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
-from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics, LinearWHT
+from dreidel.nn.fitting import InputStatistics
+from dreidel.nn.spectral import DeepSpectralLinear, LinearWHT
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "onnx", "whisper-tiny-en")
 

@@ -8,6 +8,7 @@ JSON in the file's metadata, so a resumed run continues bit-exactly.
 import json
 import os
 import tempfile
+from collections import OrderedDict
 
 import numpy as np
 from safetensors.numpy import load as _safetensors_load
@@ -82,24 +83,41 @@ def atomic_write_bytes(path, payload):
         raise
 
 
+_VERSIONS_KEY = "dreidel.versions"  # {module prefix: state_dict version}, the versions other than 1
+
+
 def save(state_dict, path, metadata=None):
     """Save a dict of name → Tensor/array to `path` (safetensors), atomically.
 
-    `metadata` is an optional dict of strings stored in the file's header.
+    `metadata` is an optional dict of strings stored in the file's header. The module versions of a
+    `Module.state_dict()` (its `_metadata`) other than 1 go there too, so `load` can give them back.
     """
     metadata = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
+    versions = {prefix: entry["version"] for prefix, entry in (getattr(state_dict, "_metadata", None) or {}).items()
+                if entry.get("version", 1) != 1}
+    if versions:
+        metadata = {**(metadata or {}), _VERSIONS_KEY: json.dumps(versions)}
     atomic_write_bytes(path, _safetensors_save(_as_arrays(state_dict), metadata=metadata))
 
 
 def load(path):
-    """Load a safetensors file into a dict of name → numpy array; a bad file raises CheckpointError."""
-    path, payload, _ = _read_checked(path)
+    """Load a safetensors file into an OrderedDict of name → numpy array, with the module versions
+    `save` recorded as its `_metadata` (for `Module.load_state_dict`); a bad file raises CheckpointError."""
+    path, payload, header = _read_checked(path)
     try:
-        return dict(_safetensors_load(payload))
+        state = OrderedDict(_safetensors_load(payload))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as error:  # safetensors raises its own types, and a Rust panic is a BaseException
         raise CheckpointError(f"checkpoint {path!r} is corrupt or not safetensors: {error}") from error
+    state._metadata = OrderedDict()
+    recorded = (header.get("__metadata__") or {}).get(_VERSIONS_KEY)
+    if recorded is not None:
+        try:
+            state._metadata.update((prefix, {"version": version}) for prefix, version in json.loads(recorded).items())
+        except (ValueError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint {path!r} has corrupt module versions: {error}") from error
+    return state
 
 
 def load_metadata(path):
@@ -198,6 +216,8 @@ def save_training_state(path, *, model=None, optimizer=None, scheduler=None, dat
             if not hasattr(owner, "state_dict"):
                 raise TypeError(f"{name}= needs an object with state_dict(), got {type(owner).__name__}")
             state[name] = owner.state_dict()
+            if hasattr(state[name], "_metadata"):  # a model's module versions (see Module.state_dict)
+                state[name + "_metadata"] = state[name]._metadata
     if rng:
         state["rng"] = _random.get_state()
     arrays = {}
@@ -224,7 +244,11 @@ def load_training_state(path, *, model=None, optimizer=None, scheduler=None, dat
             continue
         if name not in state:
             raise CheckpointError(f"training state {os.fspath(path)!r} holds no {name} state")
-        owner.load_state_dict(state[name])
+        part = state[name]
+        if name + "_metadata" in state:
+            part = OrderedDict(part)
+            part._metadata = state[name + "_metadata"]
+        owner.load_state_dict(part)
     if rng and "rng" in state:
         _random.set_state(state["rng"])
     return state

@@ -189,7 +189,8 @@ def test_hybrid_fit_is_monotone_and_beats_its_low_rank_part(with_inputs):
 
 
 def test_streamed_input_statistics_give_the_same_fits():
-    from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics
+    from dreidel.nn.fitting import InputStatistics
+    from dreidel.nn.spectral import DeepSpectralLinear
     rng = np.random.default_rng(8)
     W, b = rng.standard_normal((12, 16)), rng.standard_normal(12)
     X = anisotropic_inputs(rng, 300, 16, shift=5.0)

@@ -267,3 +267,199 @@ def test_deepcopy_gives_an_independent_module():
     assert isinstance(twin.gain, nn.Parameter) and twin.gain is not net.gain
     twin.gain.data += 1
     assert (net.gain.data == 1).all()
+
+
+# -- forward pre-hooks -------------------------------------------------------------------------------
+def test_forward_pre_hooks_see_and_replace_the_inputs_in_order():
+    layer = nn.Linear(3, 2, dtype=np.float64)
+    calls = []
+    first = layer.register_forward_pre_hook(lambda m, args: calls.append(("first", m, args[0].shape)))
+    double = layer.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    single = layer.register_forward_pre_hook(lambda m, args: args[0] + 1)  # one value: not a tuple
+    x = Tensor(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_allclose(layer(x).data, layer.forward(Tensor(x.data * 2 + 1)).data)
+    assert calls == [("first", layer, (2, 3))]
+    seen = []
+    layer.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].data.copy()))
+    layer(x)
+    np.testing.assert_array_equal(seen[0], x.data * 2 + 1)  # forward hooks get the replaced inputs
+    double.remove()
+    single.remove()
+    first.remove()
+    np.testing.assert_allclose(layer(x).data, layer.forward(x).data)
+    assert len(calls) == 2
+
+
+def test_forward_pre_hook_runs_before_the_input_check_and_handles_are_context_managers():
+    layer = nn.Linear(3, 2)  # float32
+    x = np.ones((1, 3))      # float64: refused by the input policy ...
+    with pytest.raises(TypeError, match="float64"):
+        layer(x)
+    with layer.register_forward_pre_hook(lambda m, args: (Tensor(args[0].astype(np.float32)),)):
+        assert layer(x).dtype == np.float32  # ... unless a pre-hook casts it
+    with pytest.raises(TypeError, match="float64"):
+        layer(x)  # the hook went with the `with` block
+
+
+# -- buffers -----------------------------------------------------------------------------------------
+class Cached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(np.ones(3, np.float32))
+        self.register_buffer("running", np.zeros(3, np.float32))
+        self.register_buffer("table", np.arange(3, dtype=np.float32), persistent=False)
+
+    def forward(self, x):
+        return x * self.weight + self.table
+
+
+def test_non_persistent_buffers_stay_out_of_the_state_dict():
+    net = nn.Sequential(Cached(), Cached())
+    assert list(net.state_dict()) == ["0.weight", "1.weight", "0.running", "1.running"]
+    assert [n for n, _ in net.named_buffers()] == ["0.running", "0.table", "1.running", "1.table"]
+    net.double()
+    assert net[0].table.dtype == np.float64  # still cast with the module
+    fresh = nn.Sequential(Cached(), Cached())
+    fresh[0].table = np.full(3, 7.0, np.float32)  # assigning keeps it a buffer, and non-persistent
+    assert isinstance(fresh[0].table, Tensor) and "0.table" not in fresh.state_dict()
+    assert fresh.load_state_dict(net.state_dict()) == ([], [])  # strict: the table is not expected
+    np.testing.assert_array_equal(fresh[0].table.data, [7, 7, 7])  # and not touched
+    with pytest.raises(KeyError, match="0.table"):
+        fresh.load_state_dict({**net.state_dict(), "0.table": np.zeros(3)})
+    result = fresh.load_state_dict({**net.state_dict(), "0.table": np.zeros(3)}, strict=False)
+    assert result.unexpected_keys == ["0.table"] and result.missing_keys == []
+    fresh[1].register_buffer("table", np.zeros(3, np.float32))  # registered again as persistent
+    assert "1.table" in fresh.state_dict()
+
+
+def test_non_persistent_buffers_are_not_saved(tmp_path):
+    net = Cached()
+    dreidel.save(net.state_dict(), tmp_path / "c.safetensors")
+    assert sorted(dreidel.load(tmp_path / "c.safetensors")) == ["running", "weight"]
+
+
+# -- state-dict versions -----------------------------------------------------------------------------
+class ScaleV1(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(np.ones(2, np.float32))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class ScaleV2(nn.Module):
+    """Version 2 renamed `weight` to `gain` and added a `shift` (zero reproduces version 1)."""
+    _version = 2
+    migrations = []
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(np.ones(2, np.float32))
+        self.shift = nn.Parameter(np.zeros(2, np.float32))
+
+    def forward(self, x):
+        return x * self.gain + self.shift
+
+    def _migrate_state_dict(self, state, prefix, version):
+        ScaleV2.migrations.append((prefix, version))
+        if version < 2 and prefix + "weight" in state:
+            state[prefix + "gain"] = state.pop(prefix + "weight")
+            state.setdefault(prefix + "shift", np.zeros(2, np.float32))
+
+
+def _model(scale):
+    return nn.Sequential(nn.Linear(2, 2), scale(), nn.Sequential(scale()))
+
+
+def test_state_dict_records_every_module_version():
+    state = _model(ScaleV2).state_dict()
+    assert state._metadata == {"": {"version": 1}, "0": {"version": 1}, "1": {"version": 2},
+                               "2": {"version": 1}, "2.0": {"version": 2}}
+
+
+def test_a_version_1_checkpoint_loads_into_the_version_2_module(tmp_path):
+    old = _model(ScaleV1)
+    old[1].weight.data[:] = [2, 3]
+    old[2][0].weight.data[:] = [4, 5]
+    path = tmp_path / "v1.safetensors"
+    dreidel.save(old.state_dict(), path)
+    assert "dreidel.versions" not in dreidel.load_metadata(path)  # all at version 1: nothing recorded
+    new = _model(ScaleV2)
+    ScaleV2.migrations.clear()
+    assert new.load_state_dict(dreidel.load(path)) == ([], [])  # strict, after the migration
+    assert sorted(ScaleV2.migrations) == [("1.", 1), ("2.0.", 1)]
+    np.testing.assert_array_equal(new[1].gain.data, [2, 3])
+    np.testing.assert_array_equal(new[2][0].gain.data, [4, 5])
+    x = Tensor(np.array([[1.0, -2.0]], np.float32))
+    np.testing.assert_allclose(new(x).data, old(x).data)
+    with pytest.raises(KeyError, match="weight"):
+        ScaleV1().load_state_dict(new.state_dict())  # nothing migrates backwards by itself
+
+
+def test_version_2_checkpoints_keep_their_version_and_do_not_migrate_again(tmp_path):
+    source = _model(ScaleV2)
+    source[1].gain.data[:] = [6, 7]
+    path = tmp_path / "v2.safetensors"
+    dreidel.save(source.state_dict(), path, metadata={"note": "x"})
+    assert dreidel.load_metadata(path)["note"] == "x"
+    loaded = dreidel.load(path)
+    assert loaded._metadata == {"1": {"version": 2}, "2.0": {"version": 2}}
+    ScaleV2.migrations.clear()
+    target = _model(ScaleV2)
+    target.load_state_dict(loaded)
+    assert ScaleV2.migrations == []
+    np.testing.assert_array_equal(target[1].gain.data, [6, 7])
+    # a plain dict has lost its versions: it counts as version 1, and the migration leaves new keys alone
+    target.load_state_dict(dict(source.state_dict()))
+    assert sorted(ScaleV2.migrations) == [("1.", 1), ("2.0.", 1)]
+    np.testing.assert_array_equal(target[1].gain.data, [6, 7])
+
+
+def test_training_state_keeps_versions(tmp_path):
+    source = _model(ScaleV2)
+    dreidel.save_training_state(tmp_path / "t.safetensors", model=source, step=1)
+    ScaleV2.migrations.clear()
+    dreidel.load_training_state(tmp_path / "t.safetensors", model=_model(ScaleV2))
+    assert ScaleV2.migrations == []
+
+
+def test_a_newer_or_corrupt_version_is_a_clear_error():
+    state = _model(ScaleV2).state_dict()
+    state._metadata["1"] = {"version": 3}
+    with pytest.raises(ValueError, match=r"version 3 of ScaleV2.*version 2"):
+        _model(ScaleV2).load_state_dict(state)
+    state._metadata["1"] = {"version": "2"}
+    with pytest.raises(ValueError, match="integer"):
+        _model(ScaleV2).load_state_dict(state)
+
+
+# -- apply, zero_grad --------------------------------------------------------------------------------
+def test_apply_visits_children_first_then_self_and_returns_self():
+    net = Net()
+    order = []
+    assert net.apply(lambda m: order.append(m)) is net
+    names = {id(m): n for n, m in net.named_modules()}
+    assert [names[id(m)] for m in order] == ["block.fc", "block.norm", "block", "head.0", "head.1", "head", ""]
+
+    def init(module):
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.weight)
+    net.apply(init)
+    assert not net.block.fc.weight.data.any() and not net.head[1].weight.data.any()
+    assert (net.gain.data == 1).all()
+
+
+def test_zero_grad_can_keep_zero_arrays():
+    net = Net()
+    net(Tensor(np.ones((2, 3), np.float32))).sum().backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    net.block.fc.bias.grad = None
+    net.zero_grad(set_to_none=False)
+    for name, p in net.named_parameters():
+        if name == "block.fc.bias":
+            assert p.grad is None  # nothing to zero
+            continue
+        assert p.grad is not grads[name] and p.grad.shape == p.shape and p.grad.dtype == grads[name].dtype
+        assert not p.grad.any()
+    assert any(g.any() for g in grads.values())  # the old arrays were not overwritten

@@ -238,3 +238,73 @@ def test_training_state_errors(tmp_path):
         dreidel.load_training_state(path, optimizer=dreidel.optim.SGD([nn.Parameter(np.zeros(1))], lr=1))
     with pytest.raises(TypeError, match="JSON"):
         dreidel.save_training_state(path, extra={"f": object()})
+
+
+# -- the layers' input policy (dreidel.nn.module) ----------------------------------------------------
+def test_linear_takes_numpy_arrays_and_lists_like_tensors():
+    layer = nn.Linear(3, 2, rng=np.random.default_rng(0))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    want = x @ layer.weight.data.T + layer.bias.data
+    np.testing.assert_allclose(layer(x).data, want, rtol=1e-6)
+    np.testing.assert_allclose(layer([[0, 1, 2], [3, 4, 5]]).data, want, rtol=1e-6)  # Python numbers: float32
+    assert layer([[0.0, 1.0, 2.0]]).dtype == np.float32
+    assert nn.Linear(3, 2, dtype=np.float64)([[0, 1, 2]]).dtype == np.float64  # the layer's dtype
+    layer(x).sum().backward()
+    np.testing.assert_allclose(layer.weight.grad, np.ones((2, 2)).T @ x, rtol=1e-6)
+
+
+def test_float64_input_to_a_float32_layer_is_a_clear_error():
+    layer = nn.Linear(3, 2)
+    for x in (np.ones((1, 3)), dreidel.Tensor(np.ones((1, 3)))):
+        with pytest.raises(TypeError, match=r"Linear has float32 parameters but got a float64 input.*double\(\)"):
+            layer(x)
+    assert layer.double()(np.ones((1, 3))).dtype == np.float64
+    assert layer(np.ones((1, 3), np.float32)).dtype == np.float64  # narrower inputs promote, as in numpy
+
+
+@pytest.mark.parametrize("x", [np.ones((1, 3), np.int64), np.ones((1, 3), bool), dreidel.Tensor(np.ones((1, 3), np.int32))])
+def test_integer_input_to_a_float_layer_is_a_clear_error(x):
+    with pytest.raises(TypeError, match=r"Linear expects a float32 input, got (int|bool).*x\.float\(\)"):
+        nn.Linear(3, 2)(x)
+
+
+def test_0d_and_unsupported_inputs_are_clear_errors():
+    layer = nn.Linear(1, 2)
+    for x in (2.0, 2, np.float32(2.0), np.array(2.0, np.float32)):
+        with pytest.raises(ValueError, match=r"last dimension 1, got input shape \(\)"):
+            layer(x)
+    with pytest.raises(TypeError, match="Linear expects a Tensor or numpy array as input, got str"):
+        layer("1.0")
+    with pytest.raises(TypeError, match="got dict"):
+        nn.LayerNorm(3)({"x": 1})
+
+
+def test_embedding_takes_integer_lists_and_refuses_floats():
+    emb = nn.Embedding(5, 2, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(emb([[1, 4]]).data, emb.weight.data[[[1, 4]]])
+    with pytest.raises(TypeError, match="Embedding expects integer indices, got float32"):
+        emb(dreidel.Tensor(np.array([1.0], np.float32)))
+
+
+def _float_layers():
+    from dreidel.nn import (ALSHSparseDense, DeepSpectralLinear, LayerNorm, LinearWHT, LowRankLinear, RMSNorm,
+                            SpectralLowRankLinear)
+    return [lambda: LinearWHT(4, 3), lambda: DeepSpectralLinear(4, 3, depth=2), lambda: LowRankLinear(4, 3, 2),
+            lambda: SpectralLowRankLinear(4, 3, 2, depth=1), lambda: ALSHSparseDense(4, 3, bits=2, tables=2),
+            lambda: LayerNorm(4), lambda: RMSNorm(4), lambda: LayerNorm(4, elementwise_affine=False)]
+
+
+@pytest.mark.parametrize("make", _float_layers())
+def test_every_float_layer_follows_the_policy(make):
+    layer = make()
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = layer(x)
+    assert isinstance(got, dreidel.Tensor) and got.dtype == np.float32
+    np.testing.assert_allclose(got.data, layer(dreidel.Tensor(x)).data, rtol=1e-6)
+    with pytest.raises(TypeError, match=type(layer).__name__):
+        layer(x.astype(np.int64))
+    if any(p is not None for p in layer._parameters.values()):
+        with pytest.raises(TypeError, match="float64"):
+            layer(x.astype(np.float64))
+    else:  # no parameters to match: any float goes
+        assert layer(x.astype(np.float64)).dtype == np.float64

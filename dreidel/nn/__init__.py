@@ -8,7 +8,8 @@ from dreidel.nn.conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPo
                              Conv3DSpectral, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, GroupNorm,
                              InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, MaxPool1d, MaxPool2d, MaxPool3d,
                              PReLU, Upsample)
-from dreidel.nn.spectral import DeepSpectralLinear, InputStatistics, LinearWHT
+from dreidel.nn.fitting import InputStatistics
+from dreidel.nn.spectral import DeepSpectralLinear, LinearWHT
 from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
 from dreidel.nn.alsh import ALSHSparseDense
 from dreidel.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding

@@ -7,6 +7,7 @@ import numpy as np
 from dreidel import functional as F
 from dreidel.hashing import (MAX_TABLE_BITS, DWTAHash, HashTables, SimHash, add_rows, gather_columns,
                              mips_data_transform, mips_query_transform, scatter_columns)
+from dreidel.nn.fitting import dense_arrays
 from dreidel.nn.layers import uniform_parameter
 from dreidel.nn.module import Module
 from dreidel.tensor import Tensor, _result, no_grad
@@ -82,6 +83,8 @@ class ALSHSparseDense(Module):
     computes the dense layer.
     """
 
+    _input_kind = "float"  # input policy: see dreidel.nn.module
+
     def __init__(self, in_features, out_features, hash="simhash", bits=8, tables=16, max_active=None,
                  rebuild_every=50, bias=True, seed=0, bin_size=8, fast=True, drift_threshold=0.05,
                  exact_eval=False, rng=None, dtype=np.float32):
@@ -127,20 +130,13 @@ class ALSHSparseDense(Module):
         """The sparse layer holding copies of a dense layer's `weight` (out, in) and `bias`.
 
         Exact on its active set; nothing to fit (`inputs` is accepted for a uniform interface and
-        unused). `kwargs` go to the constructor (hash, bits, tables, max_active, ...).
+        unused). An integer weight gives a float32 layer (the rule of every `from_dense`). `kwargs` go to the constructor (hash, bits, tables, max_active, ...).
         """
-        weight = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
-        if weight.ndim != 2 or weight.dtype.kind != "f":
-            raise ValueError(f"ALSHSparseDense.from_dense: weight must be a 2-D float array, got "
-                             f"{weight.dtype} {weight.shape}")
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, **kwargs)
-        layer.weight.data = np.array(weight, copy=True)
+        weight, bias, dtype = dense_arrays(weight, bias)
+        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=dtype, **kwargs)
+        layer.weight.data = np.array(weight, dtype=dtype, copy=True)
         if bias is not None:
-            bias = np.asarray(bias.data if isinstance(bias, Tensor) else bias, dtype=weight.dtype)
-            if bias.shape != (weight.shape[0],):
-                raise ValueError(f"ALSHSparseDense.from_dense: bias shape {bias.shape} does not match "
-                                 f"({weight.shape[0]},)")
-            layer.bias.data = np.array(bias, copy=True)
+            layer.bias.data = np.array(bias, dtype=dtype, copy=True)
         return layer
 
     # -- tables ------------------------------------------------------------------------------------

@@ -124,6 +124,8 @@ class Flatten(Module):
 class Linear(Module):
     """y = x Wᵀ + b, W of shape (out_features, in_features); PyTorch's initialisation."""
 
+    _input_kind = "float"
+
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -150,7 +152,7 @@ class Linear(Module):
         return layer
 
     def forward(self, x):
-        if x.shape[-1] != self.in_features:
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expected last dimension {self.in_features}, got input shape {x.shape}")
         return F.linear(x, self.weight, self.bias)
 
@@ -159,6 +161,8 @@ class Linear(Module):
 
 
 class Embedding(Module):
+    _input_kind = "index"
+
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, rng=None, dtype=np.float32):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
@@ -176,6 +180,8 @@ class Embedding(Module):
 
 # -- normalisation and dropout ---------------------------------------------------------------------
 class LayerNorm(Module):
+    _input_kind = "float"
+
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -191,6 +197,8 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
+    _input_kind = "float"
+
     def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True, dtype=np.float32):
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)

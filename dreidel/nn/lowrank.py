@@ -5,27 +5,9 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel.nn.module import Module, Parameter
-from dreidel.nn.spectral import DeepSpectralLinear, DenseProblem
+from dreidel.nn.fitting import finish_fit, output_subspace, spectral_als_sweep, start_fit
+from dreidel.nn.spectral import DeepSpectralLinear
 from dreidel.random import generator
-
-
-def _output_subspace(W, C, rank):
-    """Top-`rank` left singular vectors P_r of W C^{1/2}, C the centred input covariance.
-
-    min over rank-r Ŵ of ‖(W − Ŵ) C^{1/2}‖_F (the centred output error on the data) is reached at
-    Ŵ = [W C^{1/2}]_r C^{−1/2} = P_r P_rᵀ W (Eckart–Young: [W S]_r = P_r P_rᵀ W S), so only P_r is needed:
-    the top eigenvectors of W C Wᵀ, the covariance of the outputs. This needs no C^{−1/2}, hence no
-    ridge, and stays exact when C is singular; then the directions the data does not reach are taken
-    from W itself (truncated SVD of what is left). Without inputs (C = I) it is the truncated SVD.
-    """
-    values, vectors = np.linalg.eigh(W @ C @ W.T)
-    values, vectors = values[::-1], vectors[:, ::-1]
-    reached = int(np.sum(values > 1e-12 * max(values[0], 1e-300)))
-    P = vectors[:, :min(rank, reached)]
-    if P.shape[1] < rank:
-        extra, _, _ = np.linalg.svd(W - P @ (P.T @ W), full_matrices=False)
-        P = np.concatenate([P, extra[:, :rank - P.shape[1]]], axis=1)
-    return P
 
 
 class LowRankLinear(Module):
@@ -34,6 +16,8 @@ class LowRankLinear(Module):
     Initialisation: U ~ U(±1/√in), V ~ U(±√(3/rank)), so x U V has the output variance of a
     PyTorch-initialised dense Linear (Var(x)/3 per coordinate). The bias starts at zero.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, rank, bias=True, rng=None, dtype=np.float32):
         super().__init__()
@@ -68,29 +52,22 @@ class LowRankLinear(Module):
 
         Without `inputs`: truncated SVD of W (Frobenius-optimal). With `inputs` X: activation-aware,
         min over rank-r Ŵ and c of Σ_s ‖W x_s + b − Ŵ x_s − c‖², solved by Ŵ = P_r P_rᵀ W (SVD of W C^{1/2}
-        after whitening by the centred input covariance C, see `_output_subspace`) and the intercept
+        after whitening by the centred input covariance C, see `fitting.output_subspace`) and the intercept
         that makes the mean residual zero: c = b + (W − Ŵ) μ, μ the input mean.
         U = Wᵀ P_r, V = P_rᵀ, then each rank-one term is rescaled so ‖U_:j‖ = ‖V_j:‖ (same product).
         `layer.fit_report` holds the relative error ‖Y − Ŷ‖/‖Y‖ on the fitting data (‖W − Ŵ‖/‖W‖
         without inputs).
         """
-        problem = DenseProblem(weight, bias, inputs)
+        problem, dtype = start_fit(weight, bias, inputs, dtype)
         if rank is None:
             raise ValueError("LowRankLinear.from_dense needs rank=")
-        dtype = np.dtype(dtype or problem.dtype)
-        layer = cls(problem.in_features, problem.out_features, rank,
-                    bias=problem.b is not None or problem.fit_intercept, dtype=dtype)
-        P = _output_subspace(problem.W, problem.C, layer.rank)
+        layer = cls(problem.in_features, problem.out_features, rank, bias=problem.has_bias, dtype=dtype)
+        P = output_subspace(problem.W, problem.C, layer.rank)
         U, V = problem.W.T @ P, P.T
         scale = np.sqrt(np.maximum(np.linalg.norm(U, axis=0), 1e-30))
         U, V = U / scale, V * scale[:, None]
-        W_hat = (U @ V).T
         layer.U.data, layer.V.data = U.astype(dtype), V.astype(dtype)
-        if layer.bias is not None:
-            layer.bias.data = np.asarray(problem.offset(W_hat)).astype(dtype)
-        layer.fit_report = {"relative_error": problem.relative_error(W_hat), "iterations": 1,
-                            "used_inputs": problem.fit_intercept}
-        return layer
+        return finish_fit(layer, problem, (U @ V).T, dtype)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -104,6 +81,8 @@ class SpectralLowRankLinear(Module):
     of the outputs. Cost per sample: S's K·(FWHT(N) + N) plus rank·(in + out) (+ out for the bias).
     Parameters: `spectral.d`, `low_rank.U`, `low_rank.V`, `bias`; the permutations are buffers.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, rank, depth=4, bias=True, seed=0, rng=None, dtype=np.float32):
         super().__init__()
@@ -139,17 +118,16 @@ class SpectralLowRankLinear(Module):
         diagonal update can always choose d_k = 0, i.e. Ŝ = 0). Bias: the optimal offset.
         `fit_report`: relative_error, history (after the low-rank start and after each round).
         """
-        problem = DenseProblem(weight, bias, inputs)
+        problem, dtype = start_fit(weight, bias, inputs, dtype)
         if rank is None:
             raise ValueError("SpectralLowRankLinear.from_dense needs rank=")
-        dtype = np.dtype(dtype or problem.dtype)
-        layer = cls(problem.in_features, problem.out_features, rank, depth=depth,
-                    bias=problem.b is not None or problem.fit_intercept, seed=seed, dtype=dtype)
+        layer = cls(problem.in_features, problem.out_features, rank, depth=depth, bias=problem.has_bias,
+                    seed=seed, dtype=dtype)
         spectral = layer.spectral
         D = spectral.d.data.astype(np.float64)
 
         def low_rank_fit(target):
-            P = _output_subspace(target, problem.C, layer.low_rank.rank)
+            P = output_subspace(target, problem.C, layer.low_rank.rank)
             return target.T @ P, P.T
 
         U, V = low_rank_fit(problem.W)
@@ -157,18 +135,15 @@ class SpectralLowRankLinear(Module):
         for _ in range(rounds):
             residual = problem.with_weight(problem.W - (U @ V).T)
             for _ in range(sweeps):
-                spectral._als_sweep(residual, D, ridge)
+                spectral_als_sweep(spectral, residual, D, ridge)
             U, V = low_rank_fit(problem.W - spectral._dense_weight(D))
             history.append(problem.relative_error(spectral._dense_weight(D) + (U @ V).T))
         scale = np.sqrt(np.maximum(np.linalg.norm(U, axis=0), 1e-30))
         U, V = U / scale, V * scale[:, None]
         spectral.d.data = D.astype(dtype)
         layer.low_rank.U.data, layer.low_rank.V.data = U.astype(dtype), V.astype(dtype)
-        if layer.bias is not None:
-            layer.bias.data = np.asarray(problem.offset(spectral._dense_weight(D) + (U @ V).T)).astype(dtype)
-        layer.fit_report = {"relative_error": history[-1], "iterations": rounds, "history": history,
-                            "used_inputs": problem.fit_intercept}
-        return layer
+        return finish_fit(layer, problem, spectral._dense_weight(D) + (U @ V).T, dtype,
+                          relative_error=history[-1], iterations=rounds, history=history)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -1,9 +1,29 @@
-"""`Module` and `Parameter`: the PyTorch-style building blocks of every dreidel model."""
-from collections import OrderedDict
+"""`Module` and `Parameter`: the PyTorch-style building blocks of every dreidel model.
+
+Input policy (`Module._input_kind`, checked by `Module.__call__` on the first positional input of the
+layers that declare it): numpy arrays, numpy scalars, Python numbers and lists are lifted to Tensors
+(Python numbers and lists take the layer's dtype, arrays keep theirs). A float layer ("float") takes
+floating inputs no wider than its parameters (float32 into a float64 layer promotes, as in numpy); a
+float64 input to a float32 layer is a TypeError, as in PyTorch, rather than a silent float64
+computation, and so is an integer or bool input. An index layer ("index", `Embedding`) takes integers.
+
+State-dict versions: every Module class has `_version` (1 unless its state layout changed).
+`state_dict()._metadata` maps each module's prefix to {"version": ...}; `dreidel.save` keeps the
+versions other than 1 in the file and `dreidel.load` restores them, and `load_state_dict` calls
+`module._migrate_state_dict(state, prefix, version)` for every module whose stored version is older
+(no record means version 1: every state dict written before versions existed).
+"""
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from dreidel.tensor import DEFAULT_DTYPE, Tensor
+from dreidel.tensor import DEFAULT_DTYPE, Tensor, as_tensor
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = "What `load_state_dict` returns: the model's keys the state lacked, and the state's extra keys."
+
+# what the input policy lifts to a Tensor (by `as_tensor`: numbers and lists take the layer's dtype)
+_LIFTED = (np.ndarray, np.generic, int, float, list)
 
 
 class Parameter(Tensor):
@@ -29,10 +49,19 @@ class Module:
     Subclasses set attributes in `__init__` (after `super().__init__()`) and define `forward`.
     """
 
+    # Version of this class's state_dict layout: bump it when parameters or buffers are renamed,
+    # reshaped or added, and override `_migrate_state_dict` to turn older states into the new one.
+    _version = 1
+    # What the first positional input must be (see the module docstring): None (unchecked),
+    # "float" (a float tensor no wider than the parameters) or "index" (integer ids).
+    _input_kind = None
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent_buffers", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
@@ -81,17 +110,33 @@ class Module:
             raise TypeError(f"register_parameter({name!r}) needs a Parameter, got {type(parameter).__name__}")
         setattr(self, name, parameter)
 
-    def register_buffer(self, name, value):
-        """A non-trainable array saved in the state_dict (e.g. fixed permutations, running stats)."""
+    def register_buffer(self, name, value, persistent=True):
+        """A non-trainable array of the module (e.g. fixed permutations, running stats), cast by `to()`
+        and listed by `named_buffers()`; saved in the state_dict unless `persistent=False` (caches
+        that are rebuilt from other state, such as rotary tables)."""
         self.__dict__.setdefault("_buffer_names", set()).add(name)
+        if persistent:
+            self._non_persistent_buffers.discard(name)
+        else:
+            self._non_persistent_buffers.add(name)
         value = value if value is None or isinstance(value, Tensor) else Tensor(np.asarray(value))
         setattr(self, name, value)
 
     def add_module(self, name, module):
         setattr(self, name, module)
 
+    def register_forward_pre_hook(self, hook):
+        """Call `hook(module, args)` before every forward (args: the positional inputs, a tuple); a
+        return value other than None replaces them (a tuple, or one input). Hooks run in
+        registration order, each seeing the previous one's args, before the input check. Returns
+        a handle with `.remove()`."""
+        key = object()
+        self._forward_pre_hooks[key] = hook
+        return _HookHandle(self._forward_pre_hooks, key)
+
     def register_forward_hook(self, hook):
-        """Call `hook(module, inputs, output)` after every forward; returns a handle with `.remove()`."""
+        """Call `hook(module, inputs, output)` after every forward; a return value other than None
+        replaces the output. Returns a handle with `.remove()`."""
         key = object()
         self._forward_hooks[key] = hook
         return _HookHandle(self._forward_hooks, key)
@@ -101,12 +146,53 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        if self._forward_pre_hooks:
+            for hook in list(self._forward_pre_hooks.values()):
+                replaced = hook(self, args)
+                if replaced is not None:
+                    args = replaced if isinstance(replaced, tuple) else (replaced,)
+        if self._input_kind is not None and args:  # the input policy (module docstring)
+            x, reference = args[0], None
+            for reference in self._parameters.values():
+                if reference is not None:
+                    break
+            # the usual case first and inline: layers are called in every inner loop
+            if not (type(x) is Tensor and reference is not None and x.data.dtype is reference.data.dtype
+                    and self._input_kind == "float"):
+                args = (self._checked_input(x, reference),) + args[1:]
         output = self.forward(*args, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            replaced = hook(self, args, output)
-            if replaced is not None:
-                output = replaced
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                replaced = hook(self, args, output)
+                if replaced is not None:
+                    output = replaced
         return output
+
+    def _checked_input(self, x, reference):
+        """`x` under the input policy (module docstring): lifted to a Tensor, its dtype checked
+        against the `reference` parameter (the module's first, or None)."""
+        if not isinstance(x, Tensor):
+            if not isinstance(x, _LIFTED):
+                raise TypeError(f"{type(self).__name__} expects a Tensor or numpy array as input, "
+                                f"got {type(x).__name__}")
+            x = as_tensor(x, like=reference if self._input_kind == "float" else None)
+        dtype = x.dtype
+        if self._input_kind == "index":
+            if dtype.kind not in "iu":
+                raise TypeError(f"{type(self).__name__} expects integer indices, got {dtype}")
+            return x
+        if reference is not None and dtype == reference.dtype:
+            return x  # the usual case
+        name = type(self).__name__
+        expected = "floating-point" if reference is None else str(reference.dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"{name} expects a {expected} input, got {dtype}: cast it first, "
+                            f"e.g. x.float() (float32) or x.double() (float64)")
+        if reference is not None and dtype.itemsize > reference.dtype.itemsize:
+            widen = ".double()" if dtype == np.float64 else f".to(np.{dtype})"
+            raise TypeError(f"{name} has {reference.dtype} parameters but got a {dtype} input: cast the "
+                            f"input (x.astype(np.{reference.dtype})) or the layer ({widen})")
+        return x
 
     # -- traversal ---------------------------------------------------------------------------
     def named_modules(self, prefix=""):
@@ -172,6 +258,14 @@ class Module:
             raise AttributeError(f"no submodule {target!r} to replace")
         setattr(parent, child, new_module)
 
+    def apply(self, fn):
+        """Call `fn(module)` on every child module (recursively, children first) and then on self;
+        returns self, e.g. `model.apply(init_weights)`."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def parameter_count(self):
         """Number of scalar parameters (shared ones counted once)."""
         return int(sum(p.size for p in self.parameters()))
@@ -190,9 +284,13 @@ class Module:
             p.requires_grad = flag
         return self
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Clear every parameter's gradient: to None (the default), else to a fresh zero array."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:  # a new array: a gradient array may be shared with the graph or the caller
+                p.grad = np.zeros_like(p.grad)
 
     def to(self, dtype):
         """Cast floating parameters and buffers to `dtype` in place."""
@@ -216,22 +314,53 @@ class Module:
         return self.to(np.float32)
 
     # -- state -------------------------------------------------------------------------------
+    def _named_state(self):
+        """(name, tensor) of everything the state_dict holds: parameters, then persistent buffers."""
+        yield from self.named_parameters()
+        for module_name, module in self.named_modules():
+            skip = module._non_persistent_buffers
+            for name, buffer in module._buffers.items():
+                if buffer is not None and name not in skip:
+                    yield (f"{module_name}.{name}" if module_name else name), buffer
+
     def state_dict(self):
-        """Name → numpy array for every parameter and buffer (copies)."""
-        state = OrderedDict()
-        for name, p in self.named_parameters():
-            state[name] = p.data.copy()
-        for name, b in self.named_buffers():
-            state[name] = b.data.copy()
+        """Name → numpy array (copies) for every parameter and persistent buffer, as an OrderedDict
+        whose `_metadata` maps each module's prefix ("" for self) to {"version": its `_version`}."""
+        state = OrderedDict((name, t.data.copy()) for name, t in self._named_state())
+        state._metadata = OrderedDict((prefix, {"version": module._version})
+                                      for prefix, module in self.named_modules())
+        return state
+
+    def _migrate_state_dict(self, state, prefix, version):
+        """Turn this module's entries of `state` (keys `prefix + name`, in place) written at the
+        older `version` into the layout of `self._version`; called by `load_state_dict`. Override it
+        with `_version`; leave keys already in the new layout alone (a state copied into a plain
+        dict loses its versions and counts as version 1)."""
+
+    def _migrated(self, state_dict):
+        """A shallow copy of `state_dict` with every module's older entries migrated."""
+        versions = getattr(state_dict, "_metadata", None) or {}
+        state = OrderedDict(state_dict)
+        for prefix, module in self.named_modules():
+            stored = versions.get(prefix, {}).get("version", 1)
+            if isinstance(stored, bool) or not isinstance(stored, (int, np.integer)):
+                raise ValueError(f"state_dict version of {prefix or 'the model'!r} must be an integer, got {stored!r}")
+            if stored > module._version:
+                raise ValueError(f"state_dict entries of {prefix or 'the model'!r} were written by version "
+                                 f"{stored} of {type(module).__name__}; this code has version {module._version}")
+            if stored < module._version:
+                module._migrate_state_dict(state, f"{prefix}." if prefix else "", int(stored))
         return state
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays into parameters and buffers; shapes must match, and with `strict` the keys too.
+        """Copy arrays into parameters and persistent buffers; shapes must match, and with `strict`
+        the keys too. Entries of modules saved at an older `_version` are migrated first (see
+        `_migrate_state_dict`).
 
-        Returns (missing_keys, unexpected_keys).
+        Returns (missing_keys, unexpected_keys), a namedtuple as in PyTorch.
         """
-        own = OrderedDict(self.named_parameters())
-        own.update(self.named_buffers())
+        state_dict = self._migrated(state_dict)
+        own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
@@ -252,7 +381,7 @@ class Module:
                 value = state_dict[name]
                 array = value.data if isinstance(value, Tensor) else np.asarray(value)
                 target.data = np.array(array, dtype=target.dtype, copy=True)
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     # -- display -----------------------------------------------------------------------------
     def extra_repr(self):
@@ -270,8 +399,16 @@ class Module:
 
 
 class _HookHandle:
+    """Removes a registered hook: `handle.remove()`, or use it as a context manager."""
+
     def __init__(self, table, key):
         self.table, self.key = table, key
 
     def remove(self):
         self.table.pop(self.key, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()

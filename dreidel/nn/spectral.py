@@ -10,13 +10,14 @@ N·k + N·m (k butterfly stages plus one dense H_m per group; m = 1 for powers o
 A dense layer costs in·out.
 
 `from_dense` fits the layer to a dense y = W x + b by (alternating) least squares; the math is in
-`_fit_diagonal` and `DenseProblem` (fits need only the inputs' mean and covariance, which
-`InputStatistics` can accumulate batch by batch). It runs in float64 and leaves `layer.fit_report`
-(relative error on the fitting data, sweeps, per-update history).
+`dreidel.nn.fitting` (`fit_diagonal`, `spectral_als_sweep`, `DenseProblem`; fits need only the
+inputs' mean and covariance, which `InputStatistics` can accumulate batch by batch). It runs in
+float64 and leaves `layer.fit_report` (relative error on the fitting data, sweeps, per-update history).
 """
 import numpy as np
 
 from dreidel import kernels
+from dreidel.nn.fitting import finish_fit, fit_diagonal, spectral_als_sweep, start_fit
 from dreidel.nn.module import Module, Parameter
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, is_grad_enabled
@@ -51,166 +52,6 @@ def hadamard_rows(n, rows, dtype=np.float64):
 
 
 # -- argument handling -----------------------------------------------------------------------------
-def _as_array(value, name):
-    if isinstance(value, Tensor):
-        value = value.data
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
-    return array
-
-
-class InputStatistics:
-    """Streaming first and second moments of a layer's inputs: all that `from_dense` needs.
-
-    `stats = InputStatistics(in_features); stats.update(batch)` for each batch (any leading shape),
-    then pass `inputs=stats` to any `from_dense`: activations never need to be kept in memory, and one
-    set of statistics serves every fit of the same layer. Accumulated in float64 as n, Σv, Σvvᵀ of
-    v = x − x₀ (x₀ the first batch's mean, so large means do not cancel digits); the centred
-    covariance is C = Σvvᵀ − (Σv)(Σv)ᵀ/n.
-    """
-
-    def __init__(self, in_features):
-        self.in_features = int(in_features)
-        self.count = 0
-        self.shift = None
-        self.total = np.zeros(self.in_features)
-        self.outer = np.zeros((self.in_features, self.in_features))
-
-    @classmethod
-    def of(cls, inputs):
-        X = _as_array(inputs, "inputs")
-        if X.ndim < 2:
-            raise ValueError(f"inputs must have shape (samples..., in_features), got {X.shape}")
-        return cls(X.shape[-1]).update(X)
-
-    def update(self, batch):
-        X = _as_array(batch, "inputs")
-        if X.ndim < 1 or X.shape[-1] != self.in_features:
-            raise ValueError(f"inputs must have shape (..., {self.in_features}), got {X.shape}")
-        X = X.reshape(-1, self.in_features).astype(np.float64)
-        if X.shape[0] == 0:
-            return self
-        if self.shift is None:
-            self.shift = X.mean(axis=0)
-        X = X - self.shift
-        self.count += X.shape[0]
-        self.total += X.sum(axis=0)
-        self.outer += X.T @ X
-        return self
-
-    @property
-    def mean(self):
-        return (self.shift if self.shift is not None else 0) + self.total / max(self.count, 1)
-
-    @property
-    def covariance(self):
-        """Σ_s (x_s − μ)(x_s − μ)ᵀ (a sum, not divided by n)."""
-        return self.outer - np.outer(self.total, self.total) / max(self.count, 1)
-
-
-class DenseProblem:
-    """A dense layer y = W x + b to approximate, and the data it is approximated on, in float64.
-
-    Every fit here depends on the data only through its second moments, so they are all we keep:
-    with inputs X (n, in), μ their mean and C = Σ_s (x_s − μ)(x_s − μ)ᵀ, the squared output error of
-    any affine Ŵ x + ĉ with its optimal offset ĉ = b + (W − Ŵ)μ is tr((W − Ŵ) C (W − Ŵ)ᵀ). Without
-    inputs, C = I and no offset is fitted (the bias is copied): the error is ‖W − Ŵ‖_F², the fit of
-    the operator itself. `total` is ‖Y‖² (‖W‖² without inputs), the denominator of relative errors.
-    """
-
-    def __init__(self, weight, bias=None, inputs=None):
-        W = _as_array(weight, "weight")
-        if W.ndim != 2:
-            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {W.shape}")
-        self.dtype = W.dtype if W.dtype.kind == "f" else np.dtype(np.float32)
-        self.W = W = W.astype(np.float64)
-        self.out_features, self.in_features = W.shape
-        self.b = None
-        if bias is not None:
-            self.b = _as_array(bias, "bias").astype(np.float64)
-            if self.b.shape != (self.out_features,):
-                raise ValueError(f"bias must have shape ({self.out_features},) to match weight {W.shape}, "
-                                 f"got {self.b.shape}")
-        self.fit_intercept = inputs is not None
-        if inputs is None:
-            self.C, self.mean = np.eye(self.in_features), None
-            self.total = float(np.sum(W * W))
-            return
-        if not isinstance(inputs, InputStatistics):
-            X = _as_array(inputs, "inputs")
-            if X.ndim < 2 or X.shape[-1] != self.in_features:
-                raise ValueError(f"inputs must have shape (..., {self.in_features}) to match weight {W.shape}, "
-                                 f"got {X.shape}")
-            inputs = InputStatistics.of(X)
-        if inputs.in_features != self.in_features:
-            raise ValueError(f"input statistics of width {inputs.in_features} do not match weight {W.shape}")
-        if inputs.count < 2:
-            raise ValueError(f"need at least 2 input samples to fit, got {inputs.count}")
-        self.mean, self.C = inputs.mean, inputs.covariance
-        y_mean = W @ self.mean + (self.b if self.b is not None else 0)
-        self.total = float(np.sum((W @ self.C) * W)) + inputs.count * float(y_mean @ y_mean)
-
-    def with_weight(self, W):
-        """The same data with another target weight (used to fit one part of a sum to a residual)."""
-        other = object.__new__(DenseProblem)
-        other.__dict__.update(self.__dict__)
-        other.W = np.asarray(W, dtype=np.float64)
-        return other
-
-    def offset(self, W_hat):
-        """The bias of the fitted layer: optimal with inputs (mean residual zero), else copied."""
-        if self.fit_intercept:
-            return (self.b if self.b is not None else 0) + (self.W - W_hat) @ self.mean
-        return self.b
-
-    def relative_error(self, W_hat):
-        E = self.W - W_hat
-        return float(np.sqrt(max(float(np.sum((E @ self.C) * E)), 0.0) / max(self.total, 1e-300)))
-
-
-def _fit_diagonal(C_u, S_u, A, M, d_old, ridge=1e-9):
-    """Least-squares diagonal of the model y = A (u ⊙ d), the one step of every fit here.
-
-    For (centred) samples u_s of width N, targets y_s of width out and A (out, N), the error
-        f(d) = Σ_s ‖y_s − A diag(u_s) d‖²
-    is quadratic in d, with normal equations
-        G d = r,   G = (AᵀA) ⊙ C_u,   r = colsum(A ⊙ S_u),
-    where C_u = Σ_s u_s u_sᵀ (N, N) and S_u = Σ_s y_s u_sᵀ (out, N): G_ij = Σ_s u_si u_sj ⟨A_:i, A_:j⟩
-    and r_i = Σ_s u_si ⟨A_:i, y_s⟩. `M` is AᵀA. We solve the proximal version
-    (G + λI) d = r + λ d_old with a tiny λ: well posed when G is singular (padding; unused coordinates
-    keep d_old), and it never increases f, since f(d) + λ‖d − d_old‖² ≤ f(d_old).
-
-    Returns (d, f(d) − f(d_old)) (f up to the constant Σ‖y_s‖²).
-    """
-    G = M * C_u
-    r = np.einsum("on,on->n", A, S_u)
-
-    def objective(d):
-        return float(d @ G @ d) - 2 * float(r @ d)
-
-    lam = ridge * max(float(np.mean(np.diag(G))), 1e-300)
-    G[np.diag_indices_from(G)] += lam
-    d = np.linalg.solve(G, r + lam * d_old)
-    G[np.diag_indices_from(G)] -= lam
-    change = objective(d) - objective(d_old)
-    if change > 0:  # rounding only; keep the old value so the fit stays monotone
-        return d_old.copy(), 0.0
-    return d, change
-
-
-def _hxh(X):
-    """H X H for a square X (both FWHTs along rows, H symmetric)."""
-    return kernels.fwht(kernels.fwht(X).T).T
-
-
-def _scatter_both(X, perm):
-    """Pᵀ X P: Y[perm[i], perm[j]] = X[i, j]."""
-    Y = np.empty_like(X)
-    Y[np.ix_(perm, perm)] = X
-    return Y
-
-
 def _padded_rows(a, N, dtype):
     """Rows of `a` zero-padded to width N in `dtype`, C-contiguous (no copy when already so)."""
     if a.shape[1] == N:
@@ -236,6 +77,8 @@ class LinearWHT(Module):
     Initialisation keeps the per-coordinate variance: d_i = ±√(N / in) (random signs) gives
     Var(y_j) = Σ_i H_ji² d_i² Var(x) = Var(x), since H_ji² = 1/N. The bias starts at zero.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
@@ -305,19 +148,13 @@ class LinearWHT(Module):
         `layer.fit_report` holds the relative error ‖Y − Ŷ‖/‖Y‖ on the fitting data (on W itself
         without inputs).
         """
-        problem = DenseProblem(weight, bias, inputs)
+        problem, dtype = start_fit(weight, bias, inputs, dtype)
         n_out, n_in = problem.out_features, problem.in_features
-        dtype = np.dtype(dtype or problem.dtype)
-        layer = cls(n_in, n_out, bias=problem.b is not None or problem.fit_intercept, dtype=dtype)
+        layer = cls(n_in, n_out, bias=problem.has_bias, dtype=dtype)
         A = hadamard_rows(layer.size, n_out)[:, :n_in]
-        d, _ = _fit_diagonal(problem.C, problem.W @ problem.C, A, A.T @ A, np.zeros(n_in), ridge)
-        W_hat = A * d
+        d, _ = fit_diagonal(problem.C, problem.W @ problem.C, A, A.T @ A, np.zeros(n_in), ridge)
         layer.d.data = d.astype(dtype)
-        if layer.bias is not None:
-            layer.bias.data = problem.offset(W_hat).astype(dtype)
-        layer.fit_report = {"relative_error": problem.relative_error(W_hat), "iterations": 1,
-                            "used_inputs": problem.fit_intercept}
-        return layer
+        return finish_fit(layer, problem, A * d, dtype)
 
     def dense_weight(self):
         """The (out, in) matrix this layer applies, H[:out, :in] diag(d), in float64."""
@@ -357,6 +194,8 @@ class DeepSpectralLinear(Module):
 
     Cost per sample: K·(FWHT(N) + N) multiply-adds (+ out for the bias), vs in·out dense.
     """
+
+    _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, depth=4, bias=True, seed=0, dtype=np.float32):
         super().__init__()
@@ -485,8 +324,9 @@ class DeepSpectralLinear(Module):
 
         With the others fixed, y = A_k (u_k ⊙ d_k) is linear in d_k (u_k = P_k z_{k−1} the block's
         permuted input, A_k the rest of the network after the block, see `_output_maps`), so each
-        update is the closed-form least-squares solve of `_fit_diagonal`. A sweep updates
-        d_1 … d_K in order; the objective never increases (each update minimises it given the others).
+        update is the closed-form least-squares solve of `fitting.fit_diagonal`. A sweep
+        (`fitting.spectral_als_sweep`) updates d_1 … d_K in order; the objective never increases
+        (each update minimises it given the others).
         With `inputs` the fit is on Y = X Wᵀ + b where the data lives (bias = optimal offset = mean
         residual); without, on the operator itself (X = I, Frobenius norm; the bias is copied).
         Stops after `sweeps` sweeps or when a sweep improves the error by less than `tol` (relative).
@@ -497,65 +337,22 @@ class DeepSpectralLinear(Module):
         sweep, starting with the initial one), objective (relative error after each block update,
         from the quadratic form).
         """
-        problem = DenseProblem(weight, bias, inputs)
-        dtype = np.dtype(dtype or problem.dtype)
-        layer = cls(problem.in_features, problem.out_features, depth=depth,
-                    bias=problem.b is not None or problem.fit_intercept, seed=seed, dtype=dtype)
+        problem, dtype = start_fit(weight, bias, inputs, dtype)
+        layer = cls(problem.in_features, problem.out_features, depth=depth, bias=problem.has_bias,
+                    seed=seed, dtype=dtype)
         D = layer.d.data.astype(np.float64)
         history, objective, sweep = [problem.relative_error(layer._dense_weight(D))], [], 0
         for sweep in range(1, sweeps + 1):
             squared = history[-1] ** 2 * problem.total
-            for change in layer._als_sweep(problem, D, ridge):  # relative error after each update
+            for change in spectral_als_sweep(layer, problem, D, ridge):  # relative error after each update
                 squared += change
                 objective.append(float(np.sqrt(max(squared, 0.0) / problem.total)))
             history.append(problem.relative_error(layer._dense_weight(D)))
             if history[-2] - history[-1] <= tol * history[-2]:
                 break
         layer.d.data = D.astype(dtype)
-        if layer.bias is not None:
-            layer.bias.data = problem.offset(layer._dense_weight(D)).astype(dtype)
-        layer.fit_report = {"relative_error": history[-1], "iterations": sweep, "history": history,
-                            "objective": objective, "used_inputs": problem.fit_intercept}
-        return layer
-
-    def _als_sweep(self, problem, D, ridge):
-        """One ALS sweep over d_1 … d_K in place; returns each update's change of the error.
-
-        Everything is carried as second moments, so a sweep costs O(K (N² log N + N³)) whatever
-        the number of samples. Block k sees u = P_k z (z its input) and the map A_k after it:
-            C_u = P C_z Pᵀ (C_u[i, j] = C_z[perm i, perm j]),   S_u = S_z Pᵀ (columns gathered),
-        with C_z = Σ z zᵀ, S_z = Σ y zᵀ (centred), starting from C_z = pad(C), S_z = pad(W C); after
-        the update z ← H(u ⊙ d_k) gives C_z ← H D C_u D H and S_z ← S_u D H.
-        """
-        perms, N = self.perms.data, self.size
-        maps = self._output_maps(D)
-        gram = self._output_grams(D)
-        C_z = np.zeros((N, N))
-        C_z[:self.in_features, :self.in_features] = problem.C
-        S_z = np.zeros((self.out_features, N))
-        S_z[:, :self.in_features] = problem.W @ problem.C
-        changes = []
-        for k, perm in enumerate(perms):
-            C_u, S_u = C_z[np.ix_(perm, perm)], S_z[:, perm]
-            D[k], change = _fit_diagonal(C_u, S_u, maps[k], gram[k], D[k], ridge)
-            changes.append(change)
-            C_z = _hxh(C_u * np.outer(D[k], D[k]))
-            S_z = kernels.fwht(S_u * D[k])
-        return changes
-
-    def _output_grams(self, D):
-        """M_k = A_kᵀ A_k (N, N) for every k, by M_K = H T H (T the truncation's projector) and
-        M_{k−1} = H P_kᵀ D_k M_k D_k P_k H (two FWHTs per step instead of an (out·N²) product)."""
-        perms = self.perms.data
-        T = np.zeros((self.size, self.size))
-        T[np.arange(self.out_features), np.arange(self.out_features)] = 1
-        M = _hxh(T)
-        grams = [None] * self.depth
-        grams[-1] = M
-        for k in range(self.depth - 1, 0, -1):
-            M = _hxh(_scatter_both(M * np.outer(D[k], D[k]), perms[k]))
-            grams[k - 1] = M
-        return grams
+        return finish_fit(layer, problem, layer._dense_weight(D), dtype, relative_error=history[-1],
+                          iterations=sweep, history=history, objective=objective)
 
     def _dense_weight(self, D):
         Z = np.zeros((self.in_features, self.size))

@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 
 from dreidel import nn, no_grad
-from dreidel.nn.spectral import InputStatistics
+from dreidel.nn.fitting import InputStatistics
 from dreidel.progress import progress
 from dreidel.recast.structure import (BlockBoundaries, as_array, call_model, find_blocks, find_targets,
                                       first_output)

@@ -12,7 +12,7 @@ import numpy as np
 
 import dreidel
 from dreidel import functional as F, no_grad, optim
-from dreidel.nn.spectral import InputStatistics
+from dreidel.nn.fitting import InputStatistics
 from dreidel.progress import progress
 from dreidel.tensor import Tensor
 from dreidel.recast.planning import Plan, PlanError, write_json_atomic
