@@ -228,7 +228,7 @@ def main(argv=None):
         del torch_llama
     cpp = llama_cpp_speed(path, prompt64, args.threads, args.repeats)
     if cpp is None:
-        print("llama.cpp: llama-cpp-python not installed (its build did not finish within ~10 minutes here), skipped")
+        print("llama.cpp: llama-cpp-python not installed, skipped (it builds llama.cpp from source: ~20 min on 2 cores)")
     else:
         print(f"llama.cpp   prefill (64-token prompt): {cpp[0]:7.1f} tokens/s   decode: {cpp[1]:6.1f} tokens/s  "
               f"(dreidel / llama.cpp: prefill {prefill / cpp[0]:.2f}, decode {decode / cpp[1]:.2f})")
