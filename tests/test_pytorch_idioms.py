@@ -308,3 +308,34 @@ def test_every_float_layer_follows_the_policy(make):
             layer(x.astype(np.float64))
     else:  # no parameters to match: any float goes
         assert layer(x.astype(np.float64)).dtype == np.float64
+
+
+def _constructors():
+    from dreidel.nn import (ALSHSparseDense, Conv1d, Conv2d, Conv3d, ConvTranspose2d, DeepSpectralLinear, Embedding,
+                            LayerNorm, Linear, LinearWHT, LowRankLinear, MultiHeadAttention, RMSNorm,
+                            SpectralLowRankLinear)
+    from dreidel.nn.wht_attention import WalshHadamardAttention
+    return {"Linear": lambda dt: Linear(4, 3, dtype=dt), "Embedding": lambda dt: Embedding(5, 2, dtype=dt),
+            "LayerNorm": lambda dt: LayerNorm(4, dtype=dt), "RMSNorm": lambda dt: RMSNorm(4, dtype=dt),
+            "Conv1d": lambda dt: Conv1d(2, 3, 3, dtype=dt), "Conv2d": lambda dt: Conv2d(2, 3, 3, dtype=dt),
+            "Conv3d": lambda dt: Conv3d(2, 3, 3, dtype=dt), "ConvTranspose2d": lambda dt: ConvTranspose2d(2, 3, 2, dtype=dt),
+            "LinearWHT": lambda dt: LinearWHT(4, 3, dtype=dt),
+            "DeepSpectralLinear": lambda dt: DeepSpectralLinear(4, 3, depth=2, dtype=dt),
+            "LowRankLinear": lambda dt: LowRankLinear(4, 3, 2, dtype=dt),
+            "SpectralLowRankLinear": lambda dt: SpectralLowRankLinear(4, 3, 2, depth=1, dtype=dt),
+            "ALSHSparseDense": lambda dt: ALSHSparseDense(4, 3, bits=2, tables=2, dtype=dt),
+            "MultiHeadAttention": lambda dt: MultiHeadAttention(8, 2, dtype=dt),
+            "WalshHadamardAttention": lambda dt: WalshHadamardAttention(4, dtype=dt)}
+
+
+@pytest.mark.parametrize("name", sorted(_constructors()))
+def test_layer_constructors_refuse_unsupported_dtypes_by_name(name):
+    make = _constructors()[name]
+    for dt in (np.float16, np.int32, "complex64"):
+        with pytest.raises(TypeError, match=f"{name}: dtype={np.dtype(dt).name} is not supported"):
+            make(dt)
+    with pytest.raises(TypeError, match="not a numpy dtype"):
+        make("float-ish")
+    layer = make(np.float64)  # the supported ones are kept, not ignored
+    assert all(p.dtype == np.float64 for p in layer.parameters())
+    assert all(p.dtype == np.float32 for p in make("float32").parameters())

@@ -9,7 +9,7 @@ from dreidel.hashing import (MAX_TABLE_BITS, DWTAHash, HashTables, SimHash, add_
                              mips_data_transform, mips_query_transform, scatter_columns)
 from dreidel.nn.fitting import dense_arrays
 from dreidel.nn.layers import uniform_parameter
-from dreidel.nn.module import Module
+from dreidel.nn.module import Module, check_dtype
 from dreidel.tensor import Tensor, _result, no_grad
 
 _BUILD_CHUNK = 8192  # weight rows hashed per chunk when (re)building: bounds the temporary copies
@@ -88,6 +88,7 @@ class ALSHSparseDense(Module):
     def __init__(self, in_features, out_features, hash="simhash", bits=8, tables=16, max_active=None,
                  rebuild_every=50, bias=True, seed=0, bin_size=8, fast=True, drift_threshold=0.05,
                  exact_eval=False, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features),
                             ("bits", bits), ("tables", tables), ("rebuild_every", rebuild_every)):

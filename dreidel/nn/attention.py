@@ -11,7 +11,7 @@ import numpy as np
 from dreidel import ops
 from dreidel.attention_ops import _mask_array, causal_mask, scaled_dot_product_attention  # noqa: F401
 from dreidel.tensor import Tensor
-from dreidel.nn.module import Module
+from dreidel.nn.module import Module, check_dtype
 from dreidel.nn.layers import Linear
 
 
@@ -109,6 +109,7 @@ class MultiHeadAttention(Module):
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False, rotary=None,
                  projection=None, kdim=None, vdim=None, head_dim=None, dropout=0.0, scale=None, key_bias=None,
                  out_bias=None, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_heads < 1 or num_kv_heads < 1 or num_heads % num_kv_heads:

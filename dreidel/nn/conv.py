@@ -10,7 +10,7 @@ import numpy as np
 from dreidel import convolution as C
 from dreidel import ops
 from dreidel.tensor import Tensor, no_grad
-from dreidel.nn.module import Module, Parameter
+from dreidel.nn.module import Module, Parameter, check_dtype
 from dreidel.nn.layers import uniform_parameter
 from dreidel.nn.spectral import LinearWHT
 
@@ -33,6 +33,7 @@ class _ConvNd(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", output_padding=0, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         d = self._dims
         if in_channels < 1 or out_channels < 1:
@@ -108,6 +109,7 @@ class _ConvTransposeNd(_ConvNd):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         if isinstance(padding, str):
             raise ValueError("transposed convolutions take numeric padding only")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -138,6 +140,7 @@ class Conv3DSpectral(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  mixing=None, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.depthwise = Conv3d(in_channels, in_channels, kernel_size, stride, padding, dilation,
                                 groups=in_channels, bias=False, rng=rng, dtype=dtype)
@@ -312,6 +315,7 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -383,6 +387,7 @@ class _InstanceNorm(_BatchNorm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
                  dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
 
     def forward(self, x):
@@ -418,6 +423,7 @@ class GroupNorm(Module):
     """Normalise each sample over groups of channels (and all positions), then scale/shift per channel."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if num_groups < 1 or num_channels % num_groups:
             raise ValueError(f"num_groups={num_groups} must divide num_channels={num_channels}")
@@ -439,6 +445,7 @@ class PReLU(Module):
     """max(x, 0) + a · min(x, 0) with a learnt slope a: one shared or one per channel (axis 1)."""
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if num_parameters < 1:
             raise ValueError(f"num_parameters must be positive, got {num_parameters}")

@@ -5,7 +5,7 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel.random import generator
-from dreidel.nn.module import Module, Parameter
+from dreidel.nn.module import Module, Parameter, check_dtype
 
 
 def uniform_parameter(shape, bound, rng=None, dtype=np.float32):
@@ -127,6 +127,7 @@ class Linear(Module):
     _input_kind = "float"
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear needs positive sizes, got {in_features} → {out_features}")
@@ -164,6 +165,7 @@ class Embedding(Module):
     _input_kind = "index"
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         weight = generator(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype)
@@ -183,6 +185,7 @@ class LayerNorm(Module):
     _input_kind = "float"
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.eps = eps
@@ -200,6 +203,7 @@ class RMSNorm(Module):
     _input_kind = "float"
 
     def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.eps = eps

@@ -4,7 +4,7 @@ measured against, and the hybrid `SpectralLowRankLinear` (spectral blocks + a lo
 import numpy as np
 
 from dreidel import functional as F
-from dreidel.nn.module import Module, Parameter
+from dreidel.nn.module import Module, Parameter, check_dtype
 from dreidel.nn.fitting import finish_fit, output_subspace, spectral_als_sweep, start_fit
 from dreidel.nn.spectral import DeepSpectralLinear
 from dreidel.random import generator
@@ -20,6 +20,7 @@ class LowRankLinear(Module):
     _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, rank, bias=True, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"LowRankLinear needs positive sizes, got {in_features} → {out_features}")
@@ -85,6 +86,7 @@ class SpectralLowRankLinear(Module):
     _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, rank, depth=4, bias=True, seed=0, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.spectral = DeepSpectralLinear(in_features, out_features, depth=depth, bias=False, seed=seed, dtype=dtype)

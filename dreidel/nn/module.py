@@ -26,6 +26,23 @@ IncompatibleKeys.__doc__ = "What `load_state_dict` returns: the model's keys the
 _LIFTED = (np.ndarray, np.generic, int, float, list)
 
 
+SUPPORTED_DTYPES = (np.float32, np.float64)
+
+
+def check_dtype(dtype, owner):
+    """The numpy dtype a layer's `dtype=` argument names, refusing (by name) what layers do not
+    support: parameters are float32 (the default) or float64; float16, bfloat16, integers and
+    complex types would be silently changed or break the kernels."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{owner}: dtype={dtype!r} is not a numpy dtype; use np.float32 or np.float64") from None
+    if resolved.type not in SUPPORTED_DTYPES:
+        raise TypeError(f"{owner}: dtype={resolved.name} is not supported for parameters; "
+                        f"use np.float32 (the default) or np.float64")
+    return resolved.type
+
+
 class Parameter(Tensor):
     """A Tensor that a Module registers as trainable (requires_grad by default)."""
 

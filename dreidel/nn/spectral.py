@@ -18,7 +18,7 @@ import numpy as np
 
 from dreidel import kernels
 from dreidel.nn.fitting import finish_fit, fit_diagonal, spectral_als_sweep, start_fit
-from dreidel.nn.module import Module, Parameter
+from dreidel.nn.module import Module, Parameter, check_dtype
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, is_grad_enabled
 
@@ -81,6 +81,7 @@ class LinearWHT(Module):
     _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"LinearWHT needs positive sizes, got {in_features} → {out_features}")
@@ -198,6 +199,7 @@ class DeepSpectralLinear(Module):
     _input_kind = "float"  # input policy: see dreidel.nn.module
 
     def __init__(self, in_features, out_features, depth=4, bias=True, seed=0, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"DeepSpectralLinear needs positive sizes, got {in_features} → {out_features}")

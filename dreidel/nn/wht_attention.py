@@ -31,7 +31,7 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel import kernels, spectral
-from dreidel.nn.module import Module
+from dreidel.nn.module import Module, check_dtype
 from dreidel.nn.spectral import fwht_multiply_adds
 from dreidel.tensor import Function, Tensor, is_grad_enabled
 
@@ -143,6 +143,7 @@ class WalshHadamardAttention(Module):
     """
 
     def __init__(self, head_dim, num_features=None, seed=0, dtype=np.float32):
+        dtype = check_dtype(dtype, type(self).__name__)
         super().__init__()
         if int(head_dim) < 1:
             raise ValueError(f"WalshHadamardAttention needs a positive head_dim, got {head_dim}")
