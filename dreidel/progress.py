@@ -7,15 +7,16 @@ class progress:
     """Iterate with a one-line progress bar on stderr: `for batch in progress(batches, "train"):`.
 
     On a terminal the line redraws in place; elsewhere (CI logs) it prints at most `lines` updates.
-    `set(**values)` shows live values such as the loss.
+    `set(**values)` shows live values such as the loss. With `delay=` seconds, nothing is drawn until
+    the loop has run that long (quick calls stay silent; slow ones show where they are).
     """
 
-    def __init__(self, iterable, description="", total=None, stream=None, lines=4, enabled=True):
+    def __init__(self, iterable, description="", total=None, stream=None, lines=4, enabled=True, delay=0.0):
         self.iterable, self.description = iterable, description
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.stream = stream or sys.stderr
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.lines, self.enabled, self.values = lines, enabled, {}
+        self.lines, self.enabled, self.values, self.delay = lines, enabled, {}, delay
 
     def set(self, **values):
         self.values.update(values)
@@ -48,9 +49,12 @@ class progress:
             yield item
             done += 1
             now = time.perf_counter()
+            if now - start < self.delay:
+                continue
             if self.interactive and now - last > 0.1:
                 self._draw(done, start)
                 last = now
             elif not self.interactive and self.total and done % step == 0 and done < self.total:
                 self._draw(done, start)
-        self._draw(done, start, final=True)
+        if time.perf_counter() - start >= self.delay:
+            self._draw(done, start, final=True)

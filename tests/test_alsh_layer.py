@@ -16,6 +16,7 @@ def clustered_layer(rng, n_in, n_out, batch, hash="simhash", bits=8, tables=32, 
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     w = centres[rng.integers(0, n_centres, n_out)] + noise * rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)
     x = centres[rng.integers(0, n_centres, batch)] + noise * rng.standard_normal((batch, n_in)) / np.sqrt(n_in)
+    kw.setdefault("rng", np.random.default_rng(rng.integers(2**31)))  # the bias: not the global stream
     layer = ALSHSparseDense(n_in, n_out, hash=hash, bits=bits, tables=tables, max_active=max_active,
                             dtype=dtype, **kw)
     layer.weight.data[...] = w / np.sqrt(n_in)

@@ -339,3 +339,32 @@ def test_layer_constructors_refuse_unsupported_dtypes_by_name(name):
     layer = make(np.float64)  # the supported ones are kept, not ignored
     assert all(p.dtype == np.float64 for p in layer.parameters())
     assert all(p.dtype == np.float32 for p in make("float32").parameters())
+
+
+@pytest.mark.parametrize("student", ["LinearWHT", "DeepSpectralLinear", "LowRankLinear", "SpectralLowRankLinear",
+                                     "ALSHSparseDense"])
+def test_from_dense_accepts_the_dense_layer_itself(student):
+    cls = getattr(nn, student)
+    dense = nn.Linear(8, 6, rng=np.random.default_rng(3))
+    x = np.random.default_rng(4).standard_normal((64, 8)).astype(np.float32)
+    extra = {"rank": 3} if "LowRank" in student else {}
+    if student == "ALSHSparseDense":
+        a, b = cls.from_dense(dense), cls.from_dense(dense.weight.data, dense.bias.data)
+    else:
+        a = cls.from_dense(dense, inputs=x, **extra)
+        b = cls.from_dense(dense.weight.data, dense.bias.data, inputs=x, **extra)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for k in a.state_dict():
+        np.testing.assert_array_equal(np.asarray(a.state_dict()[k]), np.asarray(b.state_dict()[k]))
+    no_bias = nn.Linear(8, 6, bias=False, rng=np.random.default_rng(3))
+    assert cls.from_dense(no_bias, **extra).bias is None
+
+
+def test_progress_with_a_delay_stays_silent_for_quick_loops_and_draws_for_slow_ones():
+    import io
+    from dreidel.progress import progress
+    quiet, loud = io.StringIO(), io.StringIO()
+    assert list(progress(range(5), "fit", stream=quiet, delay=1e9)) == list(range(5))
+    assert quiet.getvalue() == ""
+    assert list(progress(range(5), "fit", stream=loud, delay=0.0)) == list(range(5))
+    assert "fit" in loud.getvalue() and "5/5" in loud.getvalue()

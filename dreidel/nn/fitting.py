@@ -32,8 +32,12 @@ def as_numeric_array(value, name):
 
 
 def dense_arrays(weight, bias=None):
-    """(W, b, dtype) of a dense layer given as arrays or Tensors: W (out, in), b (out,) or None, both
-    in their own dtype, checked; `dtype` the float dtype a layer built from them gets by default."""
+    """(W, b, dtype) of a dense layer given as arrays or Tensors, or as the layer itself (anything with
+    `.weight` and `.bias`, e.g. an `nn.Linear`, whose bias is used unless `bias` is given): W (out, in),
+    b (out,) or None, both in their own dtype, checked; `dtype` the float dtype a layer built from them
+    gets by default."""
+    if hasattr(weight, "weight") and not isinstance(weight, np.ndarray):
+        weight, bias = weight.weight, (getattr(weight, "bias", None) if bias is None else bias)
     W = as_numeric_array(weight, "weight")
     if W.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {W.shape}")

@@ -5,6 +5,7 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel.nn.module import Module, Parameter, check_dtype
+from dreidel.progress import progress
 from dreidel.nn.fitting import finish_fit, output_subspace, spectral_als_sweep, start_fit
 from dreidel.nn.spectral import DeepSpectralLinear
 from dreidel.random import generator
@@ -134,7 +135,10 @@ class SpectralLowRankLinear(Module):
 
         U, V = low_rank_fit(problem.W)
         history = [problem.relative_error((U @ V).T)]
-        for _ in range(rounds):
+        bar = progress(range(rounds), f"{cls.__name__}.from_dense {problem.out_features}×{problem.in_features}",
+                       delay=2.0)
+        for _ in bar:
+            bar.set(error=history[-1])
             residual = problem.with_weight(problem.W - (U @ V).T)
             for _ in range(sweeps):
                 spectral_als_sweep(spectral, residual, D, ridge)

@@ -19,6 +19,7 @@ import numpy as np
 from dreidel import kernels
 from dreidel.nn.fitting import finish_fit, fit_diagonal, spectral_als_sweep, start_fit
 from dreidel.nn.module import Module, Parameter, check_dtype
+from dreidel.progress import progress
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, is_grad_enabled
 
@@ -344,7 +345,10 @@ class DeepSpectralLinear(Module):
                     seed=seed, dtype=dtype)
         D = layer.d.data.astype(np.float64)
         history, objective, sweep = [problem.relative_error(layer._dense_weight(D))], [], 0
-        for sweep in range(1, sweeps + 1):
+        bar = progress(range(1, sweeps + 1), f"{cls.__name__}.from_dense {problem.out_features}×"
+                       f"{problem.in_features}", delay=2.0)
+        for sweep in bar:
+            bar.set(error=history[-1])
             squared = history[-1] ** 2 * problem.total
             for change in spectral_als_sweep(layer, problem, D, ridge):  # relative error after each update
                 squared += change
