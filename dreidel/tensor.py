@@ -252,7 +252,8 @@ def record(data, parents, backward):
     `parents` are the Tensors the output depends on; `backward(grad)` receives the output's gradient
     (an array of the output's shape) and returns one gradient per parent, in order (a tuple; None for
     a parent that needs none; broadcast shapes are summed down by the engine). It must not modify
-    `grad` in place, and may return a fresh array the engine hands to a leaf without copying.
+    `grad` in place, nor return an array the op keeps (an input's data, a saved array): the engine
+    may hand a returned array to a leaf's `.grad` without copying, and optimizers update it in place.
 
         def square(x):
             return record(x.data * x.data, (x,), lambda g: (2 * g * x.data,))

@@ -7,7 +7,7 @@ from dreidel.ops.index import getitem
 from dreidel.tensor import as_tensor, record
 
 
-# -- shape and indexing ----------------------------------------------------------------------------
+# -- shape ---------------------------------------------------------------------------------------------
 def reshape(x, *shape):
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     return record(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),))
