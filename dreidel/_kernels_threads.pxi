@@ -1,5 +1,6 @@
-# Thread count of the kernels' OpenMP loops (included by _kernels.pyx). The public control is
-# dreidel.set_num_threads (dreidel/runtime.py), which also sets BLAS's threads; call that, not these.
+# Thread count of the kernels' OpenMP loops (included by _kernels.pyx). The one control is
+# dreidel.set_num_threads (dreidel/runtime.py), which also sets BLAS's threads; the setter here is
+# private to it.
 cdef extern from "_kernels_common.h":
     int dr_omp_max_threads() nogil
     int dr_has_openmp() nogil
@@ -22,8 +23,9 @@ def get_num_threads():
     """Threads the kernels use (default: OpenMP's max, i.e. OMP_NUM_THREADS or the core count)."""
     return _nthreads
 
-def set_num_threads(int n):
-    """Set the number of threads the kernels use (>= 1). Results do not depend on it."""
+def _set_num_threads(int n):
+    """Set the kernels' thread count (>= 1); 1 without OpenMP. Private: dreidel.set_num_threads
+    calls it and sets BLAS's threads too. Results do not depend on it."""
     global _nthreads
     if n < 1:
         raise ValueError(f"set_num_threads: need n >= 1, got {n}")

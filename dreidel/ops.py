@@ -604,3 +604,5 @@ def cast(x, dtype):
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("math", "np", "Tensor", "builtins", "generator",
                                                                     "install_methods", "is_grad_enabled")]
+
+install_methods(Tensor)  # here, not in dreidel.tensor: ops may be imported first

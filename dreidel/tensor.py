@@ -8,6 +8,10 @@ import threading
 
 import numpy as np
 
+from dreidel.runtime import tune_allocator
+
+tune_allocator()  # the engine's large temporaries stay in the heap (see dreidel/runtime.py)
+
 DEFAULT_DTYPE = np.float32
 
 _state = threading.local()
@@ -313,6 +317,4 @@ class Function:
         return tensors[0] if single else tensors
 
 
-from dreidel import ops as _ops  # noqa: E402  (ops needs Tensor; Tensor's methods need ops)
-
-_ops.install_methods(Tensor)
+import dreidel.ops  # noqa: E402,F401  (installs Tensor's methods; imported either way round, no cycle)
