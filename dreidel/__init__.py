@@ -5,7 +5,8 @@ pretrained teachers, and block-wise recasting of their dense layers.
 
 The package face is lazy (PEP 562): `dreidel.Tensor`, `dreidel.nn`, ... import their module on
 first access, so `import dreidel._kernels` or `import dreidel.kernels` (a light worker) loads no
-engine, layers or optimisers. The engine's first import (`dreidel.tensor`) tunes the allocator.
+engine, layers or optimisers. An engine name also imports `dreidel.ops`, which installs Tensor's
+operators and, on its first import, tunes the allocator (dreidel/runtime.py).
 """
 import os
 
@@ -38,6 +39,8 @@ _EXPORTS = {
 _ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names}
 # the subpackages and modules of the public API (any other dreidel.<module> also resolves)
 _SUBMODULES = ("data", "functional", "kernels", "nn", "ops", "optim", "random", "spectral")
+# modules whose names need Tensor's operators, which dreidel.ops installs when imported
+_NEEDS_OPS = ("dreidel.tensor", "dreidel.gradcheck", "dreidel.serialization", "dreidel.creation")
 # names that are both a submodule and a function of it: dreidel.tensor is the function
 _SHADOWED = ("tensor", "gradcheck")
 
@@ -48,8 +51,8 @@ def __getattr__(name):
     """Import a public name's module on first access (then it is a plain attribute)."""
     if name in _ORIGIN:
         module = importlib.import_module(_ORIGIN[name])
-        if module.__name__ == "dreidel.tensor":
-            importlib.import_module("dreidel.ops")  # installs Tensor's operators and methods
+        if module.__name__ in _NEEDS_OPS:
+            importlib.import_module("dreidel.ops")
         value = getattr(module, name)
     elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         value = importlib.import_module(f"{__name__}.{name}")
@@ -64,12 +67,13 @@ def __dir__():
 
 
 class _Face(types.ModuleType):
-    """After importing a submodule the import system binds it on the package; for dreidel.tensor and
-    dreidel.gradcheck bind their function instead, as the names are documented (`dreidel.tensor([1.])`)."""
+    """After importing a submodule the import system binds it on the package. dreidel.tensor and
+    dreidel.gradcheck are functions (`dreidel.tensor([1.])`), so their modules are not bound:
+    `__getattr__` resolves those names (and imports dreidel.ops with them)."""
 
     def __setattr__(self, name, value):
         if name in _SHADOWED and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            value = getattr(value, name)
+            return
         super().__setattr__(name, value)
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from dreidel import kernels as _kernels
 from dreidel.random import generator
 from dreidel.tensor import Tensor, _result, as_tensor
+from dreidel.runtime import tune_allocator
+
+tune_allocator()  # the engine's first import: its large temporaries stay in the heap (see dreidel/runtime.py)
 
 
 def _pair(a, b):

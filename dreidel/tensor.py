@@ -8,10 +8,6 @@ import threading
 
 import numpy as np
 
-from dreidel.runtime import tune_allocator
-
-tune_allocator()  # the engine's large temporaries stay in the heap (see dreidel/runtime.py)
-
 DEFAULT_DTYPE = np.float32
 
 _state = threading.local()

@@ -96,7 +96,7 @@ print(json.dumps([list(layer(x).shape), list(x.grad.shape), float(dreidel.cat([d
 
 
 @pytest.mark.parametrize("first", ["import dreidel.tensor", "import dreidel.nn", "import dreidel.gradcheck",
-                                   "from dreidel.tensor import Tensor"])
+                                   "from dreidel.tensor import Tensor", "import dreidel.tensor as T"])
 def test_tensor_and_gradcheck_stay_functions_after_their_module_loads(first):
     # the import system binds a loaded submodule on its package; the face keeps the functions
     out = json.loads(run(f"""
@@ -160,6 +160,7 @@ def test_allocator_is_tuned_by_the_engine_not_by_a_bare_kernel_import():
     # the heap may already have had a little room at its top: "grew by most of 64 MiB" vs "not at all"
     assert _heap_growth("import dreidel._kernels") < 16 << 20      # mmap'ed: glibc's defaults
     assert _heap_growth("import dreidel.kernels") < 16 << 20
-    assert _heap_growth("import dreidel.tensor") > 48 << 20        # in the heap: tuned
+    assert _heap_growth("import dreidel.ops") > 48 << 20           # in the heap: tuned by the engine
     assert _heap_growth("import dreidel; dreidel.Tensor") > 48 << 20
-    assert _heap_growth("import dreidel.tensor", tuning="0") < 16 << 20   # opted out
+    assert _heap_growth("import dreidel.nn") > 48 << 20
+    assert _heap_growth("import dreidel.ops", tuning="0") < 16 << 20      # opted out
