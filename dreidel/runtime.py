@@ -7,10 +7,11 @@ among the process's loaded libraries), so one call governs every hot loop dreide
 core count).
 
 On glibc, the engine (the first import of `dreidel.ops`, which every computation and the package
-face's engine names go through) raises malloc's mmap and trim thresholds: otherwise every large temporary (activations, gradients) is a fresh mmap that
-page-faults on first touch and is unmapped when freed, which made layers up to 5× slower in
-measurements here. A bare `import dreidel._kernels` (a light worker) leaves the allocator alone.
-Set DREIDEL_MALLOC_TUNING=0 to keep glibc's defaults.
+face's engine names go through) raises malloc's mmap and trim thresholds: otherwise every large
+temporary (activations, gradients) is a fresh mmap that page-faults on first touch and is unmapped
+when freed, which made layers up to 5× slower in measurements here. A bare `import
+dreidel._kernels` (a light worker) leaves the allocator alone. Set DREIDEL_MALLOC_TUNING=0 to keep
+glibc's defaults.
 """
 import ctypes
 import operator
