@@ -4,6 +4,7 @@ Flags are chosen by platform, never -march=native (a wheel must run on other CPU
 valgrind). DREIDEL_MARCH overrides the -march value ("" disables it). If the compiler has no
 OpenMP the extension still builds, serial.
 """
+import glob
 import os
 import platform
 import subprocess
@@ -52,7 +53,9 @@ extensions = [
     Extension(
         "dreidel._kernels",
         ["dreidel/_kernels.pyx"],
-        include_dirs=[numpy.get_include()],
+        # the included parts: a change to any of them rebuilds the extension
+        depends=sorted(glob.glob("dreidel/_kernels_*.pxi") + glob.glob("dreidel/_kernels_*.h")),
+        include_dirs=["dreidel", numpy.get_include()],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

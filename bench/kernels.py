@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+import dreidel
 from dreidel import kernels as K
 
 
@@ -97,7 +98,7 @@ def main():
           f"cpus={os.cpu_count()} loadavg(1m)={os.getloadavg()[0]:.1f} at start")
 
     for nt in args.threads:
-        K.set_num_threads(nt)
+        dreidel.set_num_threads(nt)
         if torch is not None:
             torch.set_num_threads(nt)
         # ---------------- FWHT ----------------

@@ -14,6 +14,9 @@ H_12, H_20, H_28 are the symmetric Paley II matrices (q = 5, 9, 13), so H_n is s
 
 Non-contiguous inputs cost one copy (out-of-place functions), never a wrong result; in-place
 ``fwht_`` refuses them with a ValueError.
+
+Threads: ``dreidel.set_num_threads`` (dreidel/runtime.py) sets the kernels' and BLAS's thread
+count; results are bitwise independent of it.
 """
 
 import numpy as np
@@ -21,7 +24,6 @@ import numpy as np
 from dreidel import _kernels
 
 __all__ = [
-    "get_num_threads", "set_num_threads",
     "fwht", "fwht_", "supported_size", "next_supported_size", "hadamard_matrix",
     "SUPPORTED_M", "MAX_FWHT_SIZE",
     "permute", "permute_inverse", "is_permutation",
@@ -33,16 +35,6 @@ __all__ = [
 MAX_FWHT_SIZE = 1 << 24
 SUPPORTED_M = (12, 20, 28)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def get_num_threads():
-    """Number of threads the kernels use."""
-    return _kernels.get_num_threads()
-
-
-def set_num_threads(n):
-    """Set the number of threads the kernels use. Results are bitwise independent of it."""
-    _kernels.set_num_threads(int(n))
 
 
 # ------------------------------------------------------------------------------------------

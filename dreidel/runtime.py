@@ -1,17 +1,24 @@
 """Process-wide settings: the threads of the kernels and of BLAS, and the C allocator.
 
-`set_num_threads(n)` sets both the Cython kernels' OpenMP team and the BLAS library numpy loaded
-(OpenBLAS, MKL or BLIS, found among the process's loaded libraries), so one call governs every hot
-loop dreidel runs.
+`set_num_threads(n)` (public as `dreidel.set_num_threads`) is the one thread control: it sets both
+the Cython kernels' OpenMP team and the BLAS library numpy loaded (OpenBLAS, MKL or BLIS, found
+among the process's loaded libraries), so one call governs every hot loop dreidel runs.
+`get_num_threads()` reads the kernels' count. The default is OpenMP's (OMP_NUM_THREADS, else the
+core count).
 
-On glibc, `import dreidel` raises malloc's mmap and trim thresholds: otherwise every large temporary
-(activations, gradients) is a fresh mmap that page-faults on first touch and is unmapped when freed,
-which made layers up to 5× slower in measurements here. Set DREIDEL_MALLOC_TUNING=0 to keep glibc's
-defaults.
+On glibc, the engine (the first import of `dreidel.ops`, which every computation and the package
+face's engine names go through) raises malloc's mmap and trim thresholds: otherwise every large
+temporary (activations, gradients) is a fresh mmap that page-faults on first touch and is unmapped
+when freed, which made layers up to 5× slower in measurements here. A bare `import
+dreidel._kernels` (a light worker) leaves the allocator alone. Set DREIDEL_MALLOC_TUNING=0 to keep
+glibc's defaults.
 """
 import ctypes
+import operator
 import os
 import sys
+
+import numpy  # noqa: F401  (loads numpy's BLAS, so _loaded_blas finds it)
 
 from dreidel import _kernels
 
@@ -52,11 +59,14 @@ def _loaded_blas():
 
 
 def set_num_threads(n):
-    """Use `n` threads in the Cython kernels and in BLAS."""
-    n = int(n)
+    """Use `n` threads (an integer >= 1) in the Cython kernels and in BLAS."""
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"number of threads must be an integer, got {n!r}") from None
     if n < 1:
         raise ValueError(f"number of threads must be at least 1, got {n}")
-    _kernels.set_num_threads(n)
+    _kernels._set_num_threads(n)
     for setter, _ in _loaded_blas():
         setter(ctypes.c_int(n))
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import dreidel
 from dreidel import _kernels, hashing
 from dreidel.hashing import (DWTAHash, HashTables, SimHash, add_rows, gather_columns, mips_data_transform,
                              mips_query_transform, pack_sign_codes, scatter_columns, zero_rows)
@@ -330,7 +331,7 @@ def test_results_identical_with_one_and_two_threads(monkeypatch, dtype):
     monkeypatch.setattr(hashing, "PARALLEL_MIN_WORK", 0)  # parallelise even these small inputs
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((257, 100)) * (rng.random((257, 100)) < 0.3)).astype(dtype)
-    before = _kernels.get_num_threads()
+    before = dreidel.get_num_threads()
 
     def run():
         s, sd, d = SimHash(100, 9, 7, seed=1), SimHash(100, 9, 7, fast=False, seed=1), DWTAHash(100, 3, 5, seed=1)
@@ -343,11 +344,11 @@ def test_results_identical_with_one_and_two_threads(monkeypatch, dtype):
         return [s.project(x), s.codes(x), sd.codes(x), d.hashes(x), t.offsets, t.ids, *t.query(q),
                 *t.votes(q), *moved, grad]
     try:
-        _kernels.set_num_threads(1)
+        dreidel.set_num_threads(1)
         one = run()
-        _kernels.set_num_threads(2)
+        dreidel.set_num_threads(2)
         two = run()
     finally:
-        _kernels.set_num_threads(before)
+        dreidel.set_num_threads(before)
     for a, b in zip(one, two):
         assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dreidel
 from dreidel import kernels as K
 
 SET = settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
@@ -518,9 +519,9 @@ def test_gelu_misc():
 # ------------------------------------------------------------------------------------------
 @pytest.fixture
 def restore_threads():
-    nt = K.get_num_threads()
+    nt = dreidel.get_num_threads()
     yield
-    K.set_num_threads(nt)
+    dreidel.set_num_threads(nt)
 
 
 def test_results_identical_with_1_and_2_threads(restore_threads):
@@ -529,8 +530,8 @@ def test_results_identical_with_1_and_2_threads(restore_threads):
              (1, 2 ** 19), (5, 2 ** 17)]
     outs = {}
     for nt in (1, 2):
-        K.set_num_threads(nt)
-        assert K.get_num_threads() == nt or not K._kernels.has_openmp()
+        dreidel.set_num_threads(nt)
+        assert dreidel.get_num_threads() == nt or not K._kernels.has_openmp()
         res = []
         for rows, n in cases:
             for dtype in DTYPES:
@@ -552,7 +553,7 @@ def test_results_identical_with_1_and_2_threads(restore_threads):
     for a, b in zip(outs[1], outs[2]):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError):
-        K.set_num_threads(0)
+        dreidel.set_num_threads(0)
     del rng
 
 
@@ -561,7 +562,7 @@ def test_results_identical_with_1_and_2_threads(restore_threads):
 def test_fwht_huge_rows_roundtrip(n, restore_threads):
     x = np.random.default_rng(9).standard_normal(n).astype(np.float32)
     for nt in (1, 2):
-        K.set_num_threads(nt)
+        dreidel.set_num_threads(nt)
         y = K.fwht(x)
         np.testing.assert_allclose(K.fwht(y), x, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.sum(y.astype(np.float64) ** 2),
@@ -685,7 +686,7 @@ def test_softmax_bad_input():
 def test_softmax_identical_with_1_and_2_threads(restore_threads):
     outs = {}
     for nt in (1, 2):
-        K.set_num_threads(nt)
+        dreidel.set_num_threads(nt)
         res = []
         for rows, n in [(300, 1024), (3, 1500), (1, 2 ** 19), (600, 1500)]:
             for dtype in DTYPES:

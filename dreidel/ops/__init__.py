@@ -23,6 +23,7 @@ import operator
 
 import numpy as np
 
+from dreidel.runtime import tune_allocator
 from dreidel.ops.math import (abs, add, cast, clip, cos, div, dropout, erf, exp, gelu, log, log_softmax,
                               maximum, minimum, mul, neg, pow, prelu, relu, sigmoid, silu, sin, softmax,
                               softplus, sqrt, sub, tanh, where)
@@ -43,6 +44,8 @@ from dreidel.ops.spectral import fwht, spectral_block
 from dreidel.ops.sparse import sparse_linear
 from dreidel.ops._common import _index_array
 from dreidel.tensor import Tensor
+
+tune_allocator()  # the engine's first import: its large temporaries stay in the heap (see dreidel/runtime.py)
 
 __all__ = [
     "abs", "add", "cast", "clip", "cos", "div", "dropout", "erf", "exp", "gelu", "log", "log_softmax", "maximum",

@@ -1,0 +1,161 @@
+/* C of GELU and softmax (_kernels_activations.pxi) */
+#ifndef DREIDEL_KERNELS_ACTIVATIONS_H
+#define DREIDEL_KERNELS_ACTIVATIONS_H
+
+#include "_kernels_common.h"
+
+/* ---------------- GELU ---------------- */
+/* no-trapping-math lets GCC if-convert the clamps/selects so the loops vectorise; it does
+   not change any computed value. */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+/* expf on [-87, 88] (clamped): Cody-Waite reduction + cephes degree-6 polynomial, ~1 ulp.
+   Branch-free so the loops vectorise (libm expf/erff would not). */
+static inline float dr_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)fn + 127) << 23;
+    float s; memcpy(&s, &bits, 4);
+    return q * s;
+}
+/* 1 + erf(x / sqrt 2) = 2 Phi(x) with Abramowitz-Stegun 7.1.26 for erfc(|z|) (abs err
+   <= 1.5e-7); the x < 0 side uses erfc directly (no cancellation). Also returns
+   e = exp(-x^2/2) for the derivative. */
+static inline float dr_cdf2_f32(float x, float* e_out) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float e = dr_expf(-z * z);
+    float q = poly * e;
+    *e_out = e;
+    return x >= 0.0f ? 2.0f - q : q;
+}
+#define DR_K0 0.7978845608028654f   /* sqrt(2/pi) */
+#define DR_K1 0.044715f
+#define DR_INV_SQRT_2PI 0.3989422804014327f
+static inline float dr_gelu1_f32(float x, int tanh_form) {
+    if (tanh_form) {
+        /* x * sigmoid(2u); 1/(1+e) then a multiply: x/(1+e) hit slow divider cases */
+        float u = DR_K0 * (x + DR_K1 * x * x * x);
+        float s = 1.0f / (1.0f + dr_expf(-2.0f * u));
+        return x * s;
+    }
+    float e; float c = dr_cdf2_f32(x, &e);
+    return 0.5f * x * c;
+}
+static inline float dr_dgelu1_f32(float x, int tanh_form) {
+    if (tanh_form) {
+        float u = DR_K0 * (x + DR_K1 * x * x * x);
+        float e = dr_expf(-2.0f * u);
+        float s = 1.0f / (1.0f + e);
+        float du = DR_K0 * (1.0f + 3.0f * DR_K1 * x * x);
+        return s + 2.0f * x * s * (e * s) * du;
+    }
+    float e; float c = dr_cdf2_f32(x, &e);
+    return 0.5f * c + x * DR_INV_SQRT_2PI * e;
+}
+static inline double dr_gelu1_f64(double x, int tanh_form) {
+    if (tanh_form) {
+        double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+        return 0.5 * x * (1.0 + tanh(u));
+    }
+    return 0.5 * x * erfc(-x * 0.7071067811865476);
+}
+static inline double dr_dgelu1_f64(double x, int tanh_form) {
+    if (tanh_form) {
+        double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+        double t = tanh(u);
+        double du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
+    }
+    return 0.5 * erfc(-x * 0.7071067811865476) + x * 0.3989422804014327 * exp(-0.5 * x * x);
+}
+/* Loops split by form so each inner loop is branch-free and vectorisable. */
+#define DR_GELU_LOOPS(T, SFX) \
+static void dr_gelu_##SFX(const T* x, const T* b, T* y, Py_ssize_t n, int tf) { \
+    if (tf) { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i] + b[i], 1); \
+              else   for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i], 1); } \
+    else    { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i] + b[i], 0); \
+              else   for (Py_ssize_t i = 0; i < n; i++) y[i] = dr_gelu1_##SFX(x[i], 0); } \
+} \
+static void dr_dgelu_##SFX(const T* g, const T* x, const T* b, T* y, Py_ssize_t n, int tf) { \
+    if (tf) { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i] + b[i], 1); \
+              else   for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i], 1); } \
+    else    { if (b) for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i] + b[i], 0); \
+              else   for (Py_ssize_t i = 0; i < n; i++) y[i] = g[i] * dr_dgelu1_##SFX(x[i], 0); } \
+}
+DR_GELU_LOOPS(float, f32)
+DR_GELU_LOOPS(double, f64)
+/* Softmax of one row: max (8 lanes), then e = exp(x - max) written to y with the sum in one
+   pass (8 T lanes, flushed to a double every 64 elements: vectorises, and float32 lanes add
+   at most 8 terms each), then y *= 1/sum. Semantics of the numpy expression
+   exp(x - max) / sum: a NaN or +inf anywhere, or a row of only -inf, gives a NaN row.
+   float32 exp(t) for t < -87 is flushed to 0 (true value < 1.7e-38), so masked (-inf)
+   entries give exactly 0. */
+static inline float dr_sm_expf(float t) { return t < -87.0f ? 0.0f : dr_expf(t); }
+static inline double dr_sm_exp(double t) { return exp(t); }
+/* Row max in one 32-byte vector of lanes (GCC does not vectorise the scalar select
+   reduction). A NaN never wins a '>' so it is dropped here, but exp(NaN - m) still turns
+   the whole row into NaN, as np.max would. */
+typedef int32_t dr_v8i __attribute__((vector_size(32)));
+typedef int64_t dr_v4l __attribute__((vector_size(32)));
+#define DR_ROWMAX(T, SFX, VT, VI, L) \
+static inline T dr_rowmax_##SFX(const T* x, Py_ssize_t n) { \
+    VT mm; \
+    for (int k = 0; k < L; k++) mm[k] = x[0]; \
+    Py_ssize_t i = 0; \
+    for (; i + L <= n; i += L) { \
+        VT v; memcpy(&v, x + i, sizeof v); \
+        VI gt = v > mm; \
+        mm = (VT)(((VI)v & gt) | ((VI)mm & ~gt)); \
+    } \
+    T m = mm[0]; \
+    for (int k = 1; k < L; k++) m = mm[k] > m ? mm[k] : m; \
+    for (; i < n; i++) m = x[i] > m ? x[i] : m; \
+    return m; \
+}
+DR_ROWMAX(float, f32, dr_v8f, dr_v8i, 8)
+DR_ROWMAX(double, f64, dr_v4d, dr_v4l, 4)
+#define DR_SOFTMAX_LOOPS(T, SFX, EXP) \
+static void dr_softmax_##SFX(const T* x, T* y, Py_ssize_t n) { \
+    T m = dr_rowmax_##SFX(x, n); \
+    Py_ssize_t i; \
+    if (m == -(T)INFINITY) m = (T)NAN;  /* -inf - -inf is NaN in numpy too */ \
+    double s = 0; \
+    for (i = 0; i + 64 <= n; i += 64) { \
+        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; \
+        for (int j = 0; j < 64; j += 8) \
+            for (int k = 0; k < 8; k++) { \
+                T e = EXP(x[i + j + k] - m); y[i + j + k] = e; acc[k] += e; } \
+        s += (double)(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))); \
+    } \
+    for (; i < n; i++) { T e = EXP(x[i] - m); y[i] = e; s += e; } \
+    T inv = (T)(1.0 / s); \
+    for (i = 0; i < n; i++) y[i] *= inv; \
+} \
+/* out = y * (g - sum(g * y)), the dot in 8 float64 lanes. */ \
+static void dr_softmax_bwd_##SFX(const T* g, const T* y, T* out, Py_ssize_t n) { \
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0; \
+    Py_ssize_t i = 0; \
+    for (; i + 8 <= n; i += 8) \
+        for (int k = 0; k < 8; k++) acc[k] += (double)g[i + k] * (double)y[i + k]; \
+    for (; i < n; i++) s += (double)g[i] * (double)y[i]; \
+    s += ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \
+    T d = (T)s; \
+    for (i = 0; i < n; i++) out[i] = y[i] * (g[i] - d); \
+}
+DR_SOFTMAX_LOOPS(float, f32, dr_sm_expf)
+DR_SOFTMAX_LOOPS(double, f64, dr_sm_exp)
+#pragma GCC pop_options
+
+#endif  /* DREIDEL_KERNELS_ACTIVATIONS_H */

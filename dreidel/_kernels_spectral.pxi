@@ -1,0 +1,433 @@
+# Permutations, the fused spectral block y = H(P(x) * d) and the whole spectral stack, forward and
+# backward (included by _kernels.pyx after _kernels_fwht.pxi, whose tile transform it uses; the
+# C helpers are in _kernels_spectral.h).
+cdef extern from "_kernels_spectral.h":
+    void dr_gather_scale_f32(const float* src, const int* idx, const float* d, float* out,
+                             Py_ssize_t n) noexcept nogil
+    void dr_gather_scale_f64(const double* src, const int* idx, const double* d, double* out,
+                             Py_ssize_t n) noexcept nogil
+    void dr_gather_save_scale_f32(const float* src, const int* idx, const float* d, float* u,
+                                  float* out, Py_ssize_t n) noexcept nogil
+    void dr_gather_save_scale_f64(const double* src, const int* idx, const double* d, double* u,
+                                  double* out, Py_ssize_t n) noexcept nogil
+    void dr_dot_acc_f32(const float* a, const float* u, Py_ssize_t nr, double* acc,
+                        Py_ssize_t n) noexcept nogil
+    void dr_dot_acc_f64(const double* a, const double* u, Py_ssize_t nr, double* acc,
+                        Py_ssize_t n) noexcept nogil
+    void dr_add_f32(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
+    void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
+
+# ------------------------------------------------------------------------------------------
+# permutations
+# ------------------------------------------------------------------------------------------
+def is_permutation(const long long[::1] perm):
+    """True iff perm is a permutation of range(len(perm))."""
+    cdef Py_ssize_t n = perm.shape[0], i
+    cdef long long v
+    cdef unsigned char* seen
+    cdef bint ok = True
+    if n == 0:
+        return True
+    seen = <unsigned char*>malloc(n)
+    if seen == NULL:
+        raise MemoryError()
+    memset(seen, 0, n)
+    with nogil:
+        for i in range(n):
+            v = perm[i]
+            if v < 0 or v >= n or seen[v]:
+                ok = False
+                break
+            seen[v] = 1
+    free(seen)
+    return ok
+
+cdef inline Py_ssize_t _pf_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """How many rows ahead to prefetch for the random-order row accesses (>= 8 KiB ahead)."""
+    cdef Py_ssize_t b = n * itemsize
+    return (8192 + b - 1) // b if b > 0 else 1
+
+cdef inline void _pf_row(const void* base, Py_ssize_t r, Py_ssize_t rows, Py_ssize_t n,
+                         Py_ssize_t itemsize, Py_ssize_t ahead, int write) noexcept nogil:
+    """Prefetch row r + ahead of a rows x n matrix (if it exists)."""
+    if r + ahead < rows:
+        dr_prefetch_range(<const char*>base + (r + ahead) * n * itemsize, n * itemsize, write)
+
+cdef Py_ssize_t _row_chunk(Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t t = 65536 // (n if n > 0 else 1)
+    return t if t >= 1 else 1
+
+def permute_rows(const floating[:, ::1] x, const long long[::1] perm, floating[:, ::1] out,
+                 bint inverse):
+    """out[r, j] = x[r, perm[j]] (gather), or out[r, perm[j]] = x[r, j] when inverse (scatter)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n)
+    cdef Py_ssize_t t, r, j, r1, ahead = _pf_rows(n, sizeof(floating))
+    cdef const long long* pp
+    cdef const floating* xr
+    cdef floating* yr
+    if rows == 0 or n == 0:
+        return
+    pp = &perm[0]
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
+            r1 = min(rows, t * T + T)
+            for r in range(t * T, r1):
+                xr = &x[0, 0] + r * n
+                yr = &out[0, 0] + r * n
+                if inverse:
+                    _pf_row(&out[0, 0], r, rows, n, sizeof(floating), ahead, 1)
+                else:
+                    _pf_row(&x[0, 0], r, rows, n, sizeof(floating), ahead, 0)
+                if inverse:
+                    for j in range(n):
+                        yr[pp[j]] = xr[j]
+                else:
+                    for j in range(n):
+                        yr[j] = xr[pp[j]]
+
+# ------------------------------------------------------------------------------------------
+# fused spectral block  y = H(P(x) * d)
+# ------------------------------------------------------------------------------------------
+cdef inline Py_ssize_t _nchunks(Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """Fixed (thread-count independent) number of row chunks for deterministic reductions."""
+    cdef Py_ssize_t c = 64, cap = (1 << 22) // (n if n > 0 else 1)
+    if c > cap:
+        c = cap
+    if c > rows:
+        c = rows
+    return c if c >= 1 else 1
+
+def spectral_block_fwd(const floating[:, ::1] x, const long long[::1] perm,
+                       const floating[::1] d, floating[:, ::1] y, int m, Py_ssize_t K,
+                       const floating[:, ::1] H, bint normalized):
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), t, r, r0, r1, j
+    cdef Py_ssize_t ahead = _pf_rows(n, sizeof(floating))
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    cdef const long long* pp
+    cdef const floating* xr
+    cdef const floating* dp
+    cdef floating* yr
+    if rows == 0:
+        return
+    pp = &perm[0]
+    dp = &d[0]
+    with nogil:
+        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
+            r0 = t * T
+            r1 = min(rows, r0 + T)
+            for r in range(r0, r1):
+                xr = &x[0, 0] + r * n
+                yr = &y[0, 0] + r * n
+                _pf_row(&x[0, 0], r, rows, n, sizeof(floating), ahead, 0)
+                for j in range(n):
+                    yr[j] = xr[pp[j]] * dp[j]
+            _fwht_tile(&y[0, 0] + r0 * n, r1 - r0, n, m, K, &H[0, 0], scale)
+
+def spectral_block_bwd(const floating[:, ::1] g, const floating[:, ::1] x,
+                       const long long[::1] perm, const floating[::1] d,
+                       floating[:, ::1] gx, double[::1] gd, int m, Py_ssize_t K,
+                       const floating[:, ::1] H, bint normalized):
+    """gz = H g (H symmetric); gx[perm[j]] = gz[j] d[j]; gd[j] = sum_rows gz[j] x[perm[j]].
+    gd is accumulated in float64 per fixed row chunk, chunks summed in order."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1]
+    cdef Py_ssize_t T = _tile_rows(n, sizeof(floating)), nch = _nchunks(rows, n)
+    cdef Py_ssize_t ch, r, r0, r1, j, rr, t0, t1, ahead = _pf_rows(n, sizeof(floating))
+    cdef floating scale = <floating>(1.0 / sqrt(<double>n)) if normalized else <floating>1
+    cdef const long long* pp
+    cdef const floating* dp
+    cdef const floating* xr
+    cdef floating* gxr
+    cdef floating* buf
+    cdef floating* sr
+    cdef double* part
+    cdef double* pr
+    cdef double acc
+    cdef int failed[1]
+    failed[0] = 0
+    if rows == 0:
+        gd[:] = 0
+        return
+    pp = &perm[0]
+    dp = &d[0]
+    part = <double*>malloc(nch * n * sizeof(double))
+    if part == NULL:
+        raise MemoryError()
+    memset(part, 0, nch * n * sizeof(double))
+    buf = NULL
+    with nogil, parallel(num_threads=_threads_for(rows * n)):
+        buf = <floating*>malloc(T * n * sizeof(floating))
+        for ch in prange(nch, schedule="dynamic"):
+            if buf == NULL:
+                failed[0] = 1
+                continue
+            r0 = rows * ch // nch
+            r1 = rows * (ch + 1) // nch
+            pr = part + ch * n
+            t0 = r0
+            while t0 < r1:
+                t1 = min(r1, t0 + T)
+                memcpy(buf, &g[0, 0] + t0 * n, (t1 - t0) * n * sizeof(floating))
+                _fwht_tile(buf, t1 - t0, n, m, K, &H[0, 0], scale)
+                for rr in range(t1 - t0):
+                    sr = buf + rr * n
+                    xr = &x[0, 0] + (t0 + rr) * n
+                    gxr = &gx[0, 0] + (t0 + rr) * n
+                    _pf_row(&x[0, 0], t0 + rr, rows, n, sizeof(floating), ahead, 0)
+                    _pf_row(&gx[0, 0], t0 + rr, rows, n, sizeof(floating), ahead, 1)
+                    for j in range(n):
+                        gxr[pp[j]] = sr[j] * dp[j]
+                    for j in range(n):
+                        pr[j] += <double>sr[j] * <double>xr[pp[j]]
+                t0 = t1
+        free(buf)
+    if failed[0]:
+        free(part)
+        raise MemoryError("spectral_block_backward: out of memory for the per-thread buffer")
+    with nogil:
+        for j in prange(n, num_threads=_threads_for(nch * n), schedule="dynamic"):
+            acc = 0
+            for ch in range(nch):
+                acc = acc + part[ch * n + j]
+            gd[j] = acc
+    free(part)
+
+# ------------------------------------------------------------------------------------------
+# whole spectral stack  z_k = H(P_k z_{k-1} * d_k), k = 1..K, a tile of rows at a time
+# ------------------------------------------------------------------------------------------
+# A tile of rows goes through all K blocks while it sits in L1 (two ping-pong buffers of
+# STACK_TILE_BYTES each), so the stack costs one read of x and one write of y (plus the saved
+# block inputs) instead of ~3 memory passes per block. Permutations are int32 (the scalar
+# int32 gather measured ~1.5x faster than int64 here, and faster than AVX2 vgatherdps).
+cdef enum:
+    STACK_MAX_CHUNKS = 8     # row chunks of the deterministic dD reduction (count depends on shapes only)
+
+cdef Py_ssize_t STACK_TILE_BYTES = 16384                # one of the two ping-pong tile buffers
+cdef Py_ssize_t STACK_PARALLEL_MIN_ELEMENTS = 1 << 19   # K * rows * N below this: one thread
+
+def _stack_tuning(tile_bytes=None, parallel_min_elements=None):
+    """Benchmark hook: set / read the stack kernels' tile size and parallel threshold."""
+    global STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    if tile_bytes is not None:
+        STACK_TILE_BYTES = max(1, int(tile_bytes))
+    if parallel_min_elements is not None:
+        STACK_PARALLEL_MIN_ELEMENTS = max(0, int(parallel_min_elements))
+    return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+
+cdef inline Py_ssize_t _stack_tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    cdef Py_ssize_t t = STACK_TILE_BYTES // (n * itemsize)
+    return t if t >= 1 else 1
+
+cdef inline int _stack_threads(Py_ssize_t work) noexcept nogil:
+    return _nthreads if work >= STACK_PARALLEL_MIN_ELEMENTS else 1
+
+cdef inline void _gather_save_scale(const floating* src, const int* idx, const floating* d,
+                                    floating* u, floating* out, Py_ssize_t n) noexcept nogil:
+    """u[j] = src[idx[j]] (if u is not NULL); out[j] = src[idx[j]] * d[j]."""
+    if floating is float:
+        if u != NULL:
+            dr_gather_save_scale_f32(src, idx, d, u, out, n)
+        else:
+            dr_gather_scale_f32(src, idx, d, out, n)
+    else:
+        if u != NULL:
+            dr_gather_save_scale_f64(src, idx, d, u, out, n)
+        else:
+            dr_gather_scale_f64(src, idx, d, out, n)
+
+def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[:, ::1] D,
+              const floating[::1] bias, bint has_bias, floating[:, ::1] y, floating[::1] saved,
+              bint save, int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized):
+    """y = trunc(z_K) (+ bias) with z_0 = pad(x) and z_k = H(P_k z_{k-1} * d_k); x (rows, n_in),
+    y (rows, n_out), n_in, n_out <= N = perms.shape[1]. If save, saved (flat K * rows * N) gets
+    the permuted block inputs u_k = P_k z_{k-1}, all the backward needs."""
+    cdef Py_ssize_t rows = x.shape[0], n_in = x.shape[1], n_out = y.shape[1]
+    cdef Py_ssize_t nb = perms.shape[0], N = perms.shape[1]
+    cdef Py_ssize_t T = _stack_tile_rows(N, sizeof(floating)), ntiles, t, r, r0, nr, k
+    cdef floating scale = <floating>(1.0 / sqrt(<double>N)) if normalized else <floating>1
+    cdef floating* buf
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* yr
+    cdef const floating* bp = &bias[0] if has_bias else NULL
+    cdef floating* sp = &saved[0] if save else NULL
+    cdef floating* up
+    cdef bint direct_in = n_in == N, direct_out = n_out == N
+    cdef int failed[1]
+    failed[0] = 0
+    if rows == 0:
+        return
+    ntiles = (rows + T - 1) // T
+    buf = NULL
+    with nogil, parallel(num_threads=_stack_threads(nb * rows * N)):
+        # two tile buffers, the second offset by 64 floats so the pair does not 4K-alias
+        buf = <floating*>malloc((2 * T * N + 64) * sizeof(floating))
+        for t in prange(ntiles, schedule="dynamic"):
+            if buf == NULL:
+                failed[0] = 1
+                continue
+            r0 = t * T
+            nr = min(rows, r0 + T) - r0
+            if direct_in:           # block 1 gathers straight from x
+                src = &x[0, 0] + r0 * N
+            else:
+                dst = buf + T * N + 64
+                for r in range(nr):
+                    memcpy(dst + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
+                    memset(dst + r * N + n_in, 0, (N - n_in) * sizeof(floating))
+                src = dst
+            for k in range(nb):
+                if k == nb - 1 and direct_out:      # the last block writes straight into y
+                    dst = &y[0, 0] + r0 * N
+                else:
+                    dst = buf if (src != buf) else buf + T * N + 64
+                for r in range(nr):
+                    up = sp + (k * rows + r0 + r) * N if sp != NULL else NULL
+                    _gather_save_scale(src + r * N, &perms[0, 0] + k * N, &D[0, 0] + k * N, up,
+                                       dst + r * N, N)
+                _fwht_tile(dst, nr, N, m, Kp, &H[0, 0], scale)
+                src = dst
+            for r in range(nr):
+                yr = &y[0, 0] + (r0 + r) * n_out
+                if bp != NULL:
+                    if floating is float:
+                        dr_add_f32(src + r * N, bp, yr, n_out)
+                    else:
+                        dr_add_f64(src + r * N, bp, yr, n_out)
+                elif not direct_out:
+                    memcpy(yr, src + r * N, n_out * sizeof(floating))
+        free(buf)
+    if failed[0]:
+        raise MemoryError("spectral_stack: out of memory for the per-thread buffer")
+
+def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floating[:, ::1] x,
+              bint recompute, const int[:, ::1] perms, const floating[:, ::1] D,
+              floating[:, ::1] gx, bint need_x, double[:, ::1] gD,
+              int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized):
+    """Backward of stack_fwd from g = dL/dy (rows, n_out). Per block, from the last:
+    g <- H g (H symmetric); dD_k = sum_rows g * u_k; g <- P_k^T (d_k * g), done as a gather with
+    the inverse permutation. gx (rows, n_in) = the first n_in columns of the final g (if need_x).
+    The block inputs u_k come from saved (flat K * rows * N), or, if recompute, are recomputed
+    tile by tile from x (rows, n_in) into an L2-resident buffer (K - 1 FWHTs per tile instead of
+    a write and a read of K * rows * N from memory: cheaper once that exceeds the caches).
+    dD: the products of 4 rows at a time are summed in the input precision (dr_dot_acc), those
+    sums accumulated in float64 per fixed row chunk (a count that depends on the shapes only),
+    chunks summed in order: bitwise independent of the thread count."""
+    cdef Py_ssize_t rows = g.shape[0], n_out = g.shape[1], n_in = x.shape[1]
+    cdef Py_ssize_t nb = perms.shape[0], N = perms.shape[1]
+    cdef Py_ssize_t T = _stack_tile_rows(N, sizeof(floating)), ntiles, nch, ch, t, t0, t1
+    cdef Py_ssize_t r, r0, nr, k, j, c
+    cdef floating scale = <floating>(1.0 / sqrt(<double>N)) if normalized else <floating>1
+    cdef floating* buf
+    cdef floating* a
+    cdef floating* b
+    cdef floating* tmp
+    cdef double* pr
+    cdef double* part
+    cdef double acc
+    cdef int* inv
+    cdef floating* dinv
+    cdef floating* ub
+    cdef const floating* us
+    cdef const floating* src
+    cdef floating* dst
+    cdef bint direct_out = n_in == N
+    cdef int failed[1]
+    failed[0] = 0
+    if rows == 0:
+        gD[:, :] = 0
+        return
+    ntiles = (rows + T - 1) // T
+    # fewer chunks for small problems (each costs a K x N float64 partial to clear and to sum);
+    # one per 2^18 element-blocks, as many as can usefully run in parallel
+    nch = min(ntiles, <Py_ssize_t>STACK_MAX_CHUNKS, max(<Py_ssize_t>1, (nb * rows * N) >> 18))
+    part = <double*>malloc(nch * nb * N * sizeof(double))
+    inv = <int*>malloc(nb * N * sizeof(int))
+    dinv = <floating*>malloc(nb * N * sizeof(floating))
+    if part == NULL or inv == NULL or dinv == NULL:
+        free(part)
+        free(inv)
+        free(dinv)
+        raise MemoryError()
+    with nogil:
+        for k in range(nb):          # inverse permutations, and d in their order
+            for j in range(N):
+                inv[k * N + perms[k, j]] = <int>j
+            for j in range(N):
+                dinv[k * N + j] = D[k, inv[k * N + j]]
+    buf = NULL
+    with nogil, parallel(num_threads=_stack_threads(nb * rows * N)):
+        buf = <floating*>malloc((2 * T * N + 64 + (nb * T * N if recompute else 0)) * sizeof(floating))
+        for ch in prange(nch, schedule="dynamic"):
+            if buf == NULL:
+                failed[0] = 1
+                continue
+            memset(part + ch * nb * N, 0, nb * N * sizeof(double))
+            t0 = ntiles * ch // nch
+            t1 = ntiles * (ch + 1) // nch
+            for t in range(t0, t1):
+                r0 = t * T
+                nr = min(rows, r0 + T) - r0
+                a = buf
+                b = buf + T * N + 64
+                ub = b + T * N
+                if recompute:       # the forward again, keeping u_1 .. u_K of this tile in ub
+                    if direct_out:
+                        src = &x[0, 0] + r0 * N
+                    else:
+                        for r in range(nr):
+                            memcpy(b + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
+                            memset(b + r * N + n_in, 0, (N - n_in) * sizeof(floating))
+                        src = b
+                    for k in range(nb):
+                        dst = a if src != a else b
+                        for r in range(nr):
+                            _gather_save_scale(src + r * N, &perms[0, 0] + k * N, &D[0, 0] + k * N,
+                                               ub + (k * T + r) * N, dst + r * N, N)
+                        if k < nb - 1:     # z_K itself is not needed
+                            _fwht_tile(dst, nr, N, m, Kp, &H[0, 0], scale)
+                        src = dst
+                    a = buf
+                    b = buf + T * N + 64
+                for r in range(nr):
+                    memcpy(a + r * N, &g[0, 0] + (r0 + r) * n_out, n_out * sizeof(floating))
+                    if n_out < N:
+                        memset(a + r * N + n_out, 0, (N - n_out) * sizeof(floating))
+                k = nb - 1
+                while k >= 0:
+                    _fwht_tile(a, nr, N, m, Kp, &H[0, 0], scale)
+                    pr = part + (ch * nb + k) * N
+                    if recompute:
+                        us = ub + k * T * N
+                    else:
+                        us = &saved[0] + (k * rows + r0) * N
+                    if floating is float:
+                        dr_dot_acc_f32(a, us, nr, pr, N)
+                    else:
+                        dr_dot_acc_f64(a, us, nr, pr, N)
+                    if k > 0 or need_x:
+                        if k == 0 and direct_out:   # the last gather writes straight into gx
+                            b = &gx[0, 0] + r0 * N
+                        for r in range(nr):
+                            _gather_save_scale(a + r * N, inv + k * N, dinv + k * N, NULL,
+                                               b + r * N, N)
+                        tmp = a
+                        a = b
+                        b = tmp
+                    k = k - 1
+                if need_x and not direct_out:
+                    for r in range(nr):
+                        memcpy(&gx[0, 0] + (r0 + r) * n_in, a + r * N, n_in * sizeof(floating))
+        free(buf)
+    if not failed[0]:
+        with nogil:
+            for c in prange(nb * N, num_threads=_stack_threads(nch * nb * N), schedule="static"):
+                acc = 0
+                for ch in range(nch):
+                    acc = acc + part[ch * nb * N + c]
+                gD[c // N, c % N] = acc
+    free(part)
+    free(inv)
+    free(dinv)
+    if failed[0]:
+        raise MemoryError("spectral_stack_backward: out of memory for the per-thread buffer")
