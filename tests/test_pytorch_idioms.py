@@ -368,3 +368,27 @@ def test_progress_with_a_delay_stays_silent_for_quick_loops_and_draws_for_slow_o
     assert quiet.getvalue() == ""
     assert list(progress(range(5), "fit", stream=loud, delay=0.0)) == list(range(5))
     assert "fit" in loud.getvalue() and "5/5" in loud.getvalue()
+
+
+def test_tensor_methods_follow_pytorch_for_max_min_transpose_pow_and_conversions():
+    a = np.random.default_rng(5).standard_normal((2, 3, 4)).astype(np.float32)
+    t = dreidel.tensor(a)
+    values, indices = t.max(1)  # positional dim: (values, indices), like torch
+    np.testing.assert_array_equal(values.data, a.max(1))
+    np.testing.assert_array_equal(indices.data, a.argmax(1))
+    values, indices = t.min(2, keepdim=True)
+    np.testing.assert_array_equal(values.data, a.min(2, keepdims=True))
+    np.testing.assert_array_equal(indices.data, a.argmin(2)[..., None])
+    np.testing.assert_array_equal(t.max(axis=1).data, a.max(1))  # numpy spelling: values only
+    np.testing.assert_array_equal(t.max(dim=(0, 2)).data, a.max((0, 2)))
+    assert float(t.max()) == float(a.max()) and int(t.argmax()) == int(a.argmax())
+    np.testing.assert_array_equal(t.transpose(0, 2).data, np.swapaxes(a, 0, 2))
+    np.testing.assert_array_equal(t.permute(2, 0, 1).data, np.transpose(a, (2, 0, 1)))
+    np.testing.assert_allclose(t.pow(3).data, a ** 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="one-element"):
+        float(t)
+    g = dreidel.tensor(a, requires_grad=True)
+    g.max(1)[0].sum().backward()  # the values keep the graph
+    expected = np.zeros_like(a)
+    np.put_along_axis(expected, a.argmax(1)[:, None, :], 1.0, axis=1)
+    np.testing.assert_array_equal(g.grad, expected)

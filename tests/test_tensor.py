@@ -174,7 +174,10 @@ def test_indexing_and_shapes_match_numpy(rng):
     with pytest.raises(ValueError, match="add up"):
         ops.split(t, [1, 1], axis=1)
     with pytest.raises(ValueError, match="permutation"):
-        t.transpose(0, 1)
+        t.transpose(0, 1, 1)
+    assert t.transpose(0, 1).shape == (x.shape[1], x.shape[0], x.shape[2])  # PyTorch: swap two dims
+    np.testing.assert_array_equal(t.transpose(0, 2).data, np.swapaxes(x, 0, 2))
+    np.testing.assert_array_equal(t.transpose(2, 0, 1).data, np.transpose(x, (2, 0, 1)))  # numpy: permute
 
 
 # -- gradients: broadcasting, ties, accumulation, retain_graph -------------------------------------

@@ -77,6 +77,31 @@ def _compare(op):
     return lambda self, other: Tensor(op(self.data, _index_array(other)))
 
 
+def _transpose_method(self, *dims):
+    """PyTorch's `t.transpose(d0, d1)` swaps two dimensions; a whole permutation (several ints or one
+    tuple, as numpy's `transpose` takes) or no argument (reverse) permutes, as `permute` does."""
+    if len(dims) == 2 and all(isinstance(d, (int, np.integer)) for d in dims):
+        return swapaxes(self, dims[0], dims[1])
+    return transpose(self, *dims)
+
+
+def _with_indices(reduce):
+    """`t.max(d)` / `t.min(d)` as in PyTorch: one int dimension (positional or `dim=`) gives
+    (values, indices); no dimension or a tuple of them gives the values only."""
+    def method(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        if isinstance(dim, (int, np.integer)):
+            return reduce(self, dim=dim, keepdim=keepdim)
+        return reduce(self, dim if axis is None else axis, keepdims=keepdim or keepdims)
+    method.__name__, method.__doc__ = reduce.__name__, _with_indices.__doc__
+    return method
+
+
+def _single(t, what):
+    if t.size != 1:
+        raise ValueError(f"only a one-element tensor converts to a Python {what}, got shape {t.shape}")
+    return t.data
+
+
 def _install_methods(cls):
     """Give Tensor its operators and PyTorch-style methods."""
     cls.__add__, cls.__radd__ = add, _reflected(add)
@@ -90,11 +115,16 @@ def _install_methods(cls):
     cls.__getitem__ = getitem
     namespace = globals()
     for name in ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "silu", "softplus", "gelu", "sin", "cos",
-                 "sum", "mean", "max", "min", "var", "logsumexp", "reshape", "transpose", "expand",
+                 "sum", "mean", "var", "logsumexp", "reshape", "transpose", "expand",
                  "squeeze", "unsqueeze", "flatten", "clip", "softmax", "log_softmax", "matmul",
                  "maximum", "minimum", "swapaxes", "erf", "argmax", "argmin", "prod", "cumsum", "clone"):
         setattr(cls, name, namespace[name])
+    cls.transpose = _transpose_method
     cls.permute = transpose
+    cls.max, cls.min = _with_indices(max), _with_indices(min)
+    cls.pow = pow
+    cls.__float__ = lambda self: float(_single(self, "float").item())
+    cls.__int__ = lambda self: int(_single(self, "int").item())
     cls.view = reshape
     cls.T = property(lambda self: transpose(self))
     cls.__eq__ = _compare(operator.eq)
