@@ -392,3 +392,10 @@ def test_tensor_methods_follow_pytorch_for_max_min_transpose_pow_and_conversions
     expected = np.zeros_like(a)
     np.put_along_axis(expected, a.argmax(1)[:, None, :], 1.0, axis=1)
     np.testing.assert_array_equal(g.grad, expected)
+
+
+def test_every_idiom_of_the_issue_works():
+    import idiom_probe
+    broken = [f"{name}: {result}" for name, result in idiom_probe.R if result != "works"]
+    assert not broken, "\n".join(broken)
+    assert len(idiom_probe.R) == 38
