@@ -75,6 +75,21 @@ def resolve(domain, op_type, opset_version):
     return versions[max(usable)] if usable else None
 
 
+class _NoDraw:
+    """Given as `rng=` to a layer constructor whose random initialisation the import overwrites at
+    once with the teacher's weights: it hands back zeros, so importing a model draws nothing from any
+    random generator (a seeded student built afterwards does not depend on which teacher was imported)."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float32):
+        return np.zeros(size, dtype)
+
+
+NO_DRAW = _NoDraw()
+
+
 def call_layer(module, x):
     """How a lifted layer runs by default: on its input as a Tensor."""
     return module(x if isinstance(x, Tensor) else Tensor(np.asarray(x)))

@@ -9,7 +9,8 @@ import math
 from dreidel import convolution as C
 from dreidel.nn import conv as nn_conv
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import Lifted, as_tensor, is_float, is_tensor, lift, lifts, register
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, as_tensor, is_float, is_tensor, lift, lifts,
+                                                register)
 
 
 def same_pads(in_shape, kernel, stride, dilation, auto_pad):
@@ -145,11 +146,12 @@ def _conv_module(node, weight, bias):
             else (0,) * (2 * spatial)
         return cls.from_weights(weight, bias, stride=tuple(node.attr("strides", [1] * spatial)), padding=pads,
                                 output_padding=tuple(node.attr("output_padding", [0] * spatial)), groups=groups,
-                                dilation=tuple(node.attr("dilations", [1] * spatial)))
+                                dilation=tuple(node.attr("dilations", [1] * spatial)), rng=NO_DRAW)
     stride, dilation, pads, _ = conv_geometry(node, spatial)
     if pads is None:
         return None
-    return cls.from_weights(weight, bias, stride=stride, padding=pads, dilation=dilation, groups=groups)
+    return cls.from_weights(weight, bias, stride=stride, padding=pads, dilation=dilation, groups=groups,
+                            rng=NO_DRAW)
 
 
 @lifts("Conv")

@@ -5,8 +5,8 @@ import numpy as np
 from dreidel import nn, ops
 from dreidel.tensor import Tensor, _result
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (Lifted, array, axes_in, axis_in, checked_shape, ints, is_tensor,
-                                                lift, lifts, register)
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, axes_in, axis_in, checked_shape, ints,
+                                                is_tensor, lift, lifts, register)
 
 
 def _slice_index(ndim, starts, ends, axes, steps):
@@ -200,7 +200,7 @@ def lift_gather(node, graph):
     if node.attr("axis", 0) != 0 or table is None or table.dtype.kind != "f" or table.ndim != 2 \
             or graph.const(node.inputs[1]) is not None:
         return None
-    module = nn.Embedding(1, table.shape[1])
+    module = nn.Embedding(1, table.shape[1], rng=NO_DRAW)
     module.num_embeddings = table.shape[0]
     module.weight = graph.parameter(table)
     return Lifted(module, node.inputs[0], [node.inputs[1]], list(node.outputs), _call_embedding)

@@ -8,8 +8,8 @@ from dreidel import nn, ops
 from dreidel.nn.module import Parameter
 from dreidel.tensor import _result
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (Lifted, any_tensor, array, call_layer, is_float, is_tensor, lift, lifts,
-                                                register, tensor_like)
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, any_tensor, array, call_layer, is_float, is_tensor,
+                                                lift, lifts, register, tensor_like)
 
 
 @register("MatMul", since=1)
@@ -107,7 +107,7 @@ def linear(weight, bias):
     """An `nn.Linear` holding the Parameter `weight` (out, in) and `bias`, without drawing a random init
     first. (`ops.linear` multiplies (…, in) inputs as one (N·T, in) × (in, out) GEMM, numpy's stacked
     matmul being an order of magnitude slower, so no reshapes around it.)"""
-    layer = nn.Linear(1, 1, bias=bias is not None)
+    layer = nn.Linear(1, 1, bias=bias is not None, rng=NO_DRAW)
     layer.in_features, layer.out_features = int(weight.shape[1]), int(weight.shape[0])
     layer.weight = weight
     if bias is not None:
