@@ -63,7 +63,7 @@ def run_worker(args):
             t = np.tanh(c * (h + 0.044715 * h ** 3))
             a = 0.5 * h * (1 + t)
         else:
-            from dreidel.ops import _erf_array
+            from dreidel.ops.math import _erf_array
             cdf = 0.5 * (1 + _erf_array(h / math.sqrt(2)))
             a = h * cdf
         y = a @ hand["w2"].T + hand["b2"]

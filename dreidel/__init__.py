@@ -21,7 +21,7 @@ from dreidel.gradcheck import GradcheckError, gradcheck
 from dreidel.serialization import (CheckpointError, load, load_metadata, load_training_state, save,
                                    save_training_state)
 from dreidel import random
-from dreidel import functional, kernels, ops, spectral
+from dreidel import functional, kernels, ops
 from dreidel import nn, optim
 from dreidel import data
 from dreidel.random import manual_seed

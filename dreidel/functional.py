@@ -7,17 +7,14 @@ import builtins
 import numpy as np
 
 from dreidel.ops import (  # noqa: F401  (re-exported)
-    abs, add, cast, clip, concat, cos, div, dropout, embedding, erf, exp, expand, flatten, gelu,
-    layer_norm, linear, log, log_softmax, logsumexp, matmul, max, maximum, mean, min, minimum, mul,
-    neg, pow, relu, reshape, rms_norm, sigmoid, silu, sin, softmax, softplus, split, sqrt, squeeze, stack, sub,
-    sum, swapaxes, take, tanh, transpose, unsqueeze, var, where, getitem,
+    abs, adaptive_avg_pool, add, avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, cast, causal_mask, clip,
+    concat, conv, conv1d, conv2d, conv3d, conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, cos,
+    div, dropout, embedding, erf, exp, expand, flatten, gelu, getitem, group_norm, instance_norm, interpolate,
+    layer_norm, linear, log, log_softmax, logsumexp, matmul, max, max_pool, max_pool1d, max_pool2d, max_pool3d,
+    maximum, mean, min, minimum, mul, neg, pow, prelu, relu, reshape, rms_norm, scaled_dot_product_attention,
+    sigmoid, silu, sin, softmax, softplus, split, sqrt, squeeze, stack, sub, sum, swapaxes, take, tanh, transpose,
+    unsqueeze, var, where,
 )
-from dreidel.convolution import (  # noqa: F401
-    adaptive_avg_pool, avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, conv, conv1d, conv2d, conv3d,
-    conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, group_norm, instance_norm,
-    interpolate, max_pool, max_pool1d, max_pool2d, max_pool3d, prelu,
-)
-from dreidel.attention_ops import causal_mask, scaled_dot_product_attention  # noqa: F401
 from dreidel import ops as _ops
 from dreidel.tensor import Tensor, as_tensor
 
@@ -32,7 +29,7 @@ def pad(x, pad, value=0.0):
     widths = [(0, 0)] * x.ndim
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-    return _ops.pad(x, widths, value)
+    return _ops.pad(x, widths, value=value)
 
 
 def _reduce(loss, reduction):

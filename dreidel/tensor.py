@@ -1,8 +1,13 @@
 """The autograd core: a Tensor over a numpy array, the graph it records, and custom functions.
 
-Every op (see `dreidel.ops`) computes its output with numpy and hands `_result` a closure that maps
-the output's gradient to one gradient per parent. Gradients may keep broadcast shape: `backward`
-reduces each back to its parent's shape, so ops never repeat that logic.
+Defining an op: compute the output with numpy and hand it to `record(data, parents, backward)`
+with a closure that maps the output's gradient to one gradient per parent (None where a parent
+needs none). Gradients may keep broadcast shape: `backward` reduces each back to its parent's
+shape, so ops never repeat that logic. Every engine op (`dreidel.ops`) is written this way;
+`Function` is a torch.autograd.Function-style adapter over `record` for user code.
+
+This module imports no op: `dreidel.ops` installs Tensor's operators and methods when imported
+(the package face imports it).
 """
 import threading
 
@@ -216,8 +221,18 @@ def _reduce_to(grad, shape):
     return grad.reshape(shape)
 
 
-def _result(data, parents, backward):
-    """Wrap an op's output array; record `backward` if autograd is on and a parent needs it."""
+def record(data, parents, backward):
+    """The op primitive: wrap an op's output array as a Tensor, recording `backward` when autograd is
+    on and a parent requires a gradient.
+
+    `parents` are the Tensors the output depends on; `backward(grad)` receives the output's gradient
+    (an array of the output's shape) and returns one gradient per parent, in order (a tuple; None for
+    a parent that needs none; broadcast shapes are summed down by the engine). It must not modify
+    `grad` in place, and may return a fresh array the engine hands to a leaf without copying.
+
+        def square(x):
+            return record(x.data * x.data, (x,), lambda g: (2 * g * x.data,))
+    """
     out = Tensor.__new__(Tensor)
     out.data = data if isinstance(data, np.ndarray) else np.asarray(data)
     out.grad = None
@@ -261,7 +276,8 @@ class FunctionContext:
 
 
 class Function:
-    """A user-defined differentiable operation, in the style of `torch.autograd.Function`.
+    """A user-defined differentiable operation, in the style of `torch.autograd.Function`: a thin
+    adapter over `record` for user code (the library's own ops call `record` directly).
 
     Subclass with two static methods working on numpy arrays:
         forward(ctx, *args, **kwargs) -> array or tuple of arrays (Tensor args arrive as arrays)
@@ -308,11 +324,9 @@ class Function:
 
         outputs = [np.asarray(o) for o in outputs]
         # integer outputs (indices, counts) carry no gradient
-        tensors = tuple(_result(o, parents if o.dtype.kind == "f" else (), backward_for(i))
+        tensors = tuple(record(o, parents if o.dtype.kind == "f" else (), backward_for(i))
                         for i, o in enumerate(outputs))
         return tensors[0] if single else tensors
 
 
-from dreidel import ops as _ops  # noqa: E402  (ops needs Tensor; Tensor's methods need ops)
-
-_ops.install_methods(Tensor)
+_result = record  # temporary: removed when the importer calls dreidel.tensor.record

@@ -1,8 +1,7 @@
 """Convolution, pooling, resampling and channel-norm ops and layers.
 
-References are written here independently of dreidel/convolution.py: direct convolution by explicit
-loops on tiny shapes, window loops for pooling, per-output formulas for interpolation, and
-onnxruntime running one-node ONNX graphs.
+References are written here independently of dreidel.ops: direct convolution by explicit loops
+on tiny shapes, window loops for pooling, per-output formulas for interpolation, and onnxruntime running one-node ONNX graphs.
 """
 import itertools
 
@@ -12,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import dreidel
 from dreidel import Tensor, nn
-from dreidel import convolution as C
+from dreidel import ops as C
 from dreidel.nn import conv as layers
 
 

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 import dreidel
 from dreidel import Tensor, functional as F, ops
-from dreidel.tensor import _result
+from dreidel.tensor import record
 
 CHECK = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=10, deadline=None)
@@ -456,7 +456,7 @@ def test_gradcheck_catches_a_wrong_backward():
 def test_gradcheck_catches_a_wrong_broadcast_reduction():
     """A backward that forgets one parent's gradient (returns zeros) must fail too."""
     def bad_mul(a, b):
-        return _result(a.data * b.data, (a, b), lambda g: (g * b.data, np.zeros_like(g)))
+        return record(a.data * b.data, (a, b), lambda g: (g * b.data, np.zeros_like(g)))
     with pytest.raises(dreidel.GradcheckError, match="input 1"):
         dreidel.gradcheck(bad_mul, leaf([[1.0, 2.0]]), leaf([3.0, 4.0]))
 

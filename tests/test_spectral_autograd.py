@@ -1,4 +1,4 @@
-"""Gradients of the differentiable spectral ops (dreidel.spectral): float64 gradchecks, and the
+"""Gradients of the differentiable spectral ops (dreidel.ops.spectral): float64 gradchecks, and the
 backward against explicit dense Jacobians built from the Hadamard matrix."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dreidel import kernels
-from dreidel import spectral as S
+from dreidel.ops import spectral as S
 from dreidel.gradcheck import gradcheck
 from dreidel.tensor import Tensor
 

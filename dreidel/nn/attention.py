@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from dreidel import ops
-from dreidel.attention_ops import _mask_array, causal_mask, scaled_dot_product_attention  # noqa: F401
+from dreidel.ops.attention import _mask_array, causal_mask, scaled_dot_product_attention  # noqa: F401
 from dreidel.tensor import Tensor
 from dreidel.nn.module import Module
 from dreidel.nn.layers import Linear

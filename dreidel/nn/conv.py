@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from dreidel import convolution as C
 from dreidel import ops
+from dreidel.ops._spatial import _padding, _tuple
 from dreidel.tensor import Tensor, no_grad
 from dreidel.nn.module import Module, Parameter
 from dreidel.nn.layers import uniform_parameter
@@ -43,13 +43,13 @@ class _ConvNd(Module):
         if padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' is supported, got {padding_mode!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = C._tuple(kernel_size, d, "kernel_size")
-        self.stride = C._tuple(stride, d, "stride")
-        self.dilation = C._tuple(dilation, d, "dilation")
+        self.kernel_size = _tuple(kernel_size, d, "kernel_size")
+        self.stride = _tuple(stride, d, "stride")
+        self.dilation = _tuple(dilation, d, "dilation")
         self.padding = padding if isinstance(padding, str) else (
             tuple(padding) if isinstance(padding, (tuple, list)) else (int(padding),) * d)
-        C._padding(self.padding, d, self.kernel_size, self.dilation)  # validate now, not at first call
-        self.output_padding = C._tuple(output_padding, d, "output_padding", minimum=0)
+        _padding(self.padding, d, self.kernel_size, self.dilation)  # validate now, not at first call
+        self.output_padding = _tuple(output_padding, d, "output_padding", minimum=0)
         if self._transposed:
             shape = (in_channels, out_channels // groups) + self.kernel_size
         else:
@@ -82,9 +82,9 @@ class _ConvNd(Module):
         _check_dims(x, self._dims, type(self).__name__)
         _check_channels(x, self.in_channels, type(self).__name__)
         if self._transposed:
-            return C.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+            return ops.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
                                     self.dilation, self.groups)
-        return C.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return ops.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -212,7 +212,7 @@ class _MaxPoolNd(Module):
 
     def forward(self, x):
         _check_dims(x, self._dims, type(self).__name__)
-        return C.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return ops.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -241,7 +241,7 @@ class _AvgPoolNd(Module):
 
     def forward(self, x):
         _check_dims(x, self._dims, type(self).__name__)
-        return C.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+        return ops.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
                           self.divisor_override)
 
     def extra_repr(self):
@@ -269,7 +269,7 @@ class _AdaptiveAvgPoolNd(Module):
 
     def forward(self, x):
         _check_dims(x, self._dims, type(self).__name__)
-        return C.adaptive_avg_pool(x, self.output_size)
+        return ops.adaptive_avg_pool(x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -297,7 +297,7 @@ class Upsample(Module):
         self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
 
     def forward(self, x):
-        return C.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
+        return ops.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
 
     def extra_repr(self):
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
@@ -338,7 +338,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked.data = self.num_batches_tracked.data + 1
             if momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked.data)
-        return C.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+        return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch, momentum=momentum, eps=self.eps)
 
     @classmethod
@@ -388,7 +388,7 @@ class _InstanceNorm(_BatchNorm):
     def forward(self, x):
         self._check(x)
         if self.track_running_stats and not self.training:
-            return C.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+            return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 training=False, eps=self.eps)
         if self.track_running_stats:
             flat = x.data.reshape(x.shape[0], x.shape[1], -1)
@@ -399,7 +399,7 @@ class _InstanceNorm(_BatchNorm):
             var = (flat.var(axis=2) * count / max(count - 1, 1)).mean(axis=0)
             self.running_mean.data[...] = (1 - momentum) * self.running_mean.data + momentum * mean
             self.running_var.data[...] = (1 - momentum) * self.running_var.data + momentum * var
-        return C.instance_norm(x, self.weight, self.bias, self.eps)
+        return ops.instance_norm(x, self.weight, self.bias, self.eps)
 
 
 class InstanceNorm1d(_InstanceNorm):
@@ -429,7 +429,7 @@ class GroupNorm(Module):
         if x.ndim < 2:
             raise ValueError(f"GroupNorm expects input (N, C, *), got shape {x.shape}")
         _check_channels(x, self.num_channels, "GroupNorm")
-        return C.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return ops.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -454,7 +454,7 @@ class PReLU(Module):
         return layer
 
     def forward(self, x):
-        return C.prelu(x, self.weight)
+        return ops.prelu(x, self.weight)
 
     def extra_repr(self):
         return f"num_parameters={self.num_parameters}"

@@ -19,7 +19,8 @@ import numpy as np
 from dreidel import kernels
 from dreidel.nn.module import Module, Parameter
 from dreidel.random import generator
-from dreidel.tensor import Tensor, _result, is_grad_enabled
+from dreidel.ops.spectral import linear_wht, spectral_stack
+from dreidel.tensor import Tensor, is_grad_enabled
 
 
 # -- numpy-level building blocks (kernels) ---------------------------------------------------------
@@ -211,15 +212,6 @@ def _scatter_both(X, perm):
     return Y
 
 
-def _padded_rows(a, N, dtype):
-    """Rows of `a` zero-padded to width N in `dtype`, C-contiguous (no copy when already so)."""
-    if a.shape[1] == N:
-        return np.ascontiguousarray(a, dtype=dtype)
-    out = np.zeros((a.shape[0], N), dtype=dtype)
-    out[:, :a.shape[1]] = a
-    return out
-
-
 def _check_width(x, in_features, name):
     if x.ndim < 1 or x.shape[-1] != in_features:
         raise ValueError(f"{name} expected input of shape (..., {in_features}), got {tuple(x.shape)}")
@@ -255,27 +247,10 @@ class LinearWHT(Module):
 
     def forward(self, x):
         _check_width(x, self.in_features, "LinearWHT")
-        d, bias, n_in, n_out, N = self.d, self.bias, self.in_features, self.out_features, self.size
-        lead = x.shape[:-1]
-        X = x.data.reshape(-1, n_in)
-        dtype = np.result_type(X.dtype, d.dtype)
-        y = kernels.fwht_(_padded_rows(X * d.data, N, dtype), normalized=True)
-        y = y if n_out == N else np.ascontiguousarray(y[:, :n_out])
-        if bias is not None:
-            y += bias.data
+        y, X = linear_wht(x, self.d, self.bias, self.size, self.out_features)
         if self.capture_curvature:
             self._curvature = (np.sum(X.astype(np.float64) ** 2, axis=0), X.shape[0])
-
-        def backward(g):
-            gz = _padded_rows(g.reshape(-1, n_out), N, dtype)
-            gz = kernels.fwht_(gz.copy() if np.may_share_memory(gz, g) else gz, normalized=True)[:, :n_in]
-            gx = (gz * d.data).reshape(lead + (n_in,)) if x.requires_grad else None
-            gd = np.einsum("bn,bn->n", gz, X) if d.requires_grad else None
-            gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
-            return gx, gd, gb
-
-        parents = (x, d) if bias is None else (x, d, bias)
-        return _result(y.reshape(lead + (n_out,)), parents, backward)
+        return y
 
     def gauss_newton_diagonal(self):
         """Diagonal of JᵀJ for the last forward batch (needs `capture_curvature = True`).
@@ -381,32 +356,20 @@ class DeepSpectralLinear(Module):
 
     def forward(self, x):
         _check_width(x, self.in_features, "DeepSpectralLinear")
-        d, bias, n_in, n_out = self.d, self.bias, self.in_features, self.out_features
+        d, bias = self.d, self.bias
         perms = self._kernel_perms()
-        lead = x.shape[:-1]
-        dtype = np.result_type(x.dtype, d.dtype)
-        D = d.data if d.dtype == dtype else d.data.astype(dtype)
-        B = None if bias is None else bias.data
         parents = (x, d) if bias is None else (x, d, bias)
         needs_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
-        X = x.data.reshape(-1, n_in).astype(dtype, copy=False)
+        rows = x.size // x.shape[-1]
+        itemsize = np.result_type(x.dtype, d.dtype).itemsize
         # the whole stack in one kernel call, a tile of rows through all K blocks at a time; it keeps
         # the permuted block inputs u_k = P_k z_{k-1} for the backward while they fit in the caches,
         # beyond that the backward recomputes them tile by tile from X (cheaper than a memory round trip)
-        save = self.capture_curvature or (needs_grad and D.size * X.shape[0] * X.itemsize <= SAVE_MAX_BYTES)
-        y, saved = kernels.spectral_stack(X, perms, D, n_out, B, save=save, validate=False)
+        save = self.capture_curvature or (needs_grad and d.size * rows * itemsize <= SAVE_MAX_BYTES)
+        y, saved = spectral_stack(x, perms, d, bias, self.out_features, save)
         if self.capture_curvature:  # Σ_s (P_k z)² per block, for gauss_newton_diagonal
-            self._curvature = (np.einsum("ksn,ksn->kn", saved, saved, dtype=np.float64), y.shape[0])
-
-        def backward(g):
-            need_x = x.requires_grad
-            gx, gd = kernels.spectral_stack_backward(g.reshape(-1, n_out), saved, perms, D, n_in,
-                                                     need_x=need_x, x=X, validate=False)
-            gx = gx.reshape(lead + (n_in,)) if need_x else None
-            gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
-            return gx, gd, gb
-
-        return _result(y.reshape(lead + (n_out,)), parents, backward)
+            self._curvature = (np.einsum("ksn,ksn->kn", saved, saved, dtype=np.float64), rows)
+        return y
 
     def _checked_perms(self):
         """The permutation buffer, validated whenever it was replaced (e.g. by load_state_dict): the

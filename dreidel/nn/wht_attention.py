@@ -30,106 +30,13 @@ tests and `bench/vision.py`.
 import numpy as np
 
 from dreidel import functional as F
-from dreidel import kernels, spectral
+from dreidel import kernels
 from dreidel.nn.module import Module
 from dreidel.nn.spectral import fwht_multiply_adds
-from dreidel.tensor import Function, Tensor, is_grad_enabled
-
-
-# -- stacked matrix products as loops of 2-D GEMMs ---------------------------------------------------
-# numpy's matmul on stacks of small matrices (one per head) does not reach BLAS: measured 72 ms for
-# (6, 257, 64) @ (6, 64, 257) against 7 ms for a Python loop of six 2-D products. Until the engine's
-# matmul does this itself, the attention kernels here loop.
-def _bmm(a, b, transpose_a=False, transpose_b=False, dtype=None):
-    """a @ b over matching leading axes, one 2-D BLAS product per matrix (views, no copies)."""
-    lead = a.shape[:-2]
-    if transpose_a:
-        a = np.swapaxes(a, -1, -2)
-    if transpose_b:
-        b = np.swapaxes(b, -1, -2)
-    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=dtype or np.result_type(a, b))
-    for index in np.ndindex(*lead):
-        np.matmul(a[index], b[index], out=out[index])
-    return out
-
-
-def _lead_matches(a, b, what):
-    if a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"{what}: shapes {a.shape} and {b.shape} do not multiply (same leading axes needed)")
-
-
-class BatchedMatMul(Function):
-    """a (..., n, k) @ b (..., k, m) with equal leading axes, as 2-D GEMMs (see `_bmm`)."""
-
-    @staticmethod
-    def forward(ctx, a, b):
-        _lead_matches(a, b, "batched_matmul")
-        ctx.save_for_backward(a, b)
-        return _bmm(a, b)
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        ga = _bmm(grad, b, transpose_b=True) if ctx.needs_input_grad[0] else None
-        gb = _bmm(a, grad, transpose_a=True) if ctx.needs_input_grad[1] else None
-        return ga, gb
-
-
-def batched_matmul(a, b):
-    """Differentiable a @ b for stacks of matrices with the same leading axes."""
-    return BatchedMatMul.apply(a, b)
-
-
-class SoftmaxAttentionFunction(Function):
-    """softmax(q kᵀ · scale) v per (batch, head), no mask: q (..., L, d), k (..., S, d), v (..., S, d_v).
-
-    Forward: S = q kᵀ·scale (2-D GEMMs), P = softmax(S) (the fused kernel), O = P v. Backward:
-    dP = dO vᵀ, dv = Pᵀ dO, dS = P ⊙ (dP − Σ dP ⊙ P)·scale, dq = dS k, dk = dSᵀ q. The output is
-    handed back as a (..., L, d_v) view of a (N, L, H, d_v) buffer when the input has 4 axes, so
-    merging the heads afterwards (transpose + reshape) is free.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale=None):
-        if q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
-            raise ValueError(f"softmax attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
-        scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
-        dtype = np.result_type(q, k, v)
-        scores = _bmm(q, k, transpose_b=True, dtype=dtype)
-        scores *= scale
-        weights = kernels.softmax(scores, axis=-1, out=scores)
-        lead = q.shape[:-2]
-        if len(lead) == 2:  # (N, H, L, d_v) as a view of (N, L, H, d_v)
-            buffer = np.empty((lead[0], q.shape[-2], lead[1], v.shape[-1]), dtype=dtype)
-            out = buffer.transpose(0, 2, 1, 3)
-        else:
-            out = np.empty(lead + (q.shape[-2], v.shape[-1]), dtype=dtype)
-        for index in np.ndindex(*lead):  # assigned, not out=: matmul into a strided view is ~5x slower
-            out[index] = weights[index] @ v[index]
-        ctx.scale = scale
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(q, k, v, weights)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, weights = ctx.saved_tensors
-        grad_weights = _bmm(grad, v, transpose_b=True, dtype=weights.dtype)
-        gv = _bmm(weights, grad, transpose_a=True) if ctx.needs_input_grad[2] else None
-        grad_scores = kernels.softmax_backward(grad_weights, weights, axis=-1)
-        grad_scores *= ctx.scale
-        gq = _bmm(grad_scores, k) if ctx.needs_input_grad[0] else None
-        gk = _bmm(grad_scores, q, transpose_a=True) if ctx.needs_input_grad[1] else None
-        return gq, gk, gv
-
-
-def softmax_attention(query, key, value, scale=None):
-    """softmax(q kᵀ/√d) v over the last two axes (no mask), as `F.scaled_dot_product_attention`
-    computes it, on per-head 2-D GEMMs and the fused softmax kernels; differentiable."""
-    for t, name in ((query, "query"), (key, "key"), (value, "value")):
-        if not isinstance(t, Tensor) or t.ndim < 2:
-            raise TypeError(f"softmax_attention: {name} must be a Tensor with at least 2 axes")
-    return SoftmaxAttentionFunction.apply(query, key, value, scale=scale)
+from dreidel.ops.attention import softmax_attention
+from dreidel.ops.linalg import batched_matmul  # noqa: F401  (imported from here by callers)
+from dreidel.ops.spectral import fwht
+from dreidel.tensor import Tensor
 
 
 class WalshHadamardAttention(Module):
@@ -161,7 +68,7 @@ class WalshHadamardAttention(Module):
         x = x * (self.head_dim ** -0.25)
         padded = x if self.size == self.head_dim else F.pad(x, (0, self.size - self.head_dim))
         signs = self.signs if self.signs.dtype == x.dtype else Tensor(self.signs.data.astype(x.dtype))
-        mixed = spectral.fwht(F.unsqueeze(padded, -2) * signs, normalized=False)  # (..., L, B, n): rows ±1
+        mixed = fwht(F.unsqueeze(padded, -2) * signs, normalized=False)  # (..., L, B, n): rows ±1
         projections = mixed.reshape(x.shape[:-1] + (self.num_features,))
         logits = projections - (x * x).sum(axis=-1, keepdims=True) * 0.5
         peak = np.max(logits.data, axis=over_axes, keepdims=True)  # cancels in the ratio: a constant
@@ -204,5 +111,4 @@ def softmax_attention_multiply_adds(length, head_dim, key_length=None, value_dim
     return length * key_length * (head_dim + 1 + value_dim)
 
 
-__all__ = ["WalshHadamardAttention", "softmax_attention", "softmax_attention_multiply_adds", "batched_matmul",
-           "BatchedMatMul", "SoftmaxAttentionFunction"]
+__all__ = ["WalshHadamardAttention", "softmax_attention", "softmax_attention_multiply_adds", "batched_matmul"]

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from dreidel import convolution
+from dreidel.ops import convolution
 from dreidel.nn.conv import Conv1d, Conv2d, Conv3d
 from dreidel.nn.layers import Linear
 from dreidel.optim.optimizer import Optimizer, check_number

@@ -1,11 +1,15 @@
-"""Scaled dot-product attention as an engine-level op, composed of differentiable ops."""
+"""Attention: scaled dot-product attention composed of engine ops, and the fused unmasked
+softmax attention on per-head 2-D GEMMs."""
 import math
 
 import numpy as np
 
-from dreidel import ops
+from dreidel import kernels
+from dreidel.ops.linalg import _bmm, matmul
+from dreidel.ops.math import dropout, softmax, where
+from dreidel.ops.shape import swapaxes, unsqueeze
 from dreidel.random import generator
-from dreidel.tensor import Tensor
+from dreidel.tensor import Tensor, record
 
 
 def _mask_array(mask):
@@ -54,10 +58,10 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     if grouped:  # (N, H, L, D) → (N, H_kv, H/H_kv, L, D) against (N, H_kv, 1, S, D): no copies of k and v
         group = heads // kv_heads
         q = query.reshape(query.shape[0], kv_heads, group, length, query.shape[-1])
-        k, v = ops.unsqueeze(key, 2), ops.unsqueeze(value, 2)
+        k, v = unsqueeze(key, 2), unsqueeze(value, 2)
     else:
         q, k, v = query, key, value
-    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * scale
+    scores = matmul(q, swapaxes(k, -1, -2)) * scale
 
     allowed = None
     if causal:
@@ -84,15 +88,56 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     if additive is not None:
         scores = scores + Tensor(additive.astype(scores.dtype, copy=False))
     if allowed is not None:
-        scores = ops.where(allowed, scores, np.finfo(scores.dtype).min)
-    weights = ops.softmax(scores, axis=-1)
+        scores = where(allowed, scores, np.finfo(scores.dtype).min)
+    weights = softmax(scores, axis=-1)
     if dropout_p and training:
-        weights = ops.dropout(weights, dropout_p, training=True, rng=generator(rng))
-    out = ops.matmul(weights, v)
+        weights = dropout(weights, dropout_p, training=True, rng=generator(rng))
+    out = matmul(weights, v)
     if grouped:
         out = out.reshape(query.shape[:-1] + (value.shape[-1],))
         weights = weights.reshape(scores_shape)
     return (out, weights) if return_weights else out
 
 
-__all__ = ["scaled_dot_product_attention", "causal_mask"]
+def softmax_attention(query, key, value, scale=None):
+    """softmax(q kᵀ · scale) v per (batch, head), no mask: q (..., L, d), k (..., S, d), v (..., S, d_v);
+    `scale` defaults to 1/sqrt(d). What `scaled_dot_product_attention` computes without a mask, on
+    per-head 2-D GEMMs and the fused softmax kernels.
+
+    Forward: S = q kᵀ·scale, P = softmax(S), O = P v. Backward: dP = dO vᵀ, dv = Pᵀ dO,
+    dS = P ⊙ (dP − Σ dP ⊙ P)·scale, dq = dS k, dk = dSᵀ q. The output is handed back as a
+    (..., L, d_v) view of a (N, L, H, d_v) buffer when the input has 4 axes, so merging the heads
+    afterwards (transpose + reshape) is free.
+    """
+    for t, name in ((query, "query"), (key, "key"), (value, "value")):
+        if not isinstance(t, Tensor) or t.ndim < 2:
+            raise TypeError(f"softmax_attention: {name} must be a Tensor with at least 2 axes")
+    q, k, v = query.data, key.data, value.data
+    if q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"softmax attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    dtype = np.result_type(q, k, v)
+    scores = _bmm(q, k, transpose_b=True, dtype=dtype)
+    scores *= scale
+    weights = kernels.softmax(scores, axis=-1, out=scores)
+    lead = q.shape[:-2]
+    if len(lead) == 2:  # (N, H, L, d_v) as a view of (N, L, H, d_v)
+        buffer = np.empty((lead[0], q.shape[-2], lead[1], v.shape[-1]), dtype=dtype)
+        out = buffer.transpose(0, 2, 1, 3)
+    else:
+        out = np.empty(lead + (q.shape[-2], v.shape[-1]), dtype=dtype)
+    for index in np.ndindex(*lead):  # assigned, not out=: matmul into a strided view is ~5x slower
+        out[index] = weights[index] @ v[index]
+
+    def backward(grad):
+        grad_weights = _bmm(grad, v, transpose_b=True, dtype=weights.dtype)
+        gv = _bmm(weights, grad, transpose_a=True) if value.requires_grad else None
+        grad_scores = kernels.softmax_backward(grad_weights, weights, axis=-1)
+        grad_scores *= scale
+        gq = _bmm(grad_scores, k) if query.requires_grad else None
+        gk = _bmm(grad_scores, q, transpose_a=True) if key.requires_grad else None
+        return gq, gk, gv
+    return record(out, (query, key, value), backward)
+
+
+__all__ = ["scaled_dot_product_attention", "causal_mask", "softmax_attention"]
