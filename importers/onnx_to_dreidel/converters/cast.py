@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 
 from dreidel import ops
-from dreidel.tensor import _result
+from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.loader import low_precision_dtype, numpy_dtype
 from importers.onnx_to_dreidel.registry import array, float_dtype, is_tensor, register
@@ -29,7 +29,7 @@ def _cast_to(x, onnx_type):
         if onnx_type == onnx.TensorProto.FLOAT16:
             out = ops.cast(ops.cast(out, np.float16), np.float32)
         elif onnx_type == onnx.TensorProto.BFLOAT16:  # rounding passes the gradient straight through
-            out = _result(_round_bfloat16(out.data), (out,), lambda g: (g,))
+            out = record(_round_bfloat16(out.data), (out,), lambda g: (g,))
         return out
     x = np.asarray(x)
     if x.dtype.kind == "f" and target.kind in "iub":

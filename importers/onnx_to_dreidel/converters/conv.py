@@ -1,12 +1,12 @@
-"""Convolution converters: Conv and ConvTranspose over `dreidel.convolution` (PyTorch layouts),
+"""Convolution converters: Conv and ConvTranspose over `dreidel.ops` (PyTorch layouts),
 lifted to `nn.ConvNd` / `nn.ConvTransposeNd` when the weight is a constant.
 
-ONNX `pads` are (begin..., end...) per spatial axis, which `dreidel.convolution` accepts as is;
+ONNX `pads` are (begin..., end...) per spatial axis, which `dreidel.ops` accepts as is;
 `auto_pad` SAME_UPPER/SAME_LOWER is resolved per call from the input's spatial size.
 """
 import math
 
-from dreidel import convolution as C
+from dreidel import ops
 from dreidel.nn import conv as nn_conv
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, as_tensor, is_float, is_tensor, lift, lifts,
@@ -73,7 +73,7 @@ def conv(node):
         stride, dilation, pads, auto_pad = conv_geometry(node, spatial)
         if pads is None:
             pads = same_pads(x_t.shape[2:], w.shape[2:], stride, dilation, auto_pad)
-        out = C.conv(x_t, w, None if bias is None else lift(bias, x_t), stride, pads, dilation, groups)
+        out = ops.conv(x_t, w, None if bias is None else lift(bias, x_t), stride, pads, dilation, groups)
         return out if is_tensor(x) else out.data
     return run
 
@@ -118,7 +118,7 @@ def conv_transpose(node):
         w = lift(weight, x_t)
         check_kernel(node, w.shape)
         stride, dilation, pads, output_padding = conv_transpose_geometry(node, x_t.shape[2:], w.shape[2:])
-        out = C.conv_transpose(x_t, w, None if bias is None else lift(bias, x_t), stride, pads, output_padding,
+        out = ops.conv_transpose(x_t, w, None if bias is None else lift(bias, x_t), stride, pads, output_padding,
                                dilation, groups)
         return out if is_tensor(x) else out.data
     return run

@@ -35,7 +35,7 @@ for _name, _numpy, _tensor in [
         ("Sin", _float_only(np.sin), ops.sin), ("Cos", _float_only(np.cos), ops.cos),
         ("Relu", lambda x: np.maximum(x, 0).astype(x.dtype), ops.relu),
         ("Sigmoid", lambda x: ops.sigmoid(Tensor(np.asarray(x))).data, ops.sigmoid),
-        ("Erf", lambda x: ops._erf_array(x), ops.erf),
+        ("Erf", lambda x: ops.erf(Tensor(np.asarray(x))).data, ops.erf),
         ("Reciprocal", lambda x: (1 / x).astype(x.dtype), lambda x: 1 / x)]:
     register(_name, since=6 if _name not in ("Erf", "Sin", "Cos") else (9 if _name == "Erf" else 7))(
         _unary(_numpy, _tensor))

@@ -3,7 +3,7 @@ table), GatherElements, GatherND, ScatterND, Trilu, OneHot, NonZero."""
 import numpy as np
 
 from dreidel import nn, ops
-from dreidel.tensor import Tensor, _result
+from dreidel.tensor import Tensor, record
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, axes_in, axis_in, checked_shape, ints,
                                                 is_tensor, lift, lifts, register)
@@ -70,7 +70,7 @@ def _take_along(x, indices, axis):
         grid[axis] = indices
         np.add.at(full, tuple(grid), g)
         return full,
-    return _result(np.take_along_axis(x.data, indices, axis=axis), (x,), backward)
+    return record(np.take_along_axis(x.data, indices, axis=axis), (x,), backward)
 
 
 @register("GatherElements", since=11)
@@ -146,7 +146,7 @@ def scatter_nd(node):
                 gx = g.copy()
                 gx[index] = 0
             return gx, g[index]
-        return _result(out, (x, updates), backward)
+        return record(out, (x, updates), backward)
     return run
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from dreidel import nn, ops
 from dreidel.nn.module import Parameter
-from dreidel.tensor import _result
+from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, any_tensor, array, call_layer, is_float, is_tensor,
                                                 lift, lifts, register, tensor_like)
@@ -98,7 +98,7 @@ def einsum(node):
                 shape = [t.shape[k] if c in available else 1 for k, c in enumerate(term)]
                 grads.append(np.broadcast_to(partial.reshape(shape), t.shape))
             return tuple(grads)
-        return _result(np.asarray(result, dtype=like.dtype), tensors, backward)
+        return record(np.asarray(result, dtype=like.dtype), tensors, backward)
     return run
 
 

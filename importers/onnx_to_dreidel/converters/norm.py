@@ -3,7 +3,6 @@ GroupNormalization; with constant parameters the first three are lifted to `nn.L
 `nn.InstanceNormNd` and `nn.BatchNormNd`."""
 import numpy as np
 
-from dreidel import convolution as C
 from dreidel import nn, ops
 from dreidel.nn import conv as nn_conv
 from dreidel.nn.module import Parameter
@@ -106,7 +105,7 @@ def group_normalization(node):
 
     def run(x, scale, bias):
         x_t = as_tensor(x)
-        out = C.group_norm(x_t, groups, lift(scale, x_t), lift(bias, x_t), eps)
+        out = ops.group_norm(x_t, groups, lift(scale, x_t), lift(bias, x_t), eps)
         return out if is_tensor(x) else out.data
     return run
 

@@ -3,7 +3,6 @@ import itertools
 
 import numpy as np
 
-from dreidel import convolution as C
 from dreidel import ops
 from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.converters.conv import check_attribute_lengths, same_pads
@@ -41,7 +40,7 @@ def max_pool(node):
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
         indices = None
         if pads[:spatial] == pads[spatial:] and not ceil_mode:
-            out = C.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode,
+            out = ops.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode,
                              return_indices=want_indices)
             if want_indices:
                 out, indices = out
@@ -143,7 +142,7 @@ def average_pool(node):
         x_t = as_tensor(x)
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
         if pads[:spatial] == pads[spatial:] and dilation == (1,) * spatial and not ceil_mode:
-            out = C.avg_pool(x_t, kernel, stride, tuple(pads[:spatial]), ceil_mode, count_include_pad)
+            out = ops.avg_pool(x_t, kernel, stride, tuple(pads[:spatial]), ceil_mode, count_include_pad)
         else:
             out = _avg_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode, count_include_pad)
         return out if is_tensor(x) else out.data

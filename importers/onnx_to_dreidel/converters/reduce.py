@@ -2,7 +2,7 @@
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import Tensor, _result
+from dreidel.tensor import Tensor, record
 from importers.onnx_to_dreidel.registry import array, axes_in, axis_in, ints, is_tensor, register
 
 
@@ -147,6 +147,6 @@ def cumsum(node):
         axis = axis_in(int(array(axis).reshape(-1)[0]), max(np.ndim(array(x)), 1), "CumSum")
         scan, backward = _cumsum_tensor(x, axis, exclusive, reverse)
         if is_tensor(x):
-            return _result(scan(x.data), (x,), backward)
+            return record(scan(x.data), (x,), backward)
         return scan(np.asarray(x))
     return run

@@ -7,7 +7,7 @@ time and folded at import time whenever its inputs are constant.
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import _result
+from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import (any_tensor, array, axes_in, axis_in, checked_shape, ints, is_tensor,
                                                 lift, register)
@@ -158,7 +158,7 @@ def _tile_tensor(x, repeats):
         for r, n in zip(repeats, x.shape):
             split += [r, n]
         return g.reshape(split).sum(axis=tuple(range(0, 2 * len(repeats), 2))),
-    return _result(np.tile(x.data, repeats), (x,), backward)
+    return record(np.tile(x.data, repeats), (x,), backward)
 
 
 @register("Tile", since=6)
