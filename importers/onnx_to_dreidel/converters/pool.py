@@ -1,10 +1,8 @@
-"""Pooling converters: MaxPool (with ONNX's Indices output), AveragePool, GlobalAveragePool, GlobalMaxPool."""
-import itertools
-
+"""Pooling converters: MaxPool (with ONNX's Indices output), AveragePool, GlobalAveragePool, GlobalMaxPool,
+over the engine's `ops.max_pool` / `ops.avg_pool` (per-side pads, dilation and ONNX's ceil-mode rule)."""
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.converters.conv import check_attribute_lengths, same_pads
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import as_tensor, is_tensor, register
@@ -38,22 +36,11 @@ def max_pool(node):
     def run(x):
         x_t = as_tensor(x)
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
-        indices = None
-        if pads[:spatial] == pads[spatial:] and not ceil_mode:
-            out = ops.max_pool(x_t, kernel, stride, tuple(pads[:spatial]), dilation, ceil_mode,
-                             return_indices=want_indices)
-            if want_indices:
-                out, indices = out
-        elif want_indices:
-            raise OnnxImportError(f"{node}: MaxPool's Indices output is supported only with symmetric pads "
-                                  f"and ceil_mode=0 (got pads {list(pads)}, ceil_mode {int(ceil_mode)})")
-        else:  # per-side pads, and ONNX's ceil-mode rule, done explicitly
-            out = _max_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode)
-        out = out if is_tensor(x) else out.data
+        out = ops.max_pool(x_t, kernel, stride, pads, dilation, ceil_mode, return_indices=want_indices)
         if not want_indices:
-            return out
-        indices = indices.data if is_tensor(indices) else np.asarray(indices)
-        return out, _onnx_pool_indices(indices, x_t.shape, storage_order)
+            return out if is_tensor(x) else out.data
+        out, indices = out
+        return out if is_tensor(x) else out.data, _onnx_pool_indices(indices.data, x_t.shape, storage_order)
     return run
 
 
@@ -70,64 +57,6 @@ def _onnx_pool_indices(positions, x_shape, storage_order):
     return (positions.astype(np.int64, copy=False) + offsets).astype(np.int64, copy=False)
 
 
-def _pool_geometry(in_shape, kernel, stride, dilation, pads, ceil_mode):
-    """Output size per axis (ONNX rule: in ceil mode a last window must start inside the input or
-    its begin padding) and the extra end padding the ceil-mode windows reach into."""
-    spatial = len(kernel)
-    out_shape, extra = [], []
-    for i in range(spatial):
-        padded = in_shape[i] + pads[i] + pads[i + spatial]
-        span = dilation[i] * (kernel[i] - 1) + 1
-        if padded < span:
-            raise OnnxImportError(f"pooling window {span} is larger than the padded input {padded} on axis {i + 2}")
-        n = (padded - span) // stride[i] + 1
-        if ceil_mode:
-            n = -(-(padded - span) // stride[i]) + 1
-            if (n - 1) * stride[i] >= in_shape[i] + pads[i]:
-                n -= 1
-        out_shape.append(n)
-        extra.append(max((n - 1) * stride[i] + span - padded, 0))
-    return out_shape, extra
-
-
-def _windows(xp, kernel, stride, dilation, out_shape):
-    """(spatial slice tuple) for each kernel offset: the strided view of every window's element k."""
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        yield tuple(slice(o * d, o * d + (n - 1) * s + 1, s) for o, d, n, s in zip(offset, dilation, out_shape, stride))
-
-
-def _max_pool_general(x, kernel, stride, dilation, pads, ceil_mode):
-    """Max pooling with per-side pads and ceil mode: −inf padding, the max over K strided slices."""
-    spatial = len(kernel)
-    out_shape, extra = _pool_geometry(x.shape[2:], kernel, stride, dilation, pads, ceil_mode)
-    widths = [(pads[i], pads[i + spatial] + extra[i]) for i in range(spatial)]
-    xp = ops.pad(x, [(0, 0), (0, 0)] + widths, value=-np.inf)
-    parts = [ops.getitem(xp, (slice(None), slice(None)) + w) for w in _windows(xp, kernel, stride, dilation, out_shape)]
-    return ops.max(ops.stack(parts, axis=0), axis=0)
-
-
-def _avg_pool_general(x, kernel, stride, dilation, pads, ceil_mode, count_include_pad):
-    """Average pooling with dilation and per-side pads: the sum of K strided slices over the padded
-    input, divided by the count of real (or real + explicitly padded) elements in each window.
-    Ceil mode's extra windows read zeros that count for nothing."""
-    spatial = len(kernel)
-    in_shape = x.shape[2:]
-    out_shape, extra = _pool_geometry(in_shape, kernel, stride, dilation, pads, ceil_mode)
-    widths = [(pads[i], pads[i + spatial] + extra[i]) for i in range(spatial)]
-    xp = ops.pad(x, [(0, 0), (0, 0)] + widths, value=0.0)
-    if count_include_pad:
-        counted = np.pad(np.ones([n + pads[i] + pads[i + spatial] for i, n in enumerate(in_shape)], x.dtype),
-                         [(0, e) for e in extra])
-    else:
-        counted = np.pad(np.ones(in_shape, x.dtype), widths)
-    total, count = None, 0
-    for window in _windows(xp, kernel, stride, dilation, out_shape):
-        part = ops.getitem(xp, (slice(None), slice(None)) + window)
-        total = part if total is None else total + part
-        count = count + counted[window]
-    return total / Tensor(np.maximum(count, 1).astype(x.dtype))
-
-
 @register("AveragePool", since=7)
 def average_pool(node):
     kernel = tuple(node.attr("kernel_shape"))
@@ -141,10 +70,7 @@ def average_pool(node):
     def run(x):
         x_t = as_tensor(x)
         pads = _pool_pads(node, x_t.shape, kernel, stride, dilation)
-        if pads[:spatial] == pads[spatial:] and dilation == (1,) * spatial and not ceil_mode:
-            out = ops.avg_pool(x_t, kernel, stride, tuple(pads[:spatial]), ceil_mode, count_include_pad)
-        else:
-            out = _avg_pool_general(x_t, kernel, stride, dilation, pads, ceil_mode, count_include_pad)
+        out = ops.avg_pool(x_t, kernel, stride, pads, ceil_mode, count_include_pad, dilation=dilation)
         return out if is_tensor(x) else out.data
     return run
 

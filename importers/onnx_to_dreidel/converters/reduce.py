@@ -73,8 +73,19 @@ def _log_sum_exp(x, axis, keepdims):
     return ops.logsumexp(x, axis=axis, keepdims=keepdims)
 
 
-def _prod_tensor(x, axis, keepdims):  # no gradient rule in the engine; products appear on shapes only
-    return Tensor(np.prod(x.data, axis=axis, keepdims=keepdims))
+def _prod_tensor(x, axis, keepdims):
+    """Product over the axes by pairwise halving (log depth) with the engine's multiply, so the
+    gradient is exact, zeros included."""
+    axes = range(x.ndim) if axis is None else axis
+    for a in axes:
+        while x.shape[a] > 1:
+            n, h = x.shape[a], x.shape[a] // 2
+            part = lambda start, stop: ops.getitem(x, (slice(None),) * a + (slice(start, stop),))  # noqa: E731
+            paired = part(0, h) * part(h, 2 * h)
+            x = paired if n % 2 == 0 else ops.concat([paired, part(2 * h, n)], axis=a)
+    if keepdims:
+        return x
+    return ops.reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in set(axes)))
 
 
 _REDUCTIONS = [  # name, numpy, Tensor, opset where axes become an input, value over no elements
