@@ -148,12 +148,18 @@ def test_max_pool_indices_match_onnxruntime(spatial, storage_order, stride, pad,
     np.testing.assert_array_equal(got[1], expected[1])
 
 
-def test_max_pool_indices_with_asymmetric_pads_are_refused_cleanly():
-    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], pads=[0, 0, 1, 1])
-    model = model_of([node], [("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+@pytest.mark.parametrize("pads,ceil_mode", [([0, 0, 1, 1], 0), ([1, 0, 0, 1], 1), ([0, 0, 0, 0], 1)])
+def test_max_pool_indices_with_asymmetric_pads_or_ceil_mode_match_onnxruntime(pads, ceil_mode):
+    # the engine's max_pool takes per-side pads and ceil mode, so these are no longer refused
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2], pads=pads,
+                            ceil_mode=ceil_mode)
+    model = model_of([node], [("x", TensorProto.FLOAT, [1, 2, 5, 5])],
                      [("y", TensorProto.FLOAT, None), ("i", TensorProto.INT64, None)], opset=12)
-    with pytest.raises(OnnxImportError, match="Indices"):
-        dreidel_run(model, {"x": np.ones((1, 1, 4, 4), np.float32)})
+    x = np.random.default_rng(5).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    expected = ort_run(model, {"x": x})
+    got = dreidel_run(model, {"x": x})
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
 
 
 # -- attention: Softmax overwriting its MatMul scores ------------------------------------------------------

@@ -170,6 +170,26 @@ def is_float(value):
     return value is not None and np.asarray(value).dtype.kind == "f"
 
 
+def engine_op(tensor_fn, integer_fn=None, what="this op"):
+    """`run(*xs)` for an op the engine computes: with any Tensor among the inputs, or floating numpy
+    values (constants folded at import), it is `tensor_fn` on Tensors (numpy in, numpy out); integer
+    and boolean values (shape arithmetic) take `integer_fn` in numpy, or are refused without one."""
+    def run(*xs):
+        present = [x for x in xs if x is not None]
+        if any_tensor(present):
+            like = tensor_like(present)
+            return tensor_fn(*[None if x is None else lift(x, like) for x in xs])
+        floating = [x for x in present if np.asarray(x).dtype.kind == "f"]
+        if floating or integer_fn is None:
+            if not floating:
+                dtypes = [np.asarray(x).dtype.name for x in present]
+                raise OnnxImportError(f"{what} needs floating inputs, got {dtypes}")
+            like = Tensor(np.asarray(floating[0]))
+            return tensor_fn(*[None if x is None else lift(x, like) for x in xs]).data
+        return integer_fn(*[None if x is None else np.asarray(x) for x in xs])
+    return run
+
+
 def array(value):
     """The numpy array behind a value (Tensor or array)."""
     return value.data if isinstance(value, Tensor) else np.asarray(value)

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 
 from dreidel import ops
-from dreidel.tensor import record
+from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.loader import low_precision_dtype, numpy_dtype
 from importers.onnx_to_dreidel.registry import array, float_dtype, is_tensor, register
@@ -28,8 +28,9 @@ def _cast_to(x, onnx_type):
         out = ops.cast(x, target) if x.dtype != target else x
         if onnx_type == onnx.TensorProto.FLOAT16:
             out = ops.cast(ops.cast(out, np.float16), np.float32)
-        elif onnx_type == onnx.TensorProto.BFLOAT16:  # rounding passes the gradient straight through
-            out = record(_round_bfloat16(out.data), (out,), lambda g: (g,))
+        elif onnx_type == onnx.TensorProto.BFLOAT16:  # rounding passes the gradient straight through:
+            # out + (rounded − out) is exactly `rounded` (the difference is exact: Sterbenz)
+            out = out + Tensor(_round_bfloat16(out.data) - out.data)
         return out
     x = np.asarray(x)
     if x.dtype.kind == "f" and target.kind in "iub":

@@ -1,19 +1,20 @@
 """Elementwise converters: arithmetic, comparisons and logic, Where, Max/Min/Sum/Mean, Clip, and the
 unary functions (Exp, Sqrt, Relu, Sigmoid, Erf...).
 
-Floating Tensors go through dreidel ops (so gradients flow); numpy inputs (constants, integer shape
-arithmetic) are computed with plain numpy and stay numpy.
+Floating values go through the engine's ops (`registry.engine_op`: Tensors, so gradients flow, and
+floating constants folded at import); integer and boolean values (shape arithmetic, masks) are
+computed with plain numpy and stay numpy.
 """
 import numpy as np
 
 from dreidel import ops
 from dreidel.tensor import Tensor
-from importers.onnx_to_dreidel.registry import any_tensor, array, is_tensor, lift, register, tensor_like
+from importers.onnx_to_dreidel.registry import array, engine_op, is_tensor, lift, register
 
 
-def _unary(numpy_fn, tensor_fn):
+def _unary(tensor_fn, integer_fn=None):
     def build(node):
-        return lambda x: tensor_fn(x) if is_tensor(x) else numpy_fn(x)
+        return engine_op(tensor_fn, integer_fn, node.op_type)
     return build
 
 
@@ -24,21 +25,13 @@ def _no_grad_unary(numpy_fn):
     return build
 
 
-def _float_only(numpy_fn):
-    return lambda x: numpy_fn(x).astype(x.dtype, copy=False)
-
-
-for _name, _numpy, _tensor in [
-        ("Neg", np.negative, ops.neg), ("Abs", np.abs, ops.abs),
-        ("Exp", _float_only(np.exp), ops.exp), ("Log", _float_only(np.log), ops.log),
-        ("Sqrt", _float_only(np.sqrt), ops.sqrt), ("Tanh", _float_only(np.tanh), ops.tanh),
-        ("Sin", _float_only(np.sin), ops.sin), ("Cos", _float_only(np.cos), ops.cos),
-        ("Relu", lambda x: np.maximum(x, 0).astype(x.dtype), ops.relu),
-        ("Sigmoid", lambda x: ops.sigmoid(Tensor(np.asarray(x))).data, ops.sigmoid),
-        ("Erf", lambda x: ops.erf(Tensor(np.asarray(x))).data, ops.erf),
-        ("Reciprocal", lambda x: (1 / x).astype(x.dtype), lambda x: 1 / x)]:
+for _name, _tensor, _integer in [
+        ("Neg", ops.neg, np.negative), ("Abs", ops.abs, np.abs), ("Exp", ops.exp, None), ("Log", ops.log, None),
+        ("Sqrt", ops.sqrt, None), ("Tanh", ops.tanh, None), ("Sin", ops.sin, None), ("Cos", ops.cos, None),
+        ("Relu", ops.relu, lambda x: np.maximum(x, 0).astype(x.dtype)), ("Sigmoid", ops.sigmoid, None),
+        ("Erf", ops.erf, None), ("Reciprocal", lambda x: 1 / x, None)]:
     register(_name, since=6 if _name not in ("Erf", "Sin", "Cos") else (9 if _name == "Erf" else 7))(
-        _unary(_numpy, _tensor))
+        _unary(_tensor, _integer))
 
 
 for _name, _numpy in [("Floor", np.floor), ("Ceil", np.ceil), ("Round", np.round), ("Sign", np.sign)]:
@@ -51,26 +44,9 @@ def _int_divide(a, b):
     return (quotient * (np.sign(a) * np.sign(b))).astype(np.result_type(a, b))
 
 
-def _numpy_div(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
-        return _int_divide(a, b)
-    return (a / b).astype(np.result_type(a, b), copy=False)
-
-
-def _numpy_pow(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return np.power(a, b.astype(a.dtype) if a.dtype.kind == "f" else b).astype(a.dtype, copy=False)
-
-
-def _binary(numpy_fn, tensor_fn):
+def _binary(tensor_fn, integer_fn):
     def build(node):
-        def run(a, b):
-            if is_tensor(a) or is_tensor(b):
-                like = a if is_tensor(a) else b
-                return tensor_fn(lift(a, like), lift(b, like))
-            return numpy_fn(np.asarray(a), np.asarray(b))
-        return run
+        return engine_op(tensor_fn, integer_fn, node.op_type)
     return build
 
 
@@ -84,19 +60,21 @@ def _tensor_pow(a, b):
     return ops.pow(a, b)
 
 
-register("Add", since=7)(_binary(np.add, ops.add))
+register("Add", since=7)(_binary(ops.add, np.add))
+register("Sub", since=7)(_binary(ops.sub, np.subtract))
+register("Mul", since=7)(_binary(ops.mul, np.multiply))
+register("Div", since=7)(_binary(ops.div, _int_divide))
 
 
-register("Sub", since=7)(_binary(np.subtract, ops.sub))
+@register("Pow", since=7)
+def pow_(node):
+    floating = engine_op(_tensor_pow, None, "Pow")
 
-
-register("Mul", since=7)(_binary(np.multiply, ops.mul))
-
-
-register("Div", since=7)(_binary(_numpy_div, ops.div))
-
-
-register("Pow", since=7)(_binary(_numpy_pow, _tensor_pow))
+    def run(a, b):  # the base's type is the result's: an integer base stays integer arithmetic
+        if is_tensor(a) or is_tensor(b) or np.asarray(a).dtype.kind == "f":
+            return floating(a, b)
+        return np.power(a, b).astype(np.asarray(a).dtype, copy=False)
+    return run
 
 
 register("Mod", since=10)(lambda node: (lambda a, b: np.fmod(array(a), array(b)) if node.attr("fmod", 0)
@@ -137,48 +115,39 @@ def where(node):
     return run
 
 
-def _variadic(numpy_fn, tensor_fn):
-    def build(node):
+def _variadic(tensor_fn, integer_fn):
+    def fold(fn):
         def run(*xs):
-            xs = [x for x in xs if x is not None]
-            if any_tensor(xs):
-                like = tensor_like(xs)
-                out = lift(xs[0], like)
-                for x in xs[1:]:
-                    out = tensor_fn(out, lift(x, like))
-                return out
-            out = np.asarray(xs[0])
+            out = xs[0]
             for x in xs[1:]:
-                out = numpy_fn(out, np.asarray(x))
+                out = fn(out, x)
             return out
         return run
+
+    def build(node):
+        combine = engine_op(fold(tensor_fn), fold(integer_fn), node.op_type)
+        return lambda *xs: combine(*[x for x in xs if x is not None])
     return build
 
 
-register("Max", since=8)(_variadic(np.maximum, ops.maximum))
-
-
-register("Min", since=8)(_variadic(np.minimum, ops.minimum))
-
-
-register("Sum", since=8)(_variadic(np.add, ops.add))
+register("Max", since=8)(_variadic(ops.maximum, np.maximum))
+register("Min", since=8)(_variadic(ops.minimum, np.minimum))
+register("Sum", since=8)(_variadic(ops.add, np.add))
 
 
 @register("Mean", since=8)
 def mean_of(node):
-    total = _variadic(np.add, ops.add)(node)
-
-    def run(*xs):
-        out = total(*xs)
-        count = len([x for x in xs if x is not None])
-        return out / count if is_tensor(out) else (out / count).astype(out.dtype)
-    return run
+    def average(*xs):
+        total = xs[0]
+        for x in xs[1:]:
+            total = ops.add(total, x)
+        return total / len(xs)
+    run = engine_op(average, None, "Mean")
+    return lambda *xs: run(*[x for x in xs if x is not None])
 
 
 def _clip(x, low, high):
-    if is_tensor(x):
-        return ops.clip(x, low, high)
-    return np.clip(x, low, high).astype(np.asarray(x).dtype)
+    return engine_op(lambda v: ops.clip(v, low, high), lambda v: np.clip(v, low, high).astype(v.dtype), "Clip")(x)
 
 
 @register("Clip", since=6)
