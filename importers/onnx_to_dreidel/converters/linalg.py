@@ -8,18 +8,11 @@ from dreidel import nn, ops
 from dreidel.nn.module import Parameter
 from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, any_tensor, array, call_layer, is_float, is_tensor,
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, any_tensor, array, call_layer, engine_op, is_float,
                                                 lift, lifts, register, tensor_like)
 
 
-@register("MatMul", since=1)
-def matmul(node):
-    def run(a, b):
-        if is_tensor(a) or is_tensor(b):
-            like = a if is_tensor(a) else b
-            return ops.matmul(lift(a, like), lift(b, like))
-        return np.matmul(a, b)
-    return run
+register("MatMul", since=1)(lambda node: engine_op(ops.matmul, np.matmul, "MatMul"))
 
 
 @register("Gemm", since=7)
@@ -27,21 +20,23 @@ def gemm(node):
     alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
     trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
 
-    def run(a, b, c=None):
-        if np.ndim(array(a)) != 2 or np.ndim(array(b)) != 2:
-            raise OnnxImportError(f"Gemm needs 2-D A and B, got shapes {np.shape(array(a))} and {np.shape(array(b))}")
-        if not any_tensor([a, b, c]):
-            a_, b_ = (np.asarray(a).T if trans_a else a), (np.asarray(b).T if trans_b else b)
-            out = alpha * (a_ @ b_) + (beta * np.asarray(c) if c is not None else 0)
-            return np.asarray(out, dtype=np.asarray(a).dtype)
-        like = tensor_like([a, b, c])
-        a, b = lift(a, like), lift(b, like)
+    def floating(a, b, c=None):
         out = ops.matmul(a.T if trans_a else a, b.T if trans_b else b)
         if alpha != 1.0:
             out = out * alpha
         if c is not None:
-            out = out + (lift(c, like) * beta if beta != 1.0 else lift(c, like))
+            out = out + (c * beta if beta != 1.0 else c)
         return out
+
+    def integer(a, b, c=None):
+        out = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b)) + (beta * c if c is not None else 0)
+        return np.asarray(out, dtype=a.dtype)
+    both = engine_op(floating, integer, "Gemm")
+
+    def run(a, b, c=None):
+        if np.ndim(array(a)) != 2 or np.ndim(array(b)) != 2:
+            raise OnnxImportError(f"Gemm needs 2-D A and B, got shapes {np.shape(array(a))} and {np.shape(array(b))}")
+        return both(a, b, c)
     return run
 
 

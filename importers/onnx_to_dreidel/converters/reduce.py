@@ -37,9 +37,11 @@ def _reduce(numpy_fn, tensor_fn, axes_from_input, identity=0.0):
                 return Tensor(out) if is_tensor(x) else out
             if is_tensor(x):
                 return tensor_fn(x, axis, keepdims)
+            if v.dtype.kind == "f":  # a floating constant folded at import: the engine's reduction too
+                return tensor_fn(Tensor(v), axis, keepdims).data
             if v.dtype.kind in "iu":
                 return _integer_reduction(node.op_type, numpy_fn, v, axis, keepdims)
-            return np.asarray(numpy_fn(np.asarray(x), axis=axis, keepdims=keepdims))
+            return np.asarray(numpy_fn(v, axis=axis, keepdims=keepdims))  # booleans (ReduceMax/Min)
         return run
     return build
 
@@ -88,7 +90,7 @@ def _prod_tensor(x, axis, keepdims):
     return ops.reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in set(axes)))
 
 
-_REDUCTIONS = [  # name, numpy, Tensor, opset where axes become an input, value over no elements
+_REDUCTIONS = [  # name, numpy (integer/boolean data), Tensor, opset where axes become an input, value over no elements
     ("ReduceMean", np.mean, lambda x, a, k: ops.mean(x, a, k), 18, np.nan),
     ("ReduceMax", np.max, lambda x, a, k: ops.max(x, a, k), 18, -np.inf),
     ("ReduceMin", np.min, lambda x, a, k: ops.min(x, a, k), 18, np.inf),
