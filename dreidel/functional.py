@@ -9,11 +9,11 @@ import numpy as np
 from dreidel.ops import (  # noqa: F401  (re-exported)
     abs, adaptive_avg_pool, add, avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, cast, causal_mask, clip,
     concat, conv, conv1d, conv2d, conv3d, conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, cos,
-    div, dropout, embedding, erf, exp, expand, flatten, gelu, getitem, group_norm, instance_norm, interpolate,
-    layer_norm, linear, log, log_softmax, logsumexp, matmul, max, max_pool, max_pool1d, max_pool2d, max_pool3d,
-    maximum, mean, min, minimum, mul, neg, pow, prelu, relu, reshape, rms_norm, scaled_dot_product_attention,
-    sigmoid, silu, sin, softmax, softplus, split, sqrt, squeeze, stack, sub, sum, swapaxes, take, tanh, transpose,
-    unsqueeze, var, where,
+    cumsum, div, dropout, einsum, embedding, erf, exp, expand, flatten, gather_elements, gelu, getitem, group_norm,
+    instance_norm, interpolate, layer_norm, linear, log, log_softmax, logsumexp, matmul, max, max_pool, max_pool1d,
+    max_pool2d, max_pool3d, maximum, mean, min, minimum, mul, neg, pow, prelu, prod, relu, reshape, resize, rms_norm,
+    scaled_dot_product_attention, scatter_nd, sigmoid, silu, sin, softmax, softplus, split, sqrt, squeeze, stack,
+    sub, sum, swapaxes, take, tanh, tile, transpose, unsqueeze, var, where,
 )
 from dreidel import ops as _ops
 from dreidel.tensor import Tensor, as_tensor
@@ -22,14 +22,20 @@ cat = concat
 permute = transpose
 
 
-def pad(x, pad, value=0.0):
-    """Constant padding, PyTorch order: (last_before, last_after, second_last_before, ...)."""
+_TORCH_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """Padding in PyTorch's order, (last_before, last_after, second_last_before, ...); negative
+    widths crop. Modes "constant", "reflect", "replicate", "circular" (see `ops.pad`)."""
+    if mode not in _TORCH_PAD_MODES:
+        raise ValueError(f"pad mode must be one of {tuple(_TORCH_PAD_MODES)}, got {mode!r}")
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
         raise ValueError(f"pad needs pairs for at most {x.ndim} axes, got {tuple(pad)}")
     widths = [(0, 0)] * x.ndim
     for i in range(len(pad) // 2):
         widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-    return _ops.pad(x, widths, value=value)
+    return _ops.pad(x, widths, mode=_TORCH_PAD_MODES[mode], value=value)
 
 
 def _reduce(loss, reduction):

@@ -472,3 +472,95 @@ def test_gradcheck_handles_non_contiguous_inputs():
     x = leaf(np.arange(6.0).reshape(2, 3))
     x.data = x.data.T  # Fortran order: a reshape(-1) would be a copy, and perturbing it would do nothing
     check(lambda t: t * t, x)
+
+
+# -- the ops the ONNX importer needs (values against references: tests/test_ops_reference.py) ------
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumsum(exclusive, reverse):
+    x = leaf(np.random.default_rng(1).standard_normal((3, 4)))
+    for dim in (0, 1, -1):
+        check(lambda t: ops.cumsum(t, dim, exclusive, reverse), x)
+    check(lambda t: ops.cumsum(t, 0, exclusive, reverse), leaf(np.array(2.5)))
+
+
+@CHECK
+@given(shape=nonscalar_shapes, data=st.data(), seed=seeds, zeros=st.integers(0, 2))
+def test_prod_with_zeros(shape, data, seed, zeros):
+    rng = np.random.default_rng(seed)
+    values = normal(rng, shape).reshape(-1)
+    values[rng.permutation(values.size)[:zeros]] = 0.0  # exact zeros: the gradient must not divide by x
+    x = leaf(values.reshape(shape))
+    dim = data.draw(st.sampled_from([None, 0, -1, tuple(range(len(shape)))]))
+    keepdim = data.draw(st.booleans())
+    check(lambda t: ops.prod(t, dim, keepdim), x)
+
+
+def test_einsum():
+    rng = np.random.default_rng(2)
+    a, b, c = leaf(rng.standard_normal((2, 3))), leaf(rng.standard_normal((3, 4))), leaf(rng.standard_normal(4))
+    check(lambda p, q: ops.einsum("ij,jk->ik", p, q), a, b)
+    check(lambda p, q, r: ops.einsum("ij,jk,k->i", p, q, r), a, b, c)
+    check(lambda p, q: ops.einsum("ij,jk", p, q), a, b)
+    check(lambda p: ops.einsum("ij->", p), a)
+    check(lambda p, r: ops.einsum("ij,k->ijk", p, r), a, c)  # outer product
+    check(lambda p, r: ops.einsum("ij,k->i", p, r), a, c)  # letters one operand carries alone
+    batch, single = leaf(rng.standard_normal((2, 1, 2, 3))), leaf(rng.standard_normal((3, 3, 2)))
+    check(lambda p, q: ops.einsum("...ij,...jk->...ik", p, q), batch, single)  # broadcast ellipsis
+
+
+def test_tile():
+    x = leaf(np.random.default_rng(3).standard_normal((2, 3)))
+    for repeats in [(2, 3), (1, 2), (3,), (2, 1, 2)]:
+        check(lambda t: ops.tile(t, repeats), x)
+
+
+def test_gather_elements_with_repeats():
+    rng = np.random.default_rng(4)
+    x = leaf(rng.standard_normal((3, 4)))
+    for dim in (0, 1):
+        index = rng.integers(-x.shape[dim], x.shape[dim], size=(2, 3) if dim else (5, 4))
+        check(lambda t: ops.gather_elements(t, index, dim), x)
+
+
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_nd(reduction):
+    rng = np.random.default_rng(5)
+    data, updates = leaf(rng.standard_normal((4, 3))), leaf(rng.standard_normal((3, 3)))
+    indices = np.array([[1], [3], [1]])  # a repeated index: for "none" only the last written update counts
+    check(lambda d, u: ops.scatter_nd(d, indices, u, reduction), data, updates)
+    fixed = Tensor(rng.standard_normal(2))  # updates needing no gradient; element indices (k = 2)
+    check(lambda d: ops.scatter_nd(d, np.array([[0, 2], [3, 1]]), fixed, reduction), data)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
+def test_pad_modes_with_cropping(mode):
+    x = leaf(np.random.default_rng(6).standard_normal((4, 5)))
+    check(lambda t: ops.pad(t, [(3, -1), (-2, 4)], mode=mode, value=0.5), x)
+    check(lambda t: ops.pad(t, [(2, 2), (0, 1)], mode=mode), x)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pools_with_per_side_pads(ceil_mode):
+    rng = np.random.default_rng(7)
+    x = leaf(rng.permutation(2 * 5 * 6).reshape(1, 2, 5, 6) * 0.1)  # distinct values: no ties in max
+    pads = ((1, 0), (0, 2))
+    check(lambda t: ops.max_pool(t, (3, 2), (2, 2), pads, (1, 2), ceil_mode), x)
+    for include in (False, True):
+        check(lambda t: ops.avg_pool(t, (3, 2), (2, 2), pads, ceil_mode, include, dilation=(1, 2)), x)
+
+
+@pytest.mark.parametrize("mode,transform", [("nearest", "half_pixel"), ("nearest", "asymmetric"),
+                                            ("linear", "half_pixel"), ("linear", "align_corners"),
+                                            ("cubic", "half_pixel"), ("cubic", "pytorch_half_pixel")])
+def test_resize(mode, transform):
+    x = leaf(np.random.default_rng(8).standard_normal((1, 2, 4, 3)))
+    for size in [(7, 5), (3, 2)]:
+        check(lambda t: ops.resize(t, size=size, axes=(2, 3), mode=mode, coordinate_transformation_mode=transform), x)
+    check(lambda t: ops.resize(t, size=(6, 3), axes=(2, 3), mode="cubic", exclude_outside=True), x)
+
+
+def test_interpolate_bicubic():
+    x = leaf(np.random.default_rng(9).standard_normal((1, 1, 4, 3)))
+    check(lambda t: ops.interpolate(t, size=(6, 5), mode="bicubic"), x)
+    check(lambda t: ops.interpolate(t, size=(3, 5), mode="bicubic", align_corners=True), x)

@@ -34,7 +34,8 @@ import numpy as np
 
 from dreidel import functional as F
 from dreidel import nn
-from dreidel.nn.wht_attention import WalshHadamardAttention, softmax_attention
+from dreidel.nn.wht_attention import WalshHadamardAttention
+from dreidel.ops.attention import softmax_attention
 from dreidel.tensor import Tensor
 
 ROLES = ("patch", "query", "key", "value", "attention_output", "fc1", "fc2")
@@ -152,7 +153,7 @@ class _Holder(nn.Module):
 
 
 class SoftmaxAttention(nn.Module):
-    """The default kernel: softmax(q kᵀ/√d) v per head (`dreidel.nn.wht_attention.softmax_attention`:
+    """The default kernel: softmax(q kᵀ/√d) v per head (`dreidel.ops.softmax_attention`:
     the values of `F.scaled_dot_product_attention`, on per-head GEMMs)."""
 
     def forward(self, query, key, value):
@@ -209,21 +210,11 @@ class PatchEmbeddings(nn.Module):
         return self.projection(patches), (gh, gw)
 
 
-def cubic_matrix(n_in, n_out, a=-0.75, dtype=np.float32):
-    """(n_out, n_in) bicubic resampling matrix: Keys kernel with `a`, half-pixel centres, edge clamp."""
-    scale = n_in / n_out
-    src = (np.arange(n_out) + 0.5) * scale - 0.5
-    base = np.floor(src).astype(np.int64)
-    t = src - base
-    matrix = np.zeros((n_out, n_in))
-
-    def keys(x):
-        x = np.abs(x)
-        return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                        np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
-    for offset in (-1, 0, 1, 2):
-        np.add.at(matrix, (np.arange(n_out), np.clip(base + offset, 0, n_in - 1)), keys(t - offset))
-    return matrix.astype(dtype)
+def cubic_matrix(n_in, n_out, dtype=np.float32):
+    """(n_out, n_in) bicubic resampling matrix (Keys a = −0.75, half-pixel centres, edge clamp): the
+    engine's `interpolate(mode="bicubic")` applied to the identity."""
+    eye = Tensor(np.eye(n_in).reshape(1, 1, n_in, n_in))
+    return F.interpolate(eye, size=(n_out, n_in), mode="bicubic").data[0, 0].astype(dtype)
 
 
 class ViTEmbeddings(nn.Module):
@@ -249,11 +240,9 @@ class ViTEmbeddings(nn.Module):
         if tuple(grid) == (g, g):
             return pos
         d = pos.shape[-1]
-        patch = pos[:, prefix:].reshape(g, g, d).transpose(2, 0, 1)           # (D, g, g)
-        rows = Tensor(cubic_matrix(g, grid[0], dtype=pos.dtype))
-        cols = Tensor(cubic_matrix(g, grid[1], dtype=pos.dtype).T)
-        resized = F.matmul(F.matmul(rows, patch), cols)                          # (D, gh, gw)
-        resized = resized.transpose(1, 2, 0).reshape(1, grid[0] * grid[1], d)
+        patch = pos[:, prefix:].reshape(1, g, g, d).transpose(0, 3, 1, 2)       # (1, D, g, g)
+        resized = F.interpolate(patch, size=tuple(grid), mode="bicubic")         # (1, D, gh, gw)
+        resized = resized.transpose(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d)
         return F.concat([pos[:, :prefix], resized], axis=1)
 
     def forward(self, pixel_values):

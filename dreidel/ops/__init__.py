@@ -4,14 +4,14 @@ Each op computes with numpy (or the Cython kernels) and hands `dreidel.tensor.re
 and a backward closure. Families, one module each:
 
     math        elementwise arithmetic and functions, activations, softmax, dropout, casts
-    reduce      sum, mean, max, min, var, logsumexp
-    shape       reshape, transpose, expand, squeeze, concat, stack, split, pad
-    index       getitem, take, embedding
-    linalg      matmul, linear, batched_matmul
+    reduce      sum, mean, max, min, var, logsumexp, prod, cumsum
+    shape       reshape, transpose, expand, squeeze, concat, stack, split, pad, tile
+    index       getitem, take, gather_elements, scatter_nd, embedding
+    linalg      matmul, linear, batched_matmul, einsum
     norm        layer, RMS, batch, group and instance norm
     convolution conv, conv_transpose (named so the module does not hide the `conv` op here)
     pool        max, average and adaptive average pooling
-    resample    interpolate
+    resample    interpolate, resize
     attention   scaled_dot_product_attention, causal_mask, softmax_attention
     spectral    fwht, permute, spectral_block and the spectral layers' kernels
     sparse      sparse_linear (the ALSH layer's op)
@@ -27,17 +27,17 @@ from dreidel.ops.math import (abs, add, cast, clip, cos, div, dropout, erf, exp,
                               maximum, minimum, mul, neg, pow, prelu, relu, sigmoid, silu, sin, softmax,
                               softplus, sqrt, sub, tanh, where)
 from dreidel.ops.math import _erf_array  # noqa: F401  (temporary: the importer's Erf folding uses it)
-from dreidel.ops.reduce import logsumexp, max, mean, min, sum, var
-from dreidel.ops.shape import (concat, expand, flatten, pad, reshape, split, squeeze, stack, swapaxes, transpose,
-                               unsqueeze)
-from dreidel.ops.index import embedding, getitem, take
-from dreidel.ops.linalg import batched_matmul, linear, matmul
+from dreidel.ops.reduce import cumsum, logsumexp, max, mean, min, prod, sum, var
+from dreidel.ops.shape import (concat, expand, flatten, pad, reshape, split, squeeze, stack, swapaxes, tile,
+                               transpose, unsqueeze)
+from dreidel.ops.index import embedding, gather_elements, getitem, scatter_nd, take
+from dreidel.ops.linalg import batched_matmul, einsum, linear, matmul
 from dreidel.ops.norm import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from dreidel.ops.convolution import (conv, conv1d, conv2d, conv3d, conv_transpose, conv_transpose1d,
                                      conv_transpose2d, conv_transpose3d, output_rows, patch_rows)
 from dreidel.ops.pool import (adaptive_avg_pool, avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, max_pool,
                               max_pool1d, max_pool2d, max_pool3d)
-from dreidel.ops.resample import interpolate
+from dreidel.ops.resample import interpolate, resize
 from dreidel.ops.attention import causal_mask, scaled_dot_product_attention, softmax_attention
 from dreidel.ops.spectral import fwht, spectral_block
 from dreidel.ops.sparse import sparse_linear
@@ -48,17 +48,17 @@ __all__ = [
     "abs", "add", "cast", "clip", "cos", "div", "dropout", "erf", "exp", "gelu", "log", "log_softmax", "maximum",
     "minimum", "mul", "neg", "pow", "prelu", "relu", "sigmoid", "silu", "sin", "softmax", "softplus", "sqrt", "sub",
     "tanh", "where",
-    "logsumexp", "max", "mean", "min", "sum", "var",
-    "concat", "expand", "flatten", "pad", "reshape", "split", "squeeze", "stack", "swapaxes", "transpose",
+    "cumsum", "logsumexp", "max", "mean", "min", "prod", "sum", "var",
+    "concat", "expand", "flatten", "pad", "reshape", "split", "squeeze", "stack", "swapaxes", "tile", "transpose",
     "unsqueeze",
-    "embedding", "getitem", "take",
-    "batched_matmul", "linear", "matmul",
+    "embedding", "gather_elements", "getitem", "scatter_nd", "take",
+    "batched_matmul", "einsum", "linear", "matmul",
     "batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm",
     "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "output_rows", "patch_rows",
     "adaptive_avg_pool", "avg_pool", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool", "max_pool1d",
     "max_pool2d", "max_pool3d",
-    "interpolate",
+    "interpolate", "resize",
     "causal_mask", "scaled_dot_product_attention", "softmax_attention",
     "fwht", "spectral_block",
     "sparse_linear",

@@ -23,7 +23,8 @@ def _tuple(value, d, name, minimum=1):
 
 
 def _padding(padding, d, kernel=None, dilation=None):
-    """Per-axis (begin, end) pairs from an int, d ints, 2·d ints (begin..., end...) or 'valid'/'same'."""
+    """Per-axis (begin, end) pairs from an int, d ints, 2·d ints (begin..., end...), d (begin, end)
+    pairs, or 'valid'/'same'."""
     if isinstance(padding, str):
         if padding == "valid":
             return [(0, 0)] * d
@@ -31,6 +32,11 @@ def _padding(padding, d, kernel=None, dilation=None):
             totals = [dl * (k - 1) for k, dl in zip(kernel, dilation)]
             return [(t // 2, t - t // 2) for t in totals]
         raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {padding!r}")
+    if isinstance(padding, (tuple, list)) and padding and all(isinstance(p, (tuple, list)) for p in padding):
+        pairs = [tuple(int(v) for v in p) for p in padding]  # ((begin, end), ...) per axis
+        if len(pairs) != d or any(len(p) != 2 or min(p) < 0 for p in pairs):
+            raise ValueError(f"padding needs {d} non-negative (begin, end) pairs for {d} spatial axes, got {padding}")
+        return pairs
     values = tuple(int(p) for p in padding) if isinstance(padding, (tuple, list)) else (int(padding),) * d
     if any(p < 0 for p in values):
         raise ValueError(f"padding must be non-negative, got {padding}")

@@ -1,8 +1,10 @@
-"""Matrix products: matmul, linear."""
+"""Matrix products: matmul, linear, batched_matmul, einsum."""
+from collections import Counter
+
 import numpy as np
 
 from dreidel.ops._common import _pair
-from dreidel.tensor import record
+from dreidel.tensor import Tensor, as_tensor, record
 
 
 # -- linear algebra --------------------------------------------------------------------------------
@@ -92,3 +94,64 @@ def batched_matmul(a, b):
         gb = _bmm(A, grad, transpose_a=True) if b.requires_grad else None
         return ga, gb
     return record(_bmm(A, B), (a, b), backward)
+
+
+def _einsum_terms(equation, ranks):
+    """Explicit subscripts per operand (an ellipsis spelled out with spare letters) and the output's."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ValueError(f"einsum equation {equation!r} names {len(terms)} operands, got {len(ranks)}")
+    used = set(equation) - set(".,->")
+    if any(not c.isalpha() for c in used):
+        raise ValueError(f"einsum equation {equation!r}: subscripts must be letters")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used]
+    for t, rank in zip(terms, ranks):
+        named = len(t.replace("...", ""))
+        if named > rank or ("..." not in t and named != rank):
+            raise ValueError(f"einsum equation {equation!r}: term {t!r} does not fit an operand of rank {rank}")
+    width = max([rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks) if "..." in t] or [0])
+    ellipsis = "".join(spare[:width])
+    terms = [t.replace("...", ellipsis[width - (rank - len(t.replace("...", ""))):]) if "..." in t else t
+             for t, rank in zip(terms, ranks)]
+    if arrow:
+        out = rhs.replace("...", ellipsis)
+    else:  # implicit output: the ellipsis, then the letters used once, alphabetically
+        counts = Counter("".join(terms))
+        out = ellipsis + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ellipsis))
+    return terms, out
+
+
+def einsum(equation, *operands):
+    """Einstein summation, as `numpy.einsum`/ONNX Einsum (explicit or implicit output, ellipses).
+
+    The gradient of operand i is the einsum of the output gradient with the other operands, broadcast
+    over the letters only operand i carries (it sums them, so they do not change the product).
+    Gradients through a term with a repeated letter (a diagonal) are refused with a clear error."""
+    like = next((o for o in operands if isinstance(o, Tensor) and o.dtype.kind == "f"), None)
+    tensors = [as_tensor(o, like=like) for o in operands]
+    terms, out = _einsum_terms(equation, [t.ndim for t in tensors])
+    result = np.asarray(np.einsum(",".join(terms) + "->" + out, *[t.data for t in tensors]))
+    for t, term in zip(tensors, terms):
+        if t.requires_grad and len(set(term)) != len(term):
+            raise ValueError(f"einsum {equation!r}: no gradient through the repeated subscripts of {term!r}")
+
+    def backward(g):
+        grads = []
+        for i, (t, term) in enumerate(zip(tensors, terms)):
+            if not t.requires_grad:
+                grads.append(None)
+                continue
+            others = [(terms[j], tensors[j].data) for j in range(len(terms)) if j != i]
+            available = set(out).union(*[set(o) for o, _ in others])
+            kept = "".join(c for c in term if c in available)
+            partial = np.einsum(",".join([out] + [o for o, _ in others]) + "->" + kept, g, *[a for _, a in others])
+            # letters only this operand carries come back as size 1 and broadcast; an ellipsis axis it
+            # broadcast (size 1 here, larger elsewhere) stays large and the engine sums it down
+            shape = [partial.shape[kept.index(c)] if c in available else 1 for c in term]
+            target = [n if c in available else t.shape[k] for k, (c, n) in enumerate(zip(term, shape))]
+            grads.append(np.broadcast_to(partial.reshape(shape), target))
+        return tuple(grads)
+    dtype = like.dtype if like is not None else result.dtype
+    return record(result.astype(dtype, copy=False), tensors, backward)

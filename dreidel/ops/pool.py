@@ -32,6 +32,8 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, what):
 
 def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Maximum over each window (padding never wins); the gradient goes to the first maximum.
+    `padding` may differ per side (2·d ints (begin..., end...) or d (begin, end) pairs); `ceil_mode`
+    follows PyTorch and ONNX (a last window must start inside the input or its begin padding).
 
     With `return_indices` also returns, as PyTorch, each maximum's position as a flat index into its
     (sample, channel)'s spatial grid (int64, output-shaped).
@@ -64,8 +66,9 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
 
 def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
              divisor_override=None, dilation=1):
-    """Mean over each window, as PyTorch: with `count_include_pad` the zero padding counts in the
-    divisor (the extra end positions added by `ceil_mode` never do). `dilation` (ONNX opset 19)
+    """Mean over each window, as PyTorch and ONNX AveragePool: with `count_include_pad` the zero
+    padding counts in the divisor (the extra end positions added by `ceil_mode` never do). `padding`
+    may differ per side: 2·d ints (begin..., end...) or d (begin, end) pairs. `dilation` (ONNX opset 19)
     spaces the window's taps; the divisor counts the taps that land on input (or counted padding)."""
     kernel, stride, dilation, pads, extra, out_shape = _pool_geometry(
         x, kernel_size, stride, padding, dilation, ceil_mode, "avg_pool")
@@ -81,6 +84,7 @@ def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_incl
         counted = _pad_array(counted, pads, 1.0 if count_include_pad else 0.0)
         counted = _pad_array(counted, [(0, e) for e in extra], 0.0)
         divisor = _windows(counted, kernel, stride, dilation, out_shape).sum(axis=kernel_axes)
+        divisor = np.maximum(divisor, 1)  # a window on uncounted padding only (ONNX allows it) averages to 0
     out = (total / divisor).astype(x.dtype, copy=False)
 
     def backward(g):

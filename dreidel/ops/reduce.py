@@ -1,4 +1,4 @@
-"""Reductions: sum, mean, max, min, var, logsumexp."""
+"""Reductions: sum, mean, max, min, var, logsumexp, prod; and the scan cumsum."""
 import builtins
 
 import numpy as np
@@ -58,3 +58,62 @@ def logsumexp(x, axis=-1, keepdims=False):
     def backward(g):
         return _expand_reduced(g, x.shape, axis, keepdims) * np.exp(x.data - total),
     return record(total if keepdims else np.squeeze(total, axis=axis), (x,), backward)
+
+
+def _dim(dim, ndim, what):
+    """One axis, checked (a 0-d input has the single axis 0 or -1)."""
+    size = builtins.max(ndim, 1)
+    if not isinstance(dim, (int, np.integer)) or not -size <= dim < size:
+        raise ValueError(f"{what}: dim {dim!r} is out of range for a tensor with {ndim} axes")
+    return int(dim) % size
+
+
+def _scan(v, axis, exclusive, reverse):
+    """Prefix sums along `axis` (suffix sums when `reverse`; excluding the element itself when `exclusive`)."""
+    v = np.flip(v, axis) if reverse else v
+    out = np.cumsum(v, axis=axis, dtype=v.dtype)
+    if exclusive:
+        shifted = np.zeros_like(out)
+        index = [slice(None)] * out.ndim
+        index[axis] = slice(1, None)
+        shifted[tuple(index)] = np.delete(out, -1, axis=axis) if out.shape[axis] else out
+        out = shifted
+    return np.flip(out, axis) if reverse else out
+
+
+def cumsum(x, dim, exclusive=False, reverse=False):
+    """Cumulative sum along `dim`, as ONNX CumSum: out[i] = Σ_{j ≤ i} x[j] (j < i when `exclusive`;
+    j ≥ i, resp. j > i, when `reverse`). The gradient is the opposite scan: the adjoint of a prefix
+    sum is the suffix sum."""
+    axis = _dim(dim, x.ndim, "cumsum")
+    exclusive, reverse = bool(exclusive), bool(reverse)
+    if x.ndim == 0:  # one element: its own sum, or nothing before it
+        return record(np.zeros_like(x.data) if exclusive else x.data.copy(), (x,),
+                      lambda g: (np.zeros_like(g) if exclusive else g,))
+    return record(_scan(x.data, axis, exclusive, reverse), (x,),
+                  lambda g: (_scan(g, axis, exclusive, not reverse),))
+
+
+def _exclusive_cumprod(v, reverse):
+    """Products of the elements before each one along the last axis (after it when `reverse`)."""
+    v = v[..., ::-1] if reverse else v
+    out = np.ones_like(v)
+    if v.shape[-1] > 1:
+        out[..., 1:] = np.cumprod(v[..., :-1], axis=-1)
+    return out[..., ::-1] if reverse else out
+
+
+def prod(x, dim=None, keepdim=False):
+    """Product over `dim` (None: all axes; an int or a tuple). The gradient of x_i is the product of
+    the other elements, computed from prefix and suffix products, so it stays right where x has zeros."""
+    axes = _normalize_axis(dim, x.ndim)
+    out = np.prod(x.data, axis=axes, keepdims=keepdim)
+    kept = [a for a in range(x.ndim) if a not in axes]
+
+    def backward(g):
+        moved = np.transpose(x.data, kept + list(axes))  # reduced axes last, flattened into one
+        flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
+        others = _exclusive_cumprod(flat, False) * _exclusive_cumprod(flat, True)
+        others = np.transpose(others.reshape(moved.shape), np.argsort(kept + list(axes)))
+        return _expand_reduced(g, x.shape, axes, keepdim) * others,
+    return record(out, (x,), backward)

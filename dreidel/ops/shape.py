@@ -1,4 +1,4 @@
-"""Shape ops: reshape, transpose, expand, squeeze, concat, stack, split, pad."""
+"""Shape ops: reshape, transpose, expand, squeeze, concat, stack, split, pad, tile."""
 import builtins
 
 import numpy as np
@@ -82,8 +82,71 @@ def split(x, split_size_or_sections, axis=0):
                  for s, e in zip(starts[:-1], starts[1:]))
 
 
-def pad(x, pad_width, value=0.0):
-    """Constant padding; `pad_width` as numpy's ((before, after), ...) per axis."""
-    pad_width = [tuple(p) for p in pad_width]
-    inner = tuple(slice(b, b + n) for (b, _), n in zip(pad_width, x.shape))
-    return record(np.pad(x.data, pad_width, constant_values=value), (x,), lambda g: (g[inner],))
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _pad_widths(pad_width, ndim):
+    widths = [tuple(int(v) for v in p) for p in pad_width]
+    if len(widths) == 1 and ndim > 1:  # numpy's shorthand: one (before, after) for every axis
+        widths = widths * ndim
+    if len(widths) != ndim or any(len(w) != 2 for w in widths):
+        raise ValueError(f"pad needs one (before, after) pair per axis ({ndim}), got {pad_width}")
+    return widths
+
+
+def pad(x, pad_width, mode="constant", value=0.0):
+    """Pad (or, with negative widths, crop) each axis; `pad_width` as numpy's ((before, after), ...)
+    per axis. Modes as ONNX Pad / numpy: "constant" (fill `value`), "reflect" (mirror without the
+    edge), "edge" (repeat the edge) and "wrap" (periodic). The gradient of a padded position goes to
+    the element it copies (none for constant fill); cropped elements get none."""
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad mode must be one of {_PAD_MODES}, got {mode!r}")
+    widths = _pad_widths(pad_width, x.ndim)
+    crop = tuple(slice(builtins.max(-b, 0), n - builtins.max(-e, 0)) for (b, e), n in zip(widths, x.shape))
+    kept = [n - builtins.max(-b, 0) - builtins.max(-e, 0) for (b, e), n in zip(widths, x.shape)]
+    if any(k < 0 for k in kept):
+        raise ValueError(f"pad: negative widths {widths} crop more than the input shape {x.shape}")
+    grow = [(builtins.max(b, 0), builtins.max(e, 0)) for b, e in widths]
+    if mode != "constant" and any(k == 0 and (b or e) for k, (b, e) in zip(kept, grow)):
+        raise ValueError(f"pad mode {mode!r} cannot pad an empty axis (shape {x.shape}, widths {widths})")
+    core = x.data[crop]
+    if mode == "constant":
+        out = np.pad(core, grow, mode="constant", constant_values=value)
+    else:
+        out = np.pad(core, grow, mode=mode)
+
+    def backward(g):
+        for axis, ((b, e), n) in enumerate(zip(grow, kept)):
+            if not (b or e):
+                continue
+            moved = np.moveaxis(g, axis, 0)
+            inner = moved[b:b + n].copy()
+            if mode != "constant":  # each padded slab adds to the slab it copies
+                source = np.pad(np.arange(n), (b, e), mode=mode)
+                for j in (*range(b), *range(b + n, len(source))):
+                    inner[source[j]] += moved[j]
+            g = np.moveaxis(inner, 0, axis)
+        if all(c == slice(0, n) for c, n in zip(crop, x.shape)):
+            return g,
+        full = np.zeros(x.shape, dtype=g.dtype)
+        full[crop] = g
+        return full,
+    return record(out, (x,), backward)
+
+
+def tile(x, repeats):
+    """Repeat the whole tensor `repeats[i]` times along axis i, as `numpy.tile`/ONNX Tile (fewer
+    repeats than axes repeat the trailing axes; more add leading axes). The gradient sums the copies."""
+    repeats = tuple(int(r) for r in (repeats if isinstance(repeats, (tuple, list, np.ndarray)) else (repeats,)))
+    if any(r < 0 for r in repeats):
+        raise ValueError(f"tile repeats must be non-negative, got {repeats}")
+    ndim = builtins.max(x.ndim, len(repeats))
+    shape = (1,) * (ndim - x.ndim) + x.shape
+    repeats = (1,) * (ndim - len(repeats)) + repeats
+
+    def backward(g):
+        split = []
+        for r, n in zip(repeats, shape):
+            split += [r, n]
+        return g.reshape(split).sum(axis=tuple(range(0, 2 * ndim, 2))).reshape(x.shape),
+    return record(np.tile(x.data.reshape(shape), repeats), (x,), backward)
