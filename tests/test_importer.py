@@ -429,6 +429,11 @@ def _const(name, value):
     ("Trilu", (4, 4), {"upper": 0}, [np.array(1, np.int64)], 2),
     ("Expand", (3, 1), {}, [np.array([2, 1, 4], np.int64)], 3),
     ("ReduceProd", (3, 5), {"keepdims": 0}, [np.array([1], np.int64)], 1),
+    ("Einsum", (3, 4), {"equation": "ij,jk->ik"}, [np.arange(8, dtype=np.float32).reshape(4, 2) / 8], 2),
+    ("Resize", (1, 1, 3, 4), {"mode": "cubic"}, [np.zeros(0, np.float32), np.array([1, 1, 2, 1.5], np.float32)], 4),
+    ("Resize", (1, 2, 3, 3), {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+     [np.zeros(0, np.float32), np.array([1, 1, 2, 3], np.float32)], 4),  # whole resized lengths: onnxruntime
+    # departs from the ONNX reference for align_corners when n·scale is fractional
     ("ReduceProd", (2, 3, 2), {"keepdims": 1}, [np.array([0, 2], np.int64)], 3),
 ])
 def test_converter_gradients_pass_gradcheck_and_match_onnxruntime(op, shape, attrs, consts, out_rank):

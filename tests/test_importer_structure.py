@@ -139,3 +139,21 @@ def test_the_importers_modules_import_each_other_without_a_cycle():
     for name in sorted(edges):
         if name not in state:
             visit(name, [])
+
+
+def test_the_importer_defines_no_differentiable_op_of_its_own():
+    """Gradient rules live in the engine: no file of the importer records a graph node itself
+    (`dreidel.tensor.record` / `_result` / a `Function`) or writes a `backward`."""
+    own = set()
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "dreidel.tensor":
+                own |= {f"{name}:{node.lineno} imports {a.name}" for a in node.names
+                        if a.name in ("record", "_result", "Function")}
+            elif isinstance(node, (ast.FunctionDef, ast.Lambda)) and getattr(node, "name", "") == "backward":
+                own.add(f"{name}:{node.lineno} defines backward")
+            elif isinstance(node, ast.Attribute) and node.attr in ("record", "_result", "Function"):
+                own.add(f"{name}:{node.lineno} uses .{node.attr}")
+            elif isinstance(node, ast.ClassDef) and any("Function" in ast.unparse(b) for b in node.bases):
+                own.add(f"{name}:{node.lineno} subclasses Function")
+    assert not own, f"ops implemented in the importer: {sorted(own)}"

@@ -3,10 +3,10 @@ table), GatherElements, GatherND, ScatterND, Trilu, OneHot, NonZero."""
 import numpy as np
 
 from dreidel import nn, ops
-from dreidel.tensor import Tensor, record
+from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, axes_in, axis_in, checked_shape, ints,
-                                                is_tensor, lift, lifts, register)
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, as_tensor, axes_in, axis_in, checked_shape, ints,
+                                                is_tensor, lifts, register)
 
 
 def _slice_index(ndim, starts, ends, axes, steps):
@@ -63,26 +63,13 @@ def gather(node):
     return run
 
 
-def _take_along(x, indices, axis):
-    def backward(g):
-        full = np.zeros(x.shape, dtype=g.dtype)
-        grid = list(np.ix_(*[np.arange(n) for n in indices.shape]))
-        grid[axis] = indices
-        np.add.at(full, tuple(grid), g)
-        return full,
-    return record(np.take_along_axis(x.data, indices, axis=axis), (x,), backward)
-
-
 @register("GatherElements", since=11)
 def gather_elements(node):
     axis = node.attr("axis", 0)
 
     def run(x, indices):
-        v = array(x)
-        a = axis_in(axis, v.ndim, "GatherElements")
-        indices = array(indices).astype(np.int64)
-        indices = np.where(indices < 0, indices + v.shape[a], indices)
-        return _take_along(x, indices, a) if is_tensor(x) else np.take_along_axis(v, indices, axis=a)
+        out = ops.gather_elements(as_tensor(x), array(indices).astype(np.int64, copy=False), axis)
+        return out if is_tensor(x) else out.data
     return run
 
 
@@ -116,37 +103,12 @@ def gather_nd(node):
 def scatter_nd(node):
     reduction = node.attr("reduction", "none")
 
-    combine = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
-    if reduction not in combine:
+    if reduction not in ("none", "add", "mul", "max", "min"):
         raise OnnxImportError(f"{node}: unknown ScatterND reduction {reduction!r}")
 
-    def scatter(x, index, updates):
-        out = np.array(x, copy=True)
-        if combine[reduction] is None:
-            out[index] = updates
-        else:
-            combine[reduction].at(out, index, updates)
-        return out
-
     def run(x, indices, updates):
-        index = _gather_nd_index(np.shape(array(x)), array(indices).astype(np.int64), 0)
-        if not (is_tensor(x) or is_tensor(updates)):
-            return scatter(np.asarray(x), index, np.asarray(updates))
-        like = x if is_tensor(x) else updates
-        x, updates = lift(x, like), lift(updates, like)
-        out = scatter(x.data, index, updates.data)
-        if reduction not in ("none", "add"):
-            if x.requires_grad or updates.requires_grad:
-                raise OnnxImportError(f"{node}: ScatterND reduction {reduction!r} has no gradient rule")
-            return Tensor(out)
-
-        def backward(g):  # replaced positions take no gradient from x ('none'); updates read theirs
-            gx = g
-            if reduction == "none":
-                gx = g.copy()
-                gx[index] = 0
-            return gx, g[index]
-        return record(out, (x, updates), backward)
+        out = ops.scatter_nd(x, array(indices).astype(np.int64, copy=False), updates, reduction)
+        return out if is_tensor(x) or is_tensor(updates) else out.data
     return run
 
 

@@ -1,15 +1,12 @@
 """Matrix-product converters: MatMul, Gemm (both lifted to `nn.Linear` when the weight is a constant
 matrix, absorbing MatMul's bias Add) and Einsum."""
-from collections import Counter
-
 import numpy as np
 
 from dreidel import nn, ops
 from dreidel.nn.module import Parameter
-from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
 from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, any_tensor, array, call_layer, engine_op, is_float,
-                                                lift, lifts, register, tensor_like)
+                                                lifts, register)
 
 
 register("MatMul", since=1)(lambda node: engine_op(ops.matmul, np.matmul, "MatMul"))
@@ -40,60 +37,13 @@ def gemm(node):
     return run
 
 
-def _einsum_terms(equation, ranks):
-    """Explicit subscripts (ellipses spelled out with spare letters) and the output subscript."""
-    equation = equation.replace(" ", "")
-    lhs, arrow, rhs = equation.partition("->")
-    terms = lhs.split(",")
-    if len(terms) != len(ranks):
-        raise OnnxImportError(f"Einsum equation {equation!r} names {len(terms)} operands, got {len(ranks)}")
-    used = set(equation) - set(".,->")
-    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used]
-    width = max([rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks) if "..." in t] or [0])
-    ellipsis = "".join(spare[:width])
-    terms = [t.replace("...", ellipsis[width - (rank - len(t.replace("...", ""))):]) if "..." in t else t
-             for t, rank in zip(terms, ranks)]
-    if arrow:
-        out = rhs.replace("...", ellipsis)
-    else:  # implicit output: the ellipsis, then letters used once, alphabetically
-        counts = Counter("".join(terms))
-        out = ellipsis + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ellipsis))
-    return terms, out
-
-
 @register("Einsum", since=12)
 def einsum(node):
-    """Σ over the letters missing from the output of the product of the operands. The gradient of
-    operand i is the einsum of the output gradient with the other operands, broadcast over letters
-    only operand i carries."""
     equation = node.attr("equation")
 
     def run(*xs):
-        arrays = [array(x) for x in xs]
-        terms, out = _einsum_terms(equation, [a.ndim for a in arrays])
-        result = np.einsum(",".join(terms) + "->" + out, *arrays)
-        if not any_tensor(xs):
-            return np.asarray(result)
-        like = tensor_like(xs)
-        tensors = [lift(x, like) for x in xs]
-
-        def backward(g):
-            grads = []
-            for i, (t, term) in enumerate(zip(tensors, terms)):
-                if not t.requires_grad:
-                    grads.append(None)
-                    continue
-                if len(set(term)) != len(term):
-                    raise OnnxImportError(f"Einsum {equation!r}: no gradient for repeated indices in {term!r}")
-                others = [(terms[j], tensors[j].data) for j in range(len(terms)) if j != i]
-                available = set(out).union(*[set(o) for o, _ in others])
-                kept = "".join(c for c in term if c in available)
-                partial = np.einsum(",".join([out] + [o for o, _ in others]) + "->" + kept,
-                                    g, *[a for _, a in others])
-                shape = [t.shape[k] if c in available else 1 for k, c in enumerate(term)]
-                grads.append(np.broadcast_to(partial.reshape(shape), t.shape))
-            return tuple(grads)
-        return record(np.asarray(result, dtype=like.dtype), tensors, backward)
+        out = ops.einsum(equation, *xs)
+        return out if any_tensor(xs) else out.data
     return run
 
 

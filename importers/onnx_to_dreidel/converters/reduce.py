@@ -2,7 +2,7 @@
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import Tensor, record
+from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.registry import array, axes_in, axis_in, ints, is_tensor, register
 
 
@@ -75,26 +75,11 @@ def _log_sum_exp(x, axis, keepdims):
     return ops.logsumexp(x, axis=axis, keepdims=keepdims)
 
 
-def _prod_tensor(x, axis, keepdims):
-    """Product over the axes by pairwise halving (log depth) with the engine's multiply, so the
-    gradient is exact, zeros included."""
-    axes = range(x.ndim) if axis is None else axis
-    for a in axes:
-        while x.shape[a] > 1:
-            n, h = x.shape[a], x.shape[a] // 2
-            part = lambda start, stop: ops.getitem(x, (slice(None),) * a + (slice(start, stop),))  # noqa: E731
-            paired = part(0, h) * part(h, 2 * h)
-            x = paired if n % 2 == 0 else ops.concat([paired, part(2 * h, n)], axis=a)
-    if keepdims:
-        return x
-    return ops.reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in set(axes)))
-
-
 _REDUCTIONS = [  # name, numpy (integer/boolean data), Tensor, opset where axes become an input, value over no elements
     ("ReduceMean", np.mean, lambda x, a, k: ops.mean(x, a, k), 18, np.nan),
     ("ReduceMax", np.max, lambda x, a, k: ops.max(x, a, k), 18, -np.inf),
     ("ReduceMin", np.min, lambda x, a, k: ops.min(x, a, k), 18, np.inf),
-    ("ReduceProd", np.prod, _prod_tensor, 18, 1.0),
+    ("ReduceProd", np.prod, lambda x, a, k: ops.prod(x, a, k), 18, 1.0),
     ("ReduceSumSquare", lambda v, axis, keepdims: np.sum(v * v, axis=axis, keepdims=keepdims), _sum_square, 18, 0.0),
     ("ReduceL1", lambda v, axis, keepdims: np.sum(np.abs(v), axis=axis, keepdims=keepdims), _l1, 18, 0.0),
     ("ReduceL2", lambda v, axis, keepdims: np.sqrt(np.sum(v * v, axis=axis, keepdims=keepdims)), _l2, 18, 0.0),
@@ -133,33 +118,14 @@ register("ArgMax", since=1)(_arg_reduce(np.argmax))
 register("ArgMin", since=1)(_arg_reduce(np.argmin))
 
 
-def _cumsum_tensor(x, axis, exclusive, reverse):
-    def scan(v):
-        v = np.flip(v, axis) if reverse else v
-        out = np.cumsum(v, axis=axis, dtype=v.dtype)
-        if exclusive:
-            out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)),
-                                  np.take(out, np.arange(v.shape[axis] - 1), axis=axis)], axis=axis)
-        return np.flip(out, axis) if reverse else out
-
-    def backward(g):  # the adjoint of a prefix sum is the suffix sum (and vice versa)
-        g = np.flip(g, axis) if not reverse else g
-        out = np.cumsum(g, axis=axis)
-        if exclusive:
-            out = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis)),
-                                  np.take(out, np.arange(g.shape[axis] - 1), axis=axis)], axis=axis)
-        return (np.flip(out, axis) if not reverse else out),
-    return scan, backward
-
-
 @register("CumSum", since=11)
 def cumsum(node):
     exclusive, reverse = bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0))
 
     def run(x, axis):
         axis = axis_in(int(array(axis).reshape(-1)[0]), max(np.ndim(array(x)), 1), "CumSum")
-        scan, backward = _cumsum_tensor(x, axis, exclusive, reverse)
         if is_tensor(x):
-            return record(scan(x.data), (x,), backward)
-        return scan(np.asarray(x))
+            return ops.cumsum(x, axis, exclusive, reverse)
+        v = np.asarray(x)  # integer sums keep their dtype (numpy widens int32 to int64)
+        return ops.cumsum(Tensor(v), axis, exclusive, reverse).data.astype(v.dtype, copy=False)
     return run

@@ -7,10 +7,9 @@ time and folded at import time whenever its inputs are constant.
 import numpy as np
 
 from dreidel import ops
-from dreidel.tensor import record
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (any_tensor, array, axes_in, axis_in, checked_shape, ints, is_tensor,
-                                                lift, register)
+from importers.onnx_to_dreidel.registry import (any_tensor, array, as_tensor, axes_in, axis_in, checked_shape, ints,
+                                                is_tensor, lift, register)
 
 
 @register("Identity", since=1)
@@ -149,18 +148,6 @@ def expand(node):
     return run
 
 
-def _tile_tensor(x, repeats):
-    repeats = tuple(repeats)
-
-    def backward(g):
-        # tiled axis of size r·n seen as (r, n): sum over the r copies
-        split = []
-        for r, n in zip(repeats, x.shape):
-            split += [r, n]
-        return g.reshape(split).sum(axis=tuple(range(0, 2 * len(repeats), 2))),
-    return record(np.tile(x.data, repeats), (x,), backward)
-
-
 @register("Tile", since=6)
 def tile(node):
     def run(x, repeats):
@@ -168,7 +155,7 @@ def tile(node):
         if len(repeats) != np.ndim(array(x)):
             raise OnnxImportError(f"Tile: {len(repeats)} repeats for an input of rank {np.ndim(array(x))}")
         checked_shape([n * r for n, r in zip(np.shape(array(x)), repeats)], "Tile")
-        return _tile_tensor(x, repeats) if is_tensor(x) else np.tile(x, repeats)
+        return ops.tile(x, repeats) if is_tensor(x) else np.tile(x, repeats)
     return run
 
 
@@ -240,22 +227,8 @@ def pad(node):
         widths = [(0, 0)] * ndim
         for i, a in enumerate(axes):
             widths[a] = (pads[i], pads[i + half])
-        if any(b < 0 or e < 0 for b, e in widths):
-            raise OnnxImportError(f"{node}: negative pads {pads} are not supported")
-        checked_shape([n + b + e for n, (b, e) in zip(np.shape(array(x)), widths)], "Pad")
+        checked_shape([n + b + e for n, (b, e) in zip(np.shape(array(x)), widths)], "Pad")  # negative: crops
         fill = 0 if value is None or np.size(array(value)) == 0 else array(value).reshape(-1)[0].item()
-        if not is_tensor(x):
-            if mode == "constant":
-                return np.pad(x, widths, mode="constant", constant_values=fill)
-            return np.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
-        if mode == "constant":
-            return ops.pad(x, widths, value=fill)
-        # reflect/edge/wrap as a gather per axis: gradients follow the picked elements
-        out = x
-        for a, (before, after) in enumerate(widths):
-            if before or after:
-                source = np.pad(np.arange(x.shape[a]), (before, after), mode={"reflect": "reflect",
-                                                                              "edge": "edge", "wrap": "wrap"}[mode])
-                out = ops.take(out, source, axis=a)
-        return out
+        out = ops.pad(as_tensor(x), widths, mode=mode, value=fill)
+        return out if is_tensor(x) else out.data
     return run
