@@ -96,14 +96,8 @@ def _softmax_builder(tensor_fn, legacy):
 
 
 register("Softmax", since=1)(_softmax_builder(ops.softmax, legacy=True))
-
-
 register("Softmax", since=13)(_softmax_builder(ops.softmax, legacy=False))
-
-
 register("LogSoftmax", since=1)(_softmax_builder(ops.log_softmax, legacy=True))
-
-
 register("LogSoftmax", since=13)(_softmax_builder(ops.log_softmax, legacy=False))
 
 

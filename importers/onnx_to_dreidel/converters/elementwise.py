@@ -89,8 +89,6 @@ for _name, _fn in [("Equal", np.equal), ("Less", np.less), ("LessOrEqual", np.le
 
 
 register("Not", since=1)(lambda node: (lambda x: np.logical_not(array(x))))
-
-
 register("IsNaN", since=9)(lambda node: (lambda x: np.isnan(array(x))))
 
 

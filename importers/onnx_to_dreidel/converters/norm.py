@@ -37,39 +37,25 @@ def layer_normalization(node):
     return run
 
 
-def _per_channel(v, ndim):
-    """A (C,) vector shaped to broadcast over (N, C, spatial...)."""
-    return ops.reshape(v, (1, -1) + (1,) * (ndim - 2))
-
-
 @register("InstanceNormalization", since=6)
 def instance_normalization(node):
     eps = node.attr("epsilon", 1e-5)
 
     def run(x, scale, bias):
-        x_t = x if is_tensor(x) else Tensor(np.asarray(x))
-        axes = tuple(range(2, x_t.ndim))
-        centred = x_t - ops.mean(x_t, axis=axes, keepdims=True)
-        variance = ops.mean(centred * centred, axis=axes, keepdims=True)
-        out = centred / ops.sqrt(variance + eps)
-        out = out * _per_channel(lift(scale, x_t), x_t.ndim) + _per_channel(lift(bias, x_t), x_t.ndim)
+        x_t = as_tensor(x)
+        out = ops.instance_norm(x_t, lift(scale, x_t), lift(bias, x_t), eps)
         return out if is_tensor(x) else out.data
     return run
 
 
-def _batch_norm_training(x_t, scale, bias, mean, var, eps, momentum, outputs):
-    """Training mode: normalise by the batch statistics (biased variance); also return the updated
-    running statistics r ← momentum·r + (1 − momentum)·batch statistic (ONNX's convention)."""
-    axes = (0,) + tuple(range(2, x_t.ndim))
-    batch_mean = ops.mean(x_t, axis=axes, keepdims=True)
-    centred = x_t - batch_mean
-    batch_var = ops.mean(centred * centred, axis=axes, keepdims=True)
-    out = centred / ops.sqrt(batch_var + eps)
-    out = out * _per_channel(lift(scale, x_t), x_t.ndim) + _per_channel(lift(bias, x_t), x_t.ndim)
-    running_mean = momentum * array(mean) + (1 - momentum) * batch_mean.data.reshape(-1)
-    running_var = momentum * array(var) + (1 - momentum) * batch_var.data.reshape(-1)
-    extra = (running_mean.astype(x_t.dtype), running_var.astype(x_t.dtype))
-    return (out,) + extra[:outputs - 1] if outputs > 1 else out
+def _onnx_running_statistics(x, mean, var, momentum):
+    """ONNX's training-mode extra outputs: r ← momentum·r + (1 − momentum)·batch statistic, with the
+    biased batch variance (PyTorch's convention differs: its momentum weighs the batch, its variance
+    is unbiased)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    running_mean = momentum * array(mean) + (1 - momentum) * x.data.mean(axis=axes)
+    running_var = momentum * array(var) + (1 - momentum) * x.data.var(axis=axes)
+    return running_mean.astype(x.dtype), running_var.astype(x.dtype)
 
 
 @register("BatchNormalization", since=9)
@@ -80,18 +66,17 @@ def batch_normalization(node):
     outputs = len([o for o in node.outputs if o])
 
     def run(x, scale, bias, mean, var):
-        x_t = x if is_tensor(x) else Tensor(np.asarray(x))
-        if training:
-            result = _batch_norm_training(x_t, scale, bias, mean, var, eps, momentum, outputs)
-            if is_tensor(x):
-                return result
-            return tuple(r.data if is_tensor(r) else r for r in result) if isinstance(result, tuple) else result.data
-        inv = lift(1 / np.sqrt(array(var).astype(np.float64) + eps), x_t)
-        shift = lift(mean, x_t)
-        nd = x_t.ndim
-        out = (x_t - _per_channel(shift, nd)) * _per_channel(inv, nd)
-        out = out * _per_channel(lift(scale, x_t), nd) + _per_channel(lift(bias, x_t), nd)
-        return out if is_tensor(x) else out.data
+        x_t = as_tensor(x)
+        weight, shift = lift(scale, x_t), lift(bias, x_t)
+        if training:  # normalised by the batch statistics; the running ones are only reported
+            out = ops.batch_norm(x_t, None, None, weight, shift, training=True, eps=eps)
+        else:
+            out = ops.batch_norm(x_t, array(mean).astype(x_t.dtype), array(var).astype(x_t.dtype), weight, shift,
+                                 training=False, eps=eps)
+        out = out if is_tensor(x) else out.data
+        if training and outputs > 1:
+            return (out,) + _onnx_running_statistics(x_t, mean, var, momentum)[:outputs - 1]
+        return out
     return run
 
 

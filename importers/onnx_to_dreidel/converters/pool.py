@@ -86,6 +86,4 @@ def _global_pool(reduce):
 
 
 register("GlobalAveragePool", since=1)(_global_pool(ops.mean))
-
-
 register("GlobalMaxPool", since=1)(_global_pool(ops.max))

@@ -113,8 +113,6 @@ def _arg_reduce(pick):
 
 
 register("ArgMax", since=1)(_arg_reduce(np.argmax))
-
-
 register("ArgMin", since=1)(_arg_reduce(np.argmin))
 
 
