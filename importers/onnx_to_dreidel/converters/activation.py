@@ -48,8 +48,7 @@ def selu(node):
 
 @register("Softplus", since=1)
 def softplus(node):
-    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large x
-    return _tensor_fn(lambda x: ops.relu(x) + ops.log(ops.exp(-ops.abs(x)) + 1.0))
+    return _tensor_fn(ops.softplus)
 
 
 @register("HardSigmoid", since=6)
@@ -65,7 +64,7 @@ def hard_swish(node):
 
 @register("Mish", since=18)
 def mish(node):
-    return _tensor_fn(lambda x: x * ops.tanh(ops.relu(x) + ops.log(ops.exp(-ops.abs(x)) + 1.0)))
+    return _tensor_fn(lambda x: x * ops.tanh(ops.softplus(x)))
 
 
 def softmax_in_place(x, axis):
