@@ -19,6 +19,10 @@ A converter's file may also *lift* the op to a layer when its weights are consta
 where `graph` (the GraphModule being built) answers `const(name)`, `rank(name)`, `parameter(array)`,
 `single_reader(value)` and `absorb(index)`. A lifted node runs as `call(module, x)` on its one
 run-time input.
+
+Converters compute nothing themselves: floating values go through the engine's ops (`engine_op`
+routes folded floating constants there too), integer and boolean values (shape arithmetic) through
+numpy.
 """
 import threading
 from typing import Callable, NamedTuple, Optional
@@ -45,6 +49,8 @@ def set_float_dtype(dtype):
     previous = float_dtype()
     _STATE.float_dtype = np.dtype(dtype)
     return previous
+
+
 DEFAULT_DOMAIN = ""
 
 
