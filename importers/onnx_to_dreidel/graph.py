@@ -5,15 +5,15 @@ Import does, in order:
    (one error lists all the missing ones);
 2. build each node's runner and fold every node whose inputs are all constants (weights, Constant
    nodes, and whatever is computed from them alone: Cast of stored float16 weights, Transposes...);
-3. recognise structure among the remaining nodes: each converter's file lifts its op to a layer when
-   the weights are constants (`registry.lifts`): MatMul/Gemm with a constant weight (+ its bias Add)
-   → `nn.Linear`, LayerNormalization → `nn.LayerNorm`, Gather from a constant table → `nn.Embedding`,
-   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, Instance/BatchNormalization → `nn.InstanceNormNd`/
-   `nn.BatchNormNd` (when the graph records the input's rank),
-   PRelu → `nn.PReLU`; and `fusion.py` finds the TorchScript exporter's spelled-out GELU (Div/Erf/Add/Mul/Mul), LayerNorm
-   (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div[/Mul/Add]) and RMSNorm (Pow/ReduceMean/Add/Sqrt/
-   Reciprocal/Mul[/Mul]) → `nn.GELU`, `nn.LayerNorm`, `nn.RMSNorm`. Modules are named after the graph's
-   scopes (the exporter's name_scopes metadata, or node names like `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
+3. recognise structure among the remaining nodes. Each converter's file lifts its op to a layer when
+   the weights are constants (`registry.lifts`): MatMul/Gemm (+ its bias Add) → `nn.Linear`,
+   LayerNormalization → `nn.LayerNorm`, Gather from a constant table → `nn.Embedding`,
+   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, Instance/BatchNormalization →
+   `nn.InstanceNormNd`/`nn.BatchNormNd` (when the graph records the input's rank), PRelu → `nn.PReLU`;
+   `fusion.py` finds the TorchScript exporter's spelled-out GELU, LayerNorm and RMSNorm. Layers are
+   built without random initialisation (import draws from no random generator). Modules are named
+   after the graph's scopes (the exporter's name_scopes metadata, node names like
+   `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
    `get_submodule("encoder.layers.0.self_attn.q_proj")` finds the teacher's layer; steps look their
    module up at every call, so `set_submodule` swaps take effect.
 
@@ -25,7 +25,6 @@ shapes (Shape → Gather → Concat → ...) are computed once per input-shape s
 `module.profile(*inputs, repeats=1)` runs the graph timing every step and returns a table of time
 per op type (imported layers by their module class), heaviest first.
 """
-
 import ast
 import re
 import time

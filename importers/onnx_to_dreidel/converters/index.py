@@ -5,8 +5,8 @@ import numpy as np
 from dreidel import nn, ops
 from dreidel.tensor import Tensor
 from importers.onnx_to_dreidel.errors import OnnxImportError
-from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, as_tensor, axes_in, axis_in, checked_shape, ints,
-                                                is_tensor, lifts, register)
+from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, as_tensor, axes_in, axis_in, checked_shape,
+                                                ints, is_tensor, lifts, register)
 
 
 def _slice_index(ndim, starts, ends, axes, steps):
