@@ -73,6 +73,19 @@ def _to_array(data, dtype=None):
     return array
 
 
+class _Size(int):
+    """`tensor.size`: the element count (numpy's `.size`), and callable like PyTorch's `size()`:
+    `t.size()` is the shape tuple, `t.size(d)` the length of axis d."""
+
+    def __new__(cls, count, shape):
+        size = super().__new__(cls, count)
+        size.shape = tuple(shape)
+        return size
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
 class Tensor:
     """An n-dimensional array that can record the operations applied to it and differentiate them.
 
@@ -97,7 +110,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
     dtype = property(lambda self: self.data.dtype)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.size, self.data.shape))
     is_leaf = property(lambda self: self._backward is None)
 
     def __len__(self):
@@ -108,6 +121,17 @@ class Tensor:
 
     def item(self):
         return self.data.item()
+
+    def numel(self):
+        """Number of elements (PyTorch's name; `.size` is the same number, numpy's name)."""
+        return int(self.data.size)
+
+    def zero_(self):
+        """Fill with zeros in place; returns self (for optimizer-style resets outside the graph)."""
+        if not self.data.flags.writeable:  # a broadcast view: give the tensor its own memory
+            self.data = np.array(self.data)
+        self.data[...] = 0
+        return self
 
     def tolist(self):
         return self.data.tolist()
@@ -228,7 +252,8 @@ def record(data, parents, backward):
     `parents` are the Tensors the output depends on; `backward(grad)` receives the output's gradient
     (an array of the output's shape) and returns one gradient per parent, in order (a tuple; None for
     a parent that needs none; broadcast shapes are summed down by the engine). It must not modify
-    `grad` in place, and may return a fresh array the engine hands to a leaf without copying.
+    `grad` in place, nor return an array the op keeps (an input's data, a saved array): the engine
+    may hand a returned array to a leaf's `.grad` without copying, and optimizers update it in place.
 
         def square(x):
             return record(x.data * x.data, (x,), lambda g: (2 * g * x.data,))

@@ -502,3 +502,57 @@ def test_a_function_returning_a_saved_array_as_gradient_does_not_alias_it():
     a.grad *= 10
     np.testing.assert_array_equal(b.data, [3, 4])
     np.testing.assert_array_equal(a.grad, [30, 40])
+
+
+# -- PyTorch tensor idioms -----------------------------------------------------------------------------
+def test_reductions_take_dim_and_keepdim():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    t = Tensor(x)
+    np.testing.assert_array_equal(t.sum(dim=1).data, x.sum(axis=1))
+    np.testing.assert_array_equal(t.sum(axis=1).data, x.sum(axis=1))  # numpy's spelling still works
+    np.testing.assert_array_equal(t.mean(dim=(0, 2), keepdim=True).data, x.mean(axis=(0, 2), keepdims=True))
+    np.testing.assert_array_equal(t.var(dim=2).data, x.var(axis=2, ddof=1))
+    np.testing.assert_allclose(t.logsumexp(dim=0).data, np.log(np.exp(x).sum(axis=0)))
+    np.testing.assert_array_equal(t.prod(axis=2).data, x.prod(axis=2))
+    np.testing.assert_array_equal(t.max(dim=(1, 2)).data, x.max(axis=(1, 2)))  # several dims: values only
+    with pytest.raises(TypeError, match="not both"):
+        t.sum(axis=0, dim=1)
+
+
+def test_max_and_min_with_one_dim_return_values_and_indices():
+    x = np.array([[1.0, 7.0, 7.0, 2.0], [5.0, 3.0, 0.0, 0.0]])
+    t = Tensor(x, requires_grad=True)
+    values, indices = t.max(dim=1)
+    assert values.data.tolist() == [7.0, 5.0] and indices.data.tolist() == [1, 0] and indices.dtype == np.int64
+    values.sum().backward()
+    assert t.grad.tolist() == [[0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]]  # ties share, as ops.max does
+    values, indices = Tensor(x).min(dim=-1, keepdim=True)
+    assert values.shape == (2, 1) and indices.data.tolist() == [[0], [2]]  # the first minimum
+    assert ops.max(Tensor(x), 1).data.tolist() == [7.0, 5.0]  # positional axis: values only, as before
+    assert float(Tensor(x).max().data) == 7.0
+
+
+def test_argmax_argmin_dim():
+    x = np.array([[1.0, 9.0, 3.0], [8.0, 2.0, 8.0]])
+    t = Tensor(x)
+    assert t.argmax(dim=1).data.tolist() == [1, 0] and t.argmax().data == 1
+    assert t.argmin(dim=0, keepdim=True).data.tolist() == [[0, 1, 0]]
+    assert t.argmax(axis=1, keepdims=True).shape == (2, 1)
+
+
+def test_size_numel_clone_zero_():
+    t = Tensor(np.ones((2, 3, 4)), requires_grad=True)
+    assert t.size == 24 and t.numel() == 24  # numpy's .size, still an int
+    assert t.size() == (2, 3, 4) and t.size(1) == 3 and t.size(-1) == 4
+    assert np.zeros(t.size).shape == (24,)
+    copy = t.clone()
+    assert copy.data is not t.data and not np.shares_memory(copy.data, t.data)
+    (copy * 3).sum().backward()
+    assert np.all(t.grad == 3)
+    buffer = Tensor(np.broadcast_to(np.float32(2), (2, 2)))
+    assert buffer.zero_() is buffer and buffer.data.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_clone_gradcheck():
+    assert dreidel.gradcheck(lambda a: a.clone() * a, Tensor(np.random.default_rng(0).standard_normal(3),
+                                                              requires_grad=True))

@@ -4,8 +4,8 @@ Each op computes with numpy (or the Cython kernels) and hands `dreidel.tensor.re
 and a backward closure. Families, one module each:
 
     math        elementwise arithmetic and functions, activations, softmax, dropout, casts
-    reduce      sum, mean, max, min, var, logsumexp, prod, cumsum
-    shape       reshape, transpose, expand, squeeze, concat, stack, split, pad, tile
+    reduce      sum, mean, max, min, argmax, argmin, var, logsumexp, prod, cumsum
+    shape       reshape, transpose, expand, squeeze, concat, stack, split, pad, tile, clone
     index       getitem, take, gather_elements, scatter_nd, embedding
     linalg      matmul, linear, batched_matmul, einsum
     norm        layer, RMS, batch, group and instance norm
@@ -27,8 +27,8 @@ from dreidel.ops.math import (abs, add, cast, clip, cos, div, dropout, erf, exp,
                               maximum, minimum, mul, neg, pow, prelu, relu, sigmoid, silu, sin, softmax,
                               softplus, sqrt, sub, tanh, where)
 from dreidel.ops.math import _erf_array  # noqa: F401  (temporary: the importer's Erf folding uses it)
-from dreidel.ops.reduce import cumsum, logsumexp, max, mean, min, prod, sum, var
-from dreidel.ops.shape import (concat, expand, flatten, pad, reshape, split, squeeze, stack, swapaxes, tile,
+from dreidel.ops.reduce import argmax, argmin, cumsum, logsumexp, max, mean, min, prod, sum, var
+from dreidel.ops.shape import (clone, concat, expand, flatten, pad, reshape, split, squeeze, stack, swapaxes, tile,
                                transpose, unsqueeze)
 from dreidel.ops.index import embedding, gather_elements, getitem, scatter_nd, take
 from dreidel.ops.linalg import batched_matmul, einsum, linear, matmul
@@ -48,8 +48,8 @@ __all__ = [
     "abs", "add", "cast", "clip", "cos", "div", "dropout", "erf", "exp", "gelu", "log", "log_softmax", "maximum",
     "minimum", "mul", "neg", "pow", "prelu", "relu", "sigmoid", "silu", "sin", "softmax", "softplus", "sqrt", "sub",
     "tanh", "where",
-    "cumsum", "logsumexp", "max", "mean", "min", "prod", "sum", "var",
-    "concat", "expand", "flatten", "pad", "reshape", "split", "squeeze", "stack", "swapaxes", "tile", "transpose",
+    "argmax", "argmin", "cumsum", "logsumexp", "max", "mean", "min", "prod", "sum", "var",
+    "clone", "concat", "expand", "flatten", "pad", "reshape", "split", "squeeze", "stack", "swapaxes", "tile", "transpose",
     "unsqueeze",
     "embedding", "gather_elements", "getitem", "scatter_nd", "take",
     "batched_matmul", "einsum", "linear", "matmul",
@@ -89,7 +89,7 @@ def _install_methods(cls):
     for name in ("exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "silu", "softplus", "gelu", "sin", "cos",
                  "sum", "mean", "max", "min", "var", "logsumexp", "reshape", "transpose", "expand",
                  "squeeze", "unsqueeze", "flatten", "clip", "softmax", "log_softmax", "matmul",
-                 "maximum", "minimum", "swapaxes", "erf"):
+                 "maximum", "minimum", "swapaxes", "erf", "argmax", "argmin", "prod", "cumsum", "clone"):
         setattr(cls, name, namespace[name])
     cls.permute = transpose
     cls.view = reshape
@@ -100,7 +100,6 @@ def _install_methods(cls):
     cls.__le__ = _compare(operator.le)
     cls.__gt__ = _compare(operator.gt)
     cls.__ge__ = _compare(operator.ge)
-    cls.argmax = lambda self, axis=None, keepdims=False: Tensor(np.argmax(self.data, axis=axis, keepdims=keepdims))
     cls.astype = lambda self, dtype: cast(self, dtype) if self.requires_grad else Tensor(self.data.astype(dtype))
     cls.float = lambda self: self.astype(np.float32)
     cls.double = lambda self: self.astype(np.float64)

@@ -78,7 +78,7 @@ def _offsets(kernel):
     return enumerate(itertools.product(*(range(k) for k in kernel)))
 
 
-# -- im2col / col2im on arrays ----------------------------------------------------------------------
+# -- strided windows -----------------------------------------------------------------------------------
 def _windows(xp, kernel, stride, dilation, out_shape):
     """View (N, C, *out_shape, *kernel) of xp's receptive fields (no copy)."""
     d = len(kernel)

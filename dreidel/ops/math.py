@@ -172,7 +172,7 @@ def gelu(x, approximate="none"):
         _kernels.gelu_backward(g, x.data, approximate=approximate).reshape(x.shape),))
 
 
-# -- normalisation and probabilities ---------------------------------------------------------------
+# -- probabilities and dropout ----------------------------------------------------------------------
 def _softmax_kernel_ok(a, axis):
     """The fused kernel covers float32/float64, one int axis of nonzero length (numpy raises
     for the rest, and keeps doing so)."""

@@ -7,7 +7,7 @@ from dreidel.ops.index import getitem
 from dreidel.tensor import as_tensor, record
 
 
-# -- shape and indexing ----------------------------------------------------------------------------
+# -- shape ---------------------------------------------------------------------------------------------
 def reshape(x, *shape):
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     return record(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),))
@@ -150,3 +150,8 @@ def tile(x, repeats):
             split += [r, n]
         return g.reshape(split).sum(axis=tuple(range(0, 2 * ndim, 2))).reshape(x.shape),
     return record(np.tile(x.data.reshape(shape), repeats), (x,), backward)
+
+
+def clone(x):
+    """A copy with its own memory; differentiable (the gradient passes through)."""
+    return record(x.data.copy(), (x,), lambda g: (g,))
