@@ -181,10 +181,10 @@ def engine_op(tensor_fn, integer_fn=None, what="this op"):
     values (constants folded at import), it is `tensor_fn` on Tensors (numpy in, numpy out); integer
     and boolean values (shape arithmetic) take `integer_fn` in numpy, or are refused without one."""
     def run(*xs):
+        for like in xs:  # the first Tensor sets the dtype of the others
+            if isinstance(like, Tensor):
+                return tensor_fn(*[x if x is None or isinstance(x, Tensor) else lift(x, like) for x in xs])
         present = [x for x in xs if x is not None]
-        if any_tensor(present):
-            like = tensor_like(present)
-            return tensor_fn(*[None if x is None else lift(x, like) for x in xs])
         floating = [x for x in present if np.asarray(x).dtype.kind == "f"]
         if floating or integer_fn is None:
             if not floating:

@@ -9,6 +9,9 @@ from importers.onnx_to_dreidel.registry import (NO_DRAW, Lifted, array, as_tenso
                                                 ints, is_tensor, lifts, register)
 
 
+_CLAMP = np.iinfo(np.int64).max // 2  # Python slicing clamps; keep values reasonable
+
+
 def _slice_index(ndim, starts, ends, axes, steps):
     index = [slice(None)] * ndim
     axes = range(len(starts)) if axes is None else axes_in(axes, ndim, "Slice")
@@ -19,7 +22,7 @@ def _slice_index(ndim, starts, ends, axes, steps):
     for start, end, axis, step in zip(starts, ends, axes, steps):
         if step == 0:
             raise OnnxImportError("Slice step must not be 0")
-        clamp = np.iinfo(np.int64).max // 2  # Python slicing clamps; keep values reasonable
+        clamp = _CLAMP
         start, end = max(min(start, clamp), -clamp), max(min(end, clamp), -clamp)
         if step < 0 and end < -clamp // 2:
             end = None  # "to the beginning" in ONNX's reversed slices
