@@ -24,6 +24,7 @@ ROOT = os.path.dirname(HERE)
 def load_harness():
     """tests/test_onnx_backend_nodes.py as a module (it holds the case filter and the comparison)."""
     sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))  # the harness imports its neighbours (timeouts)
     spec = importlib.util.spec_from_file_location(
         "onnx_backend_harness", os.path.join(ROOT, "tests", "test_onnx_backend_nodes.py"))
     module = importlib.util.module_from_spec(spec)

@@ -428,6 +428,13 @@ def _const(name, value):
     ("MaxPool", (1, 2, 5, 5), {"kernel_shape": [2, 2], "pads": [1, 0, 0, 1]}, [], 4),
     ("Trilu", (4, 4), {"upper": 0}, [np.array(1, np.int64)], 2),
     ("Expand", (3, 1), {}, [np.array([2, 1, 4], np.int64)], 3),
+    ("ReduceProd", (3, 5), {"keepdims": 0}, [np.array([1], np.int64)], 1),
+    ("Einsum", (3, 4), {"equation": "ij,jk->ik"}, [np.arange(8, dtype=np.float32).reshape(4, 2) / 8], 2),
+    ("Resize", (1, 1, 3, 4), {"mode": "cubic"}, [np.zeros(0, np.float32), np.array([1, 1, 2, 1.5], np.float32)], 4),
+    ("Resize", (1, 2, 3, 3), {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+     [np.zeros(0, np.float32), np.array([1, 1, 2, 3], np.float32)], 4),  # whole resized lengths: onnxruntime
+    # departs from the ONNX reference for align_corners when n·scale is fractional
+    ("ReduceProd", (2, 3, 2), {"keepdims": 1}, [np.array([0, 2], np.int64)], 3),
 ])
 def test_converter_gradients_pass_gradcheck_and_match_onnxruntime(op, shape, attrs, consts, out_rank):
     inits = [_const(f"c{i}", c) for i, c in enumerate(consts)]
@@ -440,6 +447,19 @@ def test_converter_gradients_pass_gradcheck_and_match_onnxruntime(op, shape, att
     module.double()
     x = dreidel.Tensor(x32.astype(np.float64), requires_grad=True)
     dreidel.gradcheck(module, x)
+
+
+def test_reduce_prod_gradient_is_the_product_of_the_others_zeros_included():
+    model = _single_op_model("ReduceProd", [("x", F32, [2, 4])], {"keepdims": 0}, [_const("a", np.array([1]))], 18,
+                             out_rank=1)
+    module = load(model.SerializeToString())
+    values = np.array([[2.0, 0.0, 3.0, -1.5], [0.0, 4.0, 0.0, 0.5]], np.float32)
+    x = dreidel.Tensor(values, requires_grad=True)
+    out = module(x)
+    np.testing.assert_array_equal(out.numpy(), values.prod(axis=1))
+    out.sum().backward()
+    others = np.array([[np.prod(np.delete(row, i)) for i in range(4)] for row in values])
+    np.testing.assert_allclose(x.grad, others, rtol=1e-6)
 
 
 def test_scatter_nd_gradients_reach_data_and_updates():

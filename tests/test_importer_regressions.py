@@ -148,12 +148,18 @@ def test_max_pool_indices_match_onnxruntime(spatial, storage_order, stride, pad,
     np.testing.assert_array_equal(got[1], expected[1])
 
 
-def test_max_pool_indices_with_asymmetric_pads_are_refused_cleanly():
-    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], pads=[0, 0, 1, 1])
-    model = model_of([node], [("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+@pytest.mark.parametrize("pads,ceil_mode", [([0, 0, 1, 1], 0), ([1, 0, 0, 1], 1), ([0, 0, 0, 0], 1)])
+def test_max_pool_indices_with_asymmetric_pads_or_ceil_mode_match_onnxruntime(pads, ceil_mode):
+    # the engine's max_pool takes per-side pads and ceil mode, so these are no longer refused
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2], pads=pads,
+                            ceil_mode=ceil_mode)
+    model = model_of([node], [("x", TensorProto.FLOAT, [1, 2, 5, 5])],
                      [("y", TensorProto.FLOAT, None), ("i", TensorProto.INT64, None)], opset=12)
-    with pytest.raises(OnnxImportError, match="Indices"):
-        dreidel_run(model, {"x": np.ones((1, 1, 4, 4), np.float32)})
+    x = np.random.default_rng(5).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    expected = ort_run(model, {"x": x})
+    got = dreidel_run(model, {"x": x})
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
 
 
 # -- attention: Softmax overwriting its MatMul scores ------------------------------------------------------
@@ -220,3 +226,25 @@ def test_profile_lists_each_run_time_op_and_leaves_outputs_alone():
     assert set(rows) == {"Linear", "Tanh", "Softmax"}
     assert all(int(row[1]) == 1 for row in rows.values())  # calls per run
     np.testing.assert_array_equal(module(x).numpy(), before)
+
+
+# -- BatchNormalization in training mode: batch statistics, ONNX's running-statistics outputs -------------
+def test_batch_norm_training_mode_matches_the_onnx_reference_and_passes_gradcheck():
+    from onnx.reference import ReferenceEvaluator
+    rng = np.random.default_rng(11)
+    params = {"scale": 1 + 0.1 * rng.standard_normal(3), "bias": rng.standard_normal(3),
+              "mean": rng.standard_normal(3), "var": 1 + rng.random(3)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()]
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "rm", "rv"],
+                            training_mode=1, momentum=0.8, epsilon=1e-3)
+    model = model_of([node], [("x", TensorProto.FLOAT, [4, 3, 5])],
+                     [("y", TensorProto.FLOAT, None), ("rm", TensorProto.FLOAT, None), ("rv", TensorProto.FLOAT, None)],
+                     inits, opset=15)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})
+    got = dreidel_run(model, {"x": x})
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    module = load(model.SerializeToString()).double()
+    xt = dreidel.Tensor(x.astype(np.float64), requires_grad=True)
+    dreidel.gradcheck(lambda v: module(v)[0], xt)

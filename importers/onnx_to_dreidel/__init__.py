@@ -13,8 +13,9 @@ wrong inputs at call time, `OnnxRuntimeError` naming the node that failed.
 from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, OnnxLoadError, OnnxRuntimeError,
                                               UnsupportedOpsError)
 from importers.onnx_to_dreidel.graph import GraphModule, Scope
-from importers.onnx_to_dreidel.loader import read_model
+from importers.onnx_to_dreidel.loader import check_model, parse_model
 from importers.onnx_to_dreidel.registry import register, supported_ops
+from importers.onnx_to_dreidel.supported import check_supported
 
 
 def load(path_or_bytes, *, external_data_dir=None):
@@ -23,7 +24,9 @@ def load(path_or_bytes, *, external_data_dir=None):
     External data is read from the model's folder (or `external_data_dir`); locations that are
     absolute or leave that folder are refused.
     """
-    model, base_dir, label = read_model(path_or_bytes, external_data_dir)
+    model, base_dir, label = parse_model(path_or_bytes, external_data_dir)
+    check_supported(model)  # every missing op in one error, before the checker trips on the first
+    check_model(model, label)
     try:
         return GraphModule(model, base_dir, label).eval()
     except OnnxImportError:

@@ -5,14 +5,15 @@ Import does, in order:
    (one error lists all the missing ones);
 2. build each node's runner and fold every node whose inputs are all constants (weights, Constant
    nodes, and whatever is computed from them alone: Cast of stored float16 weights, Transposes...);
-3. recognise structure among the remaining nodes: MatMul/Gemm with a constant weight (+ its bias Add)
-   → `nn.Linear`, LayerNormalization → `nn.LayerNorm`, Gather from a constant table → `nn.Embedding`,
-   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, Instance/BatchNormalization → `nn.InstanceNormNd`/
-   `nn.BatchNormNd` (when the graph records the input's rank),
-   PRelu → `nn.PReLU`, and the TorchScript exporter's spelled-out GELU (Div/Erf/Add/Mul/Mul), LayerNorm
-   (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div[/Mul/Add]) and RMSNorm (Pow/ReduceMean/Add/Sqrt/
-   Reciprocal/Mul[/Mul]) → `nn.GELU`, `nn.LayerNorm`, `nn.RMSNorm`. Modules are named after the graph's
-   scopes (the exporter's name_scopes metadata, or node names like `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
+3. recognise structure among the remaining nodes. Each converter's file lifts its op to a layer when
+   the weights are constants (`registry.lifts`): MatMul/Gemm (+ its bias Add) → `nn.Linear`,
+   LayerNormalization → `nn.LayerNorm`, Gather from a constant table → `nn.Embedding`,
+   Conv/ConvTranspose → `nn.ConvNd`/`nn.ConvTransposeNd`, Instance/BatchNormalization →
+   `nn.InstanceNormNd`/`nn.BatchNormNd` (when the graph records the input's rank), PRelu → `nn.PReLU`;
+   `fusion.py` finds the TorchScript exporter's spelled-out GELU, LayerNorm and RMSNorm. Layers are
+   built without random initialisation (import draws from no random generator). Modules are named
+   after the graph's scopes (the exporter's name_scopes metadata, node names like
+   `/encoder/layers.0/self_attn/q_proj/MatMul`, or weight names), so
    `get_submodule("encoder.layers.0.self_attn.q_proj")` finds the teacher's layer; steps look their
    module up at every call, so `set_submodule` swaps take effect.
 
@@ -26,21 +27,19 @@ per op type (imported layers by their module class), heaviest first.
 """
 import ast
 import re
+import time
 from collections import Counter
 
 import numpy as np
 import onnx
 
-from dreidel import nn, ops
-from dreidel.nn import conv as nn_conv
 from dreidel.nn.module import Module, Parameter
-from dreidel.tensor import Tensor, is_grad_enabled
-from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, OnnxRuntimeError,
-                                              UnsupportedOpsError)
+from dreidel.tensor import Tensor
+from importers.onnx_to_dreidel.errors import OnnxImportError, OnnxInputError, OnnxRuntimeError
+from importers.onnx_to_dreidel.fusion import Patterns, donate_scores
 from importers.onnx_to_dreidel.loader import numpy_dtype, tensor_to_array
-from importers.onnx_to_dreidel.ops_math import softmax_in_place
-from importers.onnx_to_dreidel.ops_nn import check_attribute_lengths, check_kernel, conv_geometry
-from importers.onnx_to_dreidel.registry import Node, is_tensor, resolve, set_float_dtype
+from importers.onnx_to_dreidel.registry import Node, call_layer, is_tensor, lifter, resolve, set_float_dtype
+from importers.onnx_to_dreidel.supported import check_graph, opsets_of
 
 _DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"}
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -54,15 +53,14 @@ class Scope(Module):
 
 
 class _Step:
-    __slots__ = ("node", "run", "module", "inputs", "outputs", "free", "kind", "shape_only")
+    __slots__ = ("node", "run", "module", "call", "inputs", "outputs", "free", "shape_only")
 
-    def __init__(self, node, run, inputs, outputs, module=None, kind="op"):
+    def __init__(self, node, run, inputs, outputs, module=None, call=None):
         self.node, self.run, self.inputs, self.outputs = node, run, inputs, outputs
-        self.module, self.kind, self.free = module, kind, ()
+        self.module, self.call, self.free = module, call, ()  # a module step runs call(module, x)
         self.shape_only = False  # depends on the inputs' shapes only: cached per input-shape signature
 
 
-# -- naming -----------------------------------------------------------------------------------------
 def _clean(part):
     part = re.sub(r"[^0-9A-Za-z_]", "_", part)
     return part if part and not part.startswith("_") else "m" + part
@@ -90,7 +88,6 @@ def _scope_of(proto, weight_name=None):
     return None
 
 
-# -- the module -------------------------------------------------------------------------------------
 class GraphModule(Module):
     """An imported ONNX graph; see the module docstring for the calling convention."""
 
@@ -98,14 +95,14 @@ class GraphModule(Module):
         super().__init__()
         graph = model.graph
         self.label = label
-        self.opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): o.version for o in model.opset_import}
+        self.opsets = opsets_of(model)
         initializer_names = {t.name for t in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializer_names]
         self.output_names = [v.name for v in graph.output]
         self._input_specs = {v.name: _value_spec(v) for v in graph.input if v.name not in initializer_names}
         self.op_counts = Counter(n.op_type for n in graph.node)
 
-        _check_supported(graph, self.opsets)
+        check_graph(graph, self.opsets)
         constants = {}
         for tensor in graph.initializer:
             try:
@@ -149,132 +146,29 @@ class GraphModule(Module):
     def _build_steps(self, runtime, constants):
         consumers = Counter(name for _, node, _ in runtime for name in node.inputs if name)
         consumers.update(self.output_names)
-        self._shared = {}
-        absorbed = set()  # runtime indices merged into a module step (bias Adds, spelled-out norms)
+        building = _Building(runtime, constants, consumers, self.output_names, self._ranks)
         steps = []
         self.module_paths = []
-        fused = _Patterns(runtime, constants, consumers, self.output_names).find()
+        fused = Patterns(runtime, constants, consumers, self.output_names).find()
         for first, covered, *_ in fused.values():
-            absorbed.update(covered)
+            building.absorbed.update(covered)
         for index, (proto, node, run) in enumerate(runtime):
             if index in fused:
-                first, covered, module, x_name, out_name, kind = fused[index]
+                first, covered, module, x_name, out_name = fused[index]
                 path = self._add_module(runtime[first][0], None, module)
-                steps.append(_Step(runtime[first][1], None, [x_name], [out_name], module=path, kind=kind))
+                steps.append(_Step(runtime[first][1], None, [x_name], [out_name], module=path, call=call_layer))
                 continue
-            if index in absorbed:
+            if index in building.absorbed:
                 continue
-            made = self._as_module(proto, node, runtime, index, constants, consumers, absorbed)
-            if made is not None:
-                path, module_inputs, outputs, kind = made
-                steps.append(_Step(node, None, module_inputs, outputs, module=path, kind=kind))
+            lift = lifter(node.domain, node.op_type)
+            lifted = None if lift is None else lift(node, building.at(index))
+            if lifted is not None:
+                path = self._add_module(proto, lifted.weight, lifted.module)
+                steps.append(_Step(node, None, list(lifted.inputs), list(lifted.outputs), module=path,
+                                   call=lifted.call))
                 continue
             steps.append(_Step(node, run, list(node.inputs), list(node.outputs)))
         self._finish(steps, constants)
-        del self._shared
-
-    def _as_module(self, proto, node, runtime, index, constants, consumers, absorbed):
-        """(path, inputs, outputs, kind) when the node is a recognised layer with constant weights."""
-        const = lambda name: constants.get(name) if name else None  # noqa: E731
-        is_float = lambda v: v is not None and np.asarray(v).dtype.kind == "f"  # noqa: E731
-        op = node.op_type
-        if op == "MatMul" and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
-                and const(node.inputs[1]).ndim == 2:
-            weight = const(node.inputs[1]).T
-            bias, outputs = None, list(node.outputs)
-            add_index = self._single_consumer(runtime, index, node.outputs[0], consumers)
-            if add_index is not None and runtime[add_index][1].op_type == "Add" \
-                    and len(runtime[add_index][1].inputs) == 2:  # a unary reader (Tanh...) is no bias
-                add = runtime[add_index][1]
-                other = add.inputs[1] if add.inputs[0] == node.outputs[0] else add.inputs[0]
-                candidate = const(other)
-                if add.op_type == "Add" and is_float(candidate) and candidate.shape == (weight.shape[0],):
-                    bias, outputs = candidate, list(add.outputs)
-                    absorbed.add(add_index)
-            path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
-            return path, [node.inputs[0]], outputs, "linear"
-        if op == "Gemm" and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
-                and const(node.inputs[1]).ndim == 2 and self._ranks.get(node.inputs[0], 2) == 2 \
-                and node.attr("alpha", 1.0) == 1.0 and node.attr("beta", 1.0) == 1.0 and not node.attr("transA", 0):
-            b = const(node.inputs[1])
-            weight = b if node.attr("transB", 0) else b.T
-            bias = None
-            if len(node.inputs) > 2 and node.inputs[2]:
-                c = const(node.inputs[2])
-                if not is_float(c) or c.size != weight.shape[0]:
-                    return None
-                bias = c.reshape(-1)
-            path = self._add_module(proto, node.inputs[1], _linear(self._parameter(weight), bias))
-            return path, [node.inputs[0]], list(node.outputs), "gemm"
-        if op == "LayerNormalization" and node.attr("axis", -1) == -1 and len([o for o in node.outputs if o]) == 1 \
-                and is_float(const(node.inputs[1])) and const(node.inputs[1]).ndim == 1 \
-                and const(node.inputs[1]).shape[0] > 1 \
-                and (len(node.inputs) < 3 or not node.inputs[2] or
-                     (is_float(const(node.inputs[2])) and const(node.inputs[2]).shape == const(node.inputs[1]).shape)):
-            scale = const(node.inputs[1])
-            bias = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-            module = nn.LayerNorm(scale.shape[0], eps=float(node.attr("epsilon", 1e-5)), bias=bias is not None)
-            module.weight = Parameter(scale)
-            if bias is not None:
-                module.bias = Parameter(bias)
-            path = self._add_module(proto, node.inputs[1], module)
-            return path, [node.inputs[0]], list(node.outputs), "module"
-        if op == "Gather" and node.attr("axis", 0) == 0 and is_float(const(node.inputs[0])) \
-                and const(node.inputs[0]).ndim == 2 and node.inputs[1] not in constants:
-            table = const(node.inputs[0])
-            module = nn.Embedding(1, table.shape[1])
-            module.num_embeddings = table.shape[0]
-            module.weight = self._parameter(table)
-            path = self._add_module(proto, node.inputs[0], module)
-            return path, [node.inputs[1]], list(node.outputs), "embedding"
-        if op in ("Conv", "ConvTranspose") and node.inputs[0] not in constants and is_float(const(node.inputs[1])) \
-                and (len(node.inputs) < 3 or not node.inputs[2] or is_float(const(node.inputs[2]))):
-            module = _conv_module(node, const(node.inputs[1]),
-                                  const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None)
-            if module is None:
-                return None
-            path = self._add_module(proto, node.inputs[1], module)
-            return path, [node.inputs[0]], list(node.outputs), "module"
-        rank = self._ranks.get(node.inputs[0])
-        if op in ("InstanceNormalization", "BatchNormalization") and rank in (3, 4, 5) \
-                and all(is_float(const(n)) and const(n).ndim == 1 for n in node.inputs[1:]) \
-                and len([o for o in node.outputs if o]) == 1 and not node.attr("training_mode", 0):
-            kind = "InstanceNorm" if op == "InstanceNormalization" else "BatchNorm"
-            cls = getattr(nn_conv, f"{kind}{rank - 2}d")
-            scale = const(node.inputs[1])
-            if kind == "InstanceNorm":
-                module = cls(scale.shape[0], eps=float(node.attr("epsilon", 1e-5)), affine=True)
-            else:  # inference form: running statistics as buffers
-                module = cls(scale.shape[0], eps=float(node.attr("epsilon", 1e-5)))
-                module.running_mean.data = np.array(const(node.inputs[3]), dtype=scale.dtype)
-                module.running_var.data = np.array(const(node.inputs[4]), dtype=scale.dtype)
-            module.weight = Parameter(scale)
-            module.bias = Parameter(const(node.inputs[2]))
-            path = self._add_module(proto, node.inputs[1], module)
-            return path, [node.inputs[0]], list(node.outputs), "module"
-        if op == "PRelu" and is_float(const(node.inputs[1])) and const(node.inputs[1]).size == 1:
-            module = nn_conv.PReLU(1)
-            module.weight = Parameter(const(node.inputs[1]).reshape(1))
-            path = self._add_module(proto, node.inputs[1], module)
-            return path, [node.inputs[0]], list(node.outputs), "module"
-        return None
-
-    def _parameter(self, array):
-        """One Parameter per stored weight: a tied table (an Embedding and, through a folded Transpose,
-        the output projection reading the same memory) stays one shared Parameter."""
-        key = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
-        if key not in self._shared:
-            self._shared[key] = (Parameter(np.ascontiguousarray(array)), array)  # keep the source alive
-        return self._shared[key][0]
-
-    def _single_consumer(self, runtime, index, value, consumers):
-        """Index of the one runtime node reading `value` (not a graph output), else None."""
-        if consumers[value] != 1 or value in self.output_names:
-            return None
-        for j in range(index + 1, len(runtime)):
-            if value in runtime[j][1].inputs:
-                return j
-        return None
 
     def _add_module(self, proto, weight_name, module):
         scope = _scope_of(proto, weight_name) or f"{proto.op_type.lower()}_{len(self.module_paths)}"
@@ -346,28 +240,11 @@ class GraphModule(Module):
                                                                   for s in fed)):
                 step.shape_only = True
                 shape_slots.update(s for s in step.outputs if s is not None)
-        self._donate_scores(steps)
+        donate_scores(steps, {slots[name] for name in self.output_names})
         self._shape_cache = {}
         if any(step.node.op_type in _DATA_DEPENDENT_SHAPES for step in steps):
             for step in steps:  # a shape may depend on values: no caching at all
                 step.shape_only = False
-
-    def _donate_scores(self, steps):
-        """Let a Softmax (opset ≥ 13) overwrite its input when that input is a MatMul result read by
-        this Softmax alone (attention scores): no second score-sized buffer per head. At run time it
-        still falls back to the ordinary runner when autograd records, or the array is not its own."""
-        readers = Counter(s for step in steps for s in step.inputs if s is not None)
-        producer = {slot: step for step in steps for slot in step.outputs if slot is not None}
-        outputs = {self._slots[name] for name in self.output_names}
-        for step in steps:
-            if step.module is not None or step.node.op_type != "Softmax" or step.node.opset < 13:
-                continue
-            slot = step.inputs[0]
-            source = producer.get(slot)
-            if source is None or source.module is not None or source.node.op_type != "MatMul" \
-                    or readers[slot] != 1 or slot in outputs or slot not in step.free:
-                continue
-            step.run = _donated_softmax(step.run, step.node.attr("axis", -1))
 
     # -- calling --------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -380,7 +257,6 @@ class GraphModule(Module):
     def profile(self, *args, repeats=1, **kwargs):
         """Run the graph `repeats` times timing every step; returns a text table of total time per
         op type (modules by their class), heaviest first, with call counts and share of the run."""
-        import time
         timings = Counter()
         calls = Counter()
         previous = set_float_dtype(self._compute_dtype)
@@ -422,7 +298,7 @@ class GraphModule(Module):
                 module = modules.get(step.module)
                 if module is None:
                     module = modules[step.module] = self.get_submodule(step.module)
-                outputs = (_call_module(module, step, inputs[0]),)
+                outputs = (_call_layer(module, step, inputs[0]),)
             else:
                 outputs = _call(step.run, step.node, inputs)
             if _timer is not None:
@@ -548,179 +424,50 @@ _RESERVED = set(dir(GraphModule)) | {"label", "opsets", "input_names", "output_n
                                      "folded_count", "module_paths", "training"}
 
 
-# -- spelled-out layers ------------------------------------------------------------------------------
-class _Patterns:
-    """Exporters (TorchScript, opset ≤ 16) spell GELU, LayerNorm and RMSNorm as primitive ops; find
-    those chains among the run-time nodes so they run as one fused module.
+class _Building:
+    """What a lifting function (`registry.lifts`) sees of the graph being built, at one node."""
 
-    `find()` → {index of the chain's last node: (first index, indices covered, module, input name,
-    output name, kind)}. Every intermediate value must be read only inside the chain.
-    """
-
-    def __init__(self, runtime, constants, consumers, outputs):
+    def __init__(self, runtime, constants, consumers, outputs, ranks):
         self.nodes = [node for _, node, _ in runtime]
-        self.constants, self.consumers, self.outputs = constants, consumers, set(outputs)
-        self.readers = {}
-        for i, node in enumerate(self.nodes):
-            for name in node.inputs:
-                if name:
-                    self.readers.setdefault(name, []).append(i)
-        self.producer = {name: i for i, node in enumerate(self.nodes) for name in node.outputs}
+        self.constants, self.consumers, self.outputs, self.ranks = constants, consumers, set(outputs), ranks
+        self.absorbed = set()  # runtime indices merged into a module step (bias Adds, spelled-out norms)
+        self.shared = {}
+        self.index = 0
 
-    def only_reader(self, value, op):
-        """The single node (of type op) reading an internal value, else None."""
-        readers = self.readers.get(value, [])
-        if value in self.outputs or len(readers) != 1 or self.nodes[readers[0]].op_type != op:
-            return None
-        return readers[0]
+    def at(self, index):
+        self.index = index
+        return self
 
-    def scalar(self, name):
-        value = self.constants.get(name)
-        if value is None or np.asarray(value).size != 1 or np.asarray(value).dtype.kind != "f":
-            return None
-        return float(np.asarray(value).reshape(()))
+    def const(self, name):
+        """The constant (weight, folded value) called `name`, or None when it is computed at run time."""
+        return self.constants.get(name) if name else None
 
-    def other(self, node, value):
-        """The other input of a binary node, given one of them."""
-        a, b = node.inputs[0], node.inputs[1]
-        return b if a == value else a if b == value else None
+    def rank(self, name, default=None):
+        """The value's rank when the graph records it."""
+        return self.ranks.get(name, default)
 
-    def last_axis_mean(self, index):
-        node = self.nodes[index]
-        if node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
-            return False
-        axes = node.attr("axes")
-        if axes is None and len(node.inputs) > 1 and node.inputs[1]:
-            axes = self.constants.get(node.inputs[1])
-            axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-        return axes is not None and list(axes) == [-1]
+    def parameter(self, array):
+        """One Parameter per stored weight: a tied table (an Embedding and, through a folded Transpose,
+        the output projection reading the same memory) stays one shared Parameter."""
+        key = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+        if key not in self.shared:
+            self.shared[key] = (Parameter(np.ascontiguousarray(array)), array)  # keep the source alive
+        return self.shared[key][0]
 
-    def find(self):
-        found = {}
-        taken = set()
-        for index, node in enumerate(self.nodes):
-            for match in (self.gelu, self.layer_norm, self.rms_norm):
-                result = match(index)
-                if result is not None and not (set(result[0]) & taken):
-                    taken.update(result[0])
-                    found[max(result[0])] = (index,) + result
-                    break
-        return found
+    def single_reader(self, value):
+        """(index, node) of the one later run-time node reading `value` (not a graph output), else None."""
+        if self.consumers[value] != 1 or value in self.outputs:
+            return None
+        for j in range(self.index + 1, len(self.nodes)):
+            if value in self.nodes[j].inputs:
+                return j, self.nodes[j]
+        return None
 
-    def gelu(self, i):
-        """x · ½ · (1 + erf(x / √2)), spelled Div(√2) or Mul(1/√2), ½ applied first or last."""
-        node = self.nodes[i]
-        if node.op_type not in ("Div", "Mul") or node.inputs[1] in self.producer:
-            return None
-        c = self.scalar(node.inputs[1])
-        x = node.inputs[0]
-        if c is None or not (abs(c - (2 ** 0.5 if node.op_type == "Div" else 2 ** -0.5)) < 1e-4):
-            return None
-        e = self.only_reader(node.outputs[0], "Erf")
-        a = e is not None and self.only_reader(self.nodes[e].outputs[0], "Add")
-        if not a or self.scalar(self.other(self.nodes[a], self.nodes[e].outputs[0])) != 1.0:
-            return None
-        m = self.only_reader(self.nodes[a].outputs[0], "Mul")
-        if m is None:
-            return None
-        factor = self.other(self.nodes[m], self.nodes[a].outputs[0])
-        if factor == x:  # (x · (1 + erf)) · ½
-            h = self.only_reader(self.nodes[m].outputs[0], "Mul")
-            if h is None or self.scalar(self.other(self.nodes[h], self.nodes[m].outputs[0])) != 0.5:
-                return None
-            covered = [i, e, a, m, h]
-        else:  # (x · ½) · (1 + erf)
-            half = self.producer.get(factor)
-            if half is None or self.nodes[half].op_type != "Mul" or self.only_reader(factor, "Mul") != m \
-                    or self.other(self.nodes[half], x) is None or self.scalar(self.other(self.nodes[half], x)) != 0.5:
-                return None
-            covered, h = [half, i, e, a, m], m
-        return covered, nn.GELU(), x, self.nodes[h].outputs[0], "module"
-
-    def _affine_tail(self, value, covered):
-        """Optional Mul(γ) then Add(β) after a normalisation; returns (γ, β, output name)."""
-        gamma = beta = None
-        mul = self.only_reader(value, "Mul")
-        if mul is not None:
-            g = self.constants.get(self.other(self.nodes[mul], value))
-            # a (1,) γ broadcasts over any last axis; LayerNorm(1)/RMSNorm(1) would refuse it
-            if g is not None and np.asarray(g).ndim == 1 and np.asarray(g).dtype.kind == "f" \
-                    and np.asarray(g).shape[0] > 1:
-                gamma, value = g, self.nodes[mul].outputs[0]
-                covered.append(mul)
-        add = self.only_reader(value, "Add")
-        if add is not None and gamma is not None:
-            b = self.constants.get(self.other(self.nodes[add], value))
-            if b is not None and np.asarray(b).shape == gamma.shape and np.asarray(b).dtype.kind == "f":
-                beta, value = b, self.nodes[add].outputs[0]
-                covered.append(add)
-        return gamma, beta, value
-
-    def layer_norm(self, i):
-        """(x − mean) / sqrt(mean((x − mean)²) + eps) · γ + β over the last axis."""
-        if not self.last_axis_mean(i):
-            return None
-        x = self.nodes[i].inputs[0]
-        sub = self.only_reader(self.nodes[i].outputs[0], "Sub")
-        if sub is None or self.nodes[sub].inputs != [x, self.nodes[i].outputs[0]]:
-            return None
-        centred = self.nodes[sub].outputs[0]
-        readers = self.readers.get(centred, [])
-        if centred in self.outputs or len(readers) != 2:
-            return None
-        kinds = {self.nodes[r].op_type: r for r in readers}
-        if set(kinds) != {"Pow", "Div"} or self.scalar(self.nodes[kinds["Pow"]].inputs[1]) != 2.0 \
-                or self.nodes[kinds["Div"]].inputs[0] != centred:
-            return None
-        pw, div = kinds["Pow"], kinds["Div"]
-        var = self.only_reader(self.nodes[pw].outputs[0], "ReduceMean")
-        if var is None or not self.last_axis_mean(var):
-            return None
-        add = self.only_reader(self.nodes[var].outputs[0], "Add")
-        eps = add is not None and self.scalar(self.other(self.nodes[add], self.nodes[var].outputs[0]))
-        sq = add is not None and eps is not None and self.only_reader(self.nodes[add].outputs[0], "Sqrt")
-        if not sq or self.only_reader(self.nodes[sq].outputs[0], "Div") != div:
-            return None
-        covered = [i, sub, pw, var, add, sq, div]
-        gamma, beta, out = self._affine_tail(self.nodes[div].outputs[0], covered)
-        if gamma is None:
-            return None
-        module = nn.LayerNorm(gamma.shape[0], eps=eps, bias=beta is not None)
-        module.weight = Parameter(gamma)
-        if beta is not None:
-            module.bias = Parameter(beta)
-        return covered, module, x, out, "module"
-
-    def rms_norm(self, i):
-        """x · 1/sqrt(mean(x²) + eps) · γ over the last axis (Reciprocal or Div(1, ·))."""
-        node = self.nodes[i]
-        if node.op_type != "Pow" or self.scalar(node.inputs[1]) != 2.0:
-            return None
-        x = node.inputs[0]
-        mean = self.only_reader(node.outputs[0], "ReduceMean")
-        if mean is None or not self.last_axis_mean(mean):
-            return None
-        add = self.only_reader(self.nodes[mean].outputs[0], "Add")
-        eps = add is not None and self.scalar(self.other(self.nodes[add], self.nodes[mean].outputs[0]))
-        sq = add is not None and eps is not None and self.only_reader(self.nodes[add].outputs[0], "Sqrt")
-        if not sq:
-            return None
-        rec = self.only_reader(self.nodes[sq].outputs[0], "Reciprocal")
-        if rec is None:
-            return None
-        mul = self.only_reader(self.nodes[rec].outputs[0], "Mul")
-        if mul is None or self.other(self.nodes[mul], self.nodes[rec].outputs[0]) != x:
-            return None
-        covered = [i, mean, add, sq, rec, mul]
-        gamma, beta, out = self._affine_tail(self.nodes[mul].outputs[0], covered)
-        if gamma is None or beta is not None:
-            return None
-        module = nn.RMSNorm(gamma.shape[0], eps=eps)
-        module.weight = Parameter(gamma)
-        return covered, module, x, out, "module"
+    def absorb(self, index):
+        """The node at `index` is part of the layer just lifted: it gets no step of its own."""
+        self.absorbed.add(index)
 
 
-# -- helpers ----------------------------------------------------------------------------------------
 def _value_spec(value_info):
     t = value_info.type.tensor_type if value_info.type.HasField("tensor_type") else None
     if t is None:
@@ -738,26 +485,6 @@ def _spec_text(spec):
     return f"({kind} {shape})"
 
 
-def check_supported(model):
-    """Raise UnsupportedOpsError listing every (domain, op, opset) without a converter, with counts."""
-    opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): o.version for o in model.opset_import}
-    _check_supported(model.graph, opsets)
-
-
-def _check_supported(graph, opsets):
-    missing = Counter()
-    for proto in graph.node:
-        domain = "" if proto.domain in ("", "ai.onnx") else proto.domain
-        if isinstance(domain, bytes) or isinstance(proto.op_type, bytes):  # damaged names: not UTF-8
-            missing[(str(domain), str(proto.op_type), 0)] += 1
-            continue
-        version = opsets.get(domain)
-        if version is None or resolve(domain, proto.op_type, version) is None:
-            missing[(domain, proto.op_type, version if version is not None else 0)] += 1
-    if missing:
-        raise UnsupportedOpsError(missing)
-
-
 def _call(run, node, inputs):
     try:
         out = run(*inputs)
@@ -770,78 +497,14 @@ def _call(run, node, inputs):
     return out if isinstance(out, tuple) else (out,)
 
 
-def _call_module(module, step, x):
-    if step.kind == "embedding":
-        indices = np.asarray(x.data if is_tensor(x) else x).astype(np.int64, copy=False)
-        if indices.size and indices.min() < 0:  # ONNX Gather counts negative indices from the end
-            indices = np.where(indices < 0, indices + module.weight.shape[0], indices)
-        try:
-            return module(indices)
-        except Exception as exc:
-            raise OnnxRuntimeError(f"node {step.node.name!r} ({step.node.op_type}): {exc}") from exc
-    if not is_tensor(x):
-        x = Tensor(np.asarray(x))
-    if step.kind == "gemm" and x.ndim != 2:
-        raise OnnxRuntimeError(f"node {step.node.name!r} (Gemm) needs a 2-D input A, got shape {x.shape}")
+def _call_layer(module, step, x):
     try:
-        return module(x)
+        return step.call(module, x)
     except Exception as exc:
+        shape = np.shape(x.data if is_tensor(x) else x)
         raise OnnxRuntimeError(f"node {step.node.name!r} ({step.node.op_type}) → {type(module).__name__} failed "
-                               f"on input shape {x.shape}: {type(exc).__name__}: {exc}") from exc
-
-
-def _donated_softmax(run, axis):
-    def donate(x):
-        if is_tensor(x) and not (x.requires_grad and is_grad_enabled()) and x.dtype.kind == "f" \
-                and x.data.flags.owndata and x.data.flags.writeable and -x.ndim <= axis < x.ndim:
-            return softmax_in_place(x.data, axis)
-        return run(x)
-    return donate
+                               f"on input shape {shape}: {type(exc).__name__}: {exc}") from exc
 
 
 def _as_output(value):
     return value if is_tensor(value) else Tensor(np.asarray(value))
-
-
-class Linear(nn.Linear):
-    """The `nn.Linear` imported MatMul/Gemm layers become: y = x Wᵀ + b. (`ops.linear` already
-    multiplies (…, in) inputs as one (N·T, in) × (in, out) GEMM, numpy's stacked matmul being an
-    order of magnitude slower, so no reshapes around it here.)"""
-
-
-def _linear(weight, bias):
-    """A Linear holding the Parameter `weight` (out, in) and `bias`, without drawing a random init first."""
-    layer = Linear(1, 1, bias=bias is not None)
-    layer.in_features, layer.out_features = int(weight.shape[1]), int(weight.shape[0])
-    layer.weight = weight
-    if bias is not None:
-        layer.bias = Parameter(bias)
-    return layer
-
-
-_CONV_CLASSES = {(1, False): "Conv1d", (2, False): "Conv2d", (3, False): "Conv3d",
-                 (1, True): "ConvTranspose1d", (2, True): "ConvTranspose2d", (3, True): "ConvTranspose3d"}
-
-
-def _conv_module(node, weight, bias):
-    check_kernel(node, weight.shape)
-    spatial = weight.ndim - 2
-    transposed = node.op_type == "ConvTranspose"
-    name = _CONV_CLASSES.get((spatial, transposed))
-    if name is None or not hasattr(nn_conv, name):
-        return None
-    cls = getattr(nn_conv, name)
-    groups = int(node.attr("group", 1))
-    if transposed:
-        check_attribute_lengths(node, spatial)
-        if node.attr("output_shape") is not None or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
-            return None  # output size decided per call
-        pads = tuple(node.attr("pads", [0] * 2 * spatial)) if node.attr("auto_pad", "NOTSET") != "VALID" \
-            else (0,) * (2 * spatial)
-        return cls.from_weights(weight, bias, stride=tuple(node.attr("strides", [1] * spatial)), padding=pads,
-                                output_padding=tuple(node.attr("output_padding", [0] * spatial)), groups=groups,
-                                dilation=tuple(node.attr("dilations", [1] * spatial)))
-    stride, dilation, pads, _ = conv_geometry(node, spatial)
-    if pads is None:
-        return None
-    return cls.from_weights(weight, bias, stride=stride, padding=pads, dilation=dilation, groups=groups)

@@ -148,6 +148,13 @@ def _without_external_data(model):
 
 def read_model(path_or_bytes, external_data_dir=None):
     """Parse and check a model. Returns (ModelProto, base_dir for external data, label for errors)."""
+    model, base_dir, label = parse_model(path_or_bytes, external_data_dir)
+    check_model(model, label)
+    return model, base_dir, label
+
+
+def parse_model(path_or_bytes, external_data_dir=None):
+    """Parse a model and vet its external-data locations (no onnx.checker yet): (model, base_dir, label)."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         label, raw = "<bytes>", bytes(path_or_bytes)
         base_dir = external_data_dir
@@ -174,8 +181,11 @@ def read_model(path_or_bytes, external_data_dir=None):
                 _safe_location(location, base_dir if base_dir is not None else ".", tensor.name)
             except OnnxLoadError as exc:
                 raise OnnxLoadError(f"{label}: {exc}") from None
-    from importers.onnx_to_dreidel.graph import check_supported  # every missing op, before the checker
-    check_supported(model)
+    return model, base_dir, label
+
+
+def check_model(model, label):
+    """Run onnx.checker, refusing an invalid model with its first error line."""
     try:
         checked = _without_external_data(model)
         # a file on disk is checked from its path: the checker then need not re-serialise the model
@@ -183,4 +193,3 @@ def read_model(path_or_bytes, external_data_dir=None):
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxLoadError(f"{label}: fails onnx.checker: {first}") from None
-    return model, base_dir, label

@@ -2,7 +2,8 @@
 
 A converter is a *builder*: `build(node) -> run`, called once at import time with the node's
 attributes (a `Node`), returning `run(*inputs) -> output or tuple of outputs`, called at every
-forward. Inputs are either `dreidel.Tensor` (floating data that may carry gradients) or numpy arrays
+forward. The converters live in `converters/` (one file per op family) and register on import.
+Inputs are either `dreidel.Tensor` (floating data that may carry gradients) or numpy arrays
 (constants, integer/boolean data and shape arithmetic, which never touch autograd); an omitted
 optional input is None.
 
@@ -12,16 +13,30 @@ greatest `since_version` ≤ 18 is used. Adding an op is one decorated function:
     @register("Neg", since=6)
     def neg(node):
         return lambda x: -x
+
+A converter's file may also *lift* the op to a layer when its weights are constants (MatMul/Gemm →
+`nn.Linear`, Conv → `nn.ConvNd`...): `@lifts("MatMul")` on `lift(node, graph) -> Lifted or None`,
+where `graph` (the GraphModule being built) answers `const(name)`, `rank(name)`, `parameter(array)`,
+`single_reader(value)` and `absorb(index)`. A lifted node runs as `call(module, x)` on its one
+run-time input.
+
+Converters compute nothing themselves: floating values go through the engine's ops (`engine_op`
+routes folded floating constants there too), integer and boolean values (shape arithmetic) through
+numpy.
 """
 import threading
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from dreidel.tensor import Tensor
+from importers.onnx_to_dreidel.errors import OnnxImportError
+from importers.onnx_to_dreidel.loader import tensor_to_array
 
 _REGISTRY = {}  # (domain, op_type) -> {since_version: builder}
+_LIFTS = {}  # (domain, op_type) -> lift(node, graph) -> Lifted or None
 _STATE = threading.local()  # the running GraphModule's floating compute dtype (float64 after .double())
 
 
@@ -34,6 +49,8 @@ def set_float_dtype(dtype):
     previous = float_dtype()
     _STATE.float_dtype = np.dtype(dtype)
     return previous
+
+
 DEFAULT_DOMAIN = ""
 
 
@@ -54,20 +71,59 @@ def register(op_type, since=1, domain=DEFAULT_DOMAIN):
 
 def supported_ops():
     """Every registered (domain, op_type, since_version), sorted."""
-    _load_converters()
     return sorted((domain, op, since) for (domain, op), versions in _REGISTRY.items() for since in versions)
 
 
 def resolve(domain, op_type, opset_version):
     """The builder for `op_type` at `opset_version` (greatest since ≤ version), or None."""
-    _load_converters()
     versions = _REGISTRY.get((_canonical_domain(domain), op_type), {})
     usable = [v for v in versions if v <= opset_version]
     return versions[max(usable)] if usable else None
 
 
-def _load_converters():
-    from importers.onnx_to_dreidel import ops_math, ops_nn, ops_tensor  # noqa: F401  (they register)
+class _NoDraw:
+    """Given as `rng=` to a layer constructor whose random initialisation the import overwrites at
+    once with the teacher's weights: it hands back zeros, so importing a model draws nothing from any
+    random generator (a seeded student built afterwards does not depend on which teacher was imported)."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float32):
+        return np.zeros(size, dtype)
+
+
+NO_DRAW = _NoDraw()
+
+
+def call_layer(module, x):
+    """How a lifted layer runs by default: on its input as a Tensor."""
+    return module(x if isinstance(x, Tensor) else Tensor(np.asarray(x)))
+
+
+class Lifted(NamedTuple):
+    """A node (and whatever it absorbed) as one layer: `call(module, x)` runs it on the input `inputs[0]`."""
+    module: object
+    weight: Optional[str]  # the weight's name: names the layer when the node's name does not
+    inputs: list
+    outputs: list
+    call: Callable = call_layer
+
+
+def lifts(op_type, domain=DEFAULT_DOMAIN):
+    """Decorator: register `lift(node, graph) -> Lifted or None` for `op_type` (any opset)."""
+    def decorate(lift_fn):
+        key = (_canonical_domain(domain), op_type)
+        if key in _LIFTS:
+            raise ValueError(f"lifting of {domain or 'ai.onnx'}::{op_type} registered twice")
+        _LIFTS[key] = lift_fn
+        return lift_fn
+    return decorate
+
+
+def lifter(domain, op_type):
+    """The lifting function registered for op_type, or None."""
+    return _LIFTS.get((_canonical_domain(domain), op_type))
 
 
 class Node:
@@ -88,7 +144,6 @@ class Node:
             if isinstance(value, bytes):
                 value = value.decode("utf-8")
             elif isinstance(value, onnx.TensorProto):
-                from importers.onnx_to_dreidel.loader import tensor_to_array
                 value = tensor_to_array(value)
             elif isinstance(value, list) and value and isinstance(value[0], bytes):
                 value = [v.decode("utf-8") for v in value]
@@ -104,6 +159,41 @@ class Node:
 # -- helpers shared by the converters --------------------------------------------------------------
 def is_tensor(value):
     return isinstance(value, Tensor)
+
+
+def as_tensor(value):
+    """A Tensor for a value (numpy arrays become non-trainable leaves, in their own dtype)."""
+    return value if isinstance(value, Tensor) else Tensor(np.asarray(value))
+
+
+def tensor_like(values):
+    """The first Tensor among values (mixed Tensor/numpy inputs take its dtype)."""
+    return next(v for v in values if isinstance(v, Tensor))
+
+
+def is_float(value):
+    """A constant holding floating data (a weight), not None / integer / boolean."""
+    return value is not None and np.asarray(value).dtype.kind == "f"
+
+
+def engine_op(tensor_fn, integer_fn=None, what="this op"):
+    """`run(*xs)` for an op the engine computes: with any Tensor among the inputs, or floating numpy
+    values (constants folded at import), it is `tensor_fn` on Tensors (numpy in, numpy out); integer
+    and boolean values (shape arithmetic) take `integer_fn` in numpy, or are refused without one."""
+    def run(*xs):
+        for like in xs:  # the first Tensor sets the dtype of the others
+            if isinstance(like, Tensor):
+                return tensor_fn(*[x if x is None or isinstance(x, Tensor) else lift(x, like) for x in xs])
+        present = [x for x in xs if x is not None]
+        floating = [x for x in present if np.asarray(x).dtype.kind == "f"]
+        if floating or integer_fn is None:
+            if not floating:
+                dtypes = [np.asarray(x).dtype.name for x in present]
+                raise OnnxImportError(f"{what} needs floating inputs, got {dtypes}")
+            like = Tensor(np.asarray(floating[0]))
+            return tensor_fn(*[None if x is None else lift(x, like) for x in xs]).data
+        return integer_fn(*[None if x is None else np.asarray(x) for x in xs])
+    return run
 
 
 def array(value):
@@ -133,7 +223,6 @@ def axis_in(axis, rank, what):
     """`axis` normalised to [0, rank), or an OnnxImportError naming the op (ONNX refuses it too)."""
     axis = int(axis)
     if not -rank <= axis < rank:
-        from importers.onnx_to_dreidel.errors import OnnxImportError
         raise OnnxImportError(f"{what}: axis {axis} is out of range for an input of rank {rank}")
     return axis % rank
 
@@ -142,7 +231,6 @@ def axes_in(axes, rank, what):
     """Distinct axes normalised to [0, rank), else an OnnxImportError."""
     normal = [axis_in(a, rank, what) for a in axes]
     if len(set(normal)) != len(normal):
-        from importers.onnx_to_dreidel.errors import OnnxImportError
         raise OnnxImportError(f"{what}: repeated axes {list(axes)} for rank {rank}")
     return normal
 
