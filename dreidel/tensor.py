@@ -353,5 +353,3 @@ class Function:
                         for i, o in enumerate(outputs))
         return tensors[0] if single else tensors
 
-
-_result = record  # temporary: removed when the importer calls dreidel.tensor.record

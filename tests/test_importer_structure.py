@@ -157,3 +157,14 @@ def test_the_importer_defines_no_differentiable_op_of_its_own():
             elif isinstance(node, ast.ClassDef) and any("Function" in ast.unparse(b) for b in node.bases):
                 own.add(f"{name}:{node.lineno} subclasses Function")
     assert not own, f"ops implemented in the importer: {sorted(own)}"
+
+
+def test_without_onnx_the_error_names_the_extra():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['onnx'] = None\n"
+            "try:\n    import importers.onnx_to_dreidel\n"
+            "except ModuleNotFoundError as e:\n    print(e.name, '|', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1])).stdout
+    assert out.startswith("onnx |") and "pip install 'dreidel[onnx]'" in out

@@ -27,7 +27,6 @@ from dreidel.runtime import tune_allocator
 from dreidel.ops.math import (abs, add, cast, clip, cos, div, dropout, erf, exp, gelu, log, log_softmax,
                               maximum, minimum, mul, neg, pow, prelu, relu, sigmoid, silu, sin, softmax,
                               softplus, sqrt, sub, tanh, where)
-from dreidel.ops.math import _erf_array  # noqa: F401  (temporary: the importer's Erf folding uses it)
 from dreidel.ops.reduce import argmax, argmin, cumsum, logsumexp, max, mean, min, prod, sum, var
 from dreidel.ops.shape import (clone, concat, expand, flatten, pad, reshape, split, squeeze, stack, swapaxes, tile,
                                transpose, unsqueeze)

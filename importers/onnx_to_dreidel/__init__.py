@@ -10,6 +10,14 @@ Errors all derive from `OnnxImportError` (a ValueError): `OnnxLoadError` for unr
 or unsafe files, `UnsupportedOpsError` listing every op without a converter, `OnnxInputError` for
 wrong inputs at call time, `OnnxRuntimeError` naming the node that failed.
 """
+try:
+    import onnx  # noqa: F401  (the only extra this importer needs)
+except ModuleNotFoundError as error:
+    if error.name != "onnx":
+        raise
+    raise ModuleNotFoundError("importers.onnx_to_dreidel needs the onnx package, an optional extra of dreidel: "
+                              "pip install 'dreidel[onnx]' (or pip install onnx)", name="onnx") from None
+
 from importers.onnx_to_dreidel.errors import (OnnxImportError, OnnxInputError, OnnxLoadError, OnnxRuntimeError,
                                               UnsupportedOpsError)
 from importers.onnx_to_dreidel.graph import GraphModule, Scope
