@@ -17,15 +17,12 @@ import numpy as np
 import dreidel
 import dreidel.functional as F
 from dreidel import nn
+from dreidel.models.weights import WeightMappingError, load_named_weights
 from dreidel.nn.kv_cache import StaticKVCache
 
 from .config import LlamaConfig
 
 __all__ = ["LlamaMLP", "LlamaAttention", "LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM", "WeightMappingError"]
-
-
-class WeightMappingError(ValueError):
-    """A state dict that does not fit the model (lists every missing, unexpected or mis-shaped tensor)."""
 
 
 def dense_linear(rng=None):
@@ -191,18 +188,5 @@ class LlamaForCausalLM(nn.Module):
         model's tensors with the right shapes. A tied model accepts (and checks) `lm_head.weight`
         equal to the embedding. Modules that are not dense Linear layers load through their own
         `state_dict` names, so `linear=` factories must keep `weight` for this to apply."""
-        state = dict(state)
-        own = dict(self.named_parameters())
-        tied = state.pop("lm_head.weight", None) if self.lm_head is None else None
-        problems = [f"missing {k} {tuple(p.shape)}" for k, p in own.items() if k not in state]
-        problems += [f"unexpected {k} {tuple(np.shape(v))}" for k, v in state.items() if k not in own]
-        problems += [f"mis-shaped {k}: got {tuple(np.shape(v))}, model has {tuple(own[k].shape)}"
-                     for k, v in state.items() if k in own and tuple(np.shape(v)) != tuple(own[k].shape)]
-        embed = state.get("model.embed_tokens.weight")
-        if tied is not None and embed is not None and (np.shape(tied) != np.shape(embed) or not np.array_equal(tied, embed)):
-            problems.append("lm_head.weight differs from model.embed_tokens.weight (the model ties them)")
-        if problems:
-            raise WeightMappingError(f"{source} do not fit {type(self).__name__} ({len(problems)} problems):\n  "
-                                     + "\n  ".join(problems))
-        for name, parameter in own.items():
-            parameter.data = np.ascontiguousarray(state[name], dtype=parameter.dtype)
+        load_named_weights(self, state, source, tied=None if self.lm_head is not None else
+                           ("lm_head.weight", "model.embed_tokens.weight"), contiguous=True)

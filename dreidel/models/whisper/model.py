@@ -17,6 +17,7 @@ import numpy as np
 import dreidel
 import dreidel.functional as F
 from dreidel import nn
+from dreidel.models.weights import WeightMappingError, load_named_weights
 from dreidel.nn.kv_cache import StaticKVCache
 
 from .config import WhisperConfig
@@ -24,10 +25,6 @@ from .config import WhisperConfig
 __all__ = ["Whisper", "WhisperModel", "WhisperEncoder", "WhisperDecoder", "sinusoids", "WeightMappingError"]
 
 _SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
-
-
-class WeightMappingError(ValueError):
-    """Weights that do not fit the model: lists every missing, unexpected and mis-shaped tensor."""
 
 
 def sinusoids(length, channels, max_timescale=10000):
@@ -244,20 +241,7 @@ class Whisper(nn.Module):
     def load_weights(self, state, source="weights"):
         """Copy a {HF name: array} dict into the model, after checking it names exactly the model's
         tensors with the right shapes (`proj_out.weight`, if present, must equal the embedding)."""
-        state = dict(state)
-        tied = state.pop("proj_out.weight", None)
-        own = dict(self.named_parameters())
-        problems = [f"missing {k} {tuple(p.shape)}" for k, p in own.items() if k not in state]
-        problems += [f"unexpected {k} {tuple(np.shape(v))}" for k, v in state.items() if k not in own]
-        problems += [f"mis-shaped {k}: got {tuple(np.shape(v))}, model has {tuple(own[k].shape)}"
-                     for k, v in state.items() if k in own and tuple(np.shape(v)) != tuple(own[k].shape)]
-        embed = state.get("model.decoder.embed_tokens.weight")
-        if tied is not None and embed is not None and (np.shape(tied) != np.shape(embed) or not np.array_equal(tied, embed)):
-            problems.append("proj_out.weight differs from model.decoder.embed_tokens.weight (the model ties them)")
-        if problems:
-            raise WeightMappingError(f"{source} do not fit Whisper ({len(problems)} problems):\n  " + "\n  ".join(problems))
-        for name, parameter in own.items():
-            parameter.data = np.array(state[name], dtype=parameter.dtype)
+        load_named_weights(self, state, source, tied=("proj_out.weight", "model.decoder.embed_tokens.weight"))
         self._embedding_layout()
 
     @classmethod
