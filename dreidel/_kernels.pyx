@@ -1378,3 +1378,5 @@ def softmax_bwd(const floating[:, ::1] g, const floating[:, ::1] y, floating[:, 
                     dr_softmax_bwd_f32(&g[0, 0] + r * n, &y[0, 0] + r * n, &out[0, 0] + r * n, n)
                 else:
                     dr_softmax_bwd_f64(&g[0, 0] + r * n, &y[0, 0] + r * n, &out[0, 0] + r * n, n)
+
+include "_kernels_depthwise.pxi"

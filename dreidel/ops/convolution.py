@@ -4,7 +4,7 @@ Layout is PyTorch's: inputs (N, C, *spatial) with 1, 2 or 3 spatial axes, conv w
 (out, in/groups, *kernel), transposed-conv weights (in, out/groups, *kernel).
 
 Convolution is im2col + one matrix product (depthwise convolution, one input channel per group,
-is K multiply-adds of strided slices instead). The windows of the padded input are a strided view
+is a Cython kernel instead). The windows of the padded input are a strided view
 (`sliding_window_view`, subsampled by stride and dilation), gathered once into columns
 (groups, C/groups·K, N·P) and multiplied by the weight (groups, O/groups, C/groups·K):
 
@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from dreidel import kernels
 from dreidel.ops._spatial import (_bias_shape, _check_input, _conv_out_shape, _crop, _offset_slices, _offsets,
                                   _pad_array, _padding, _tuple, _windows)
 from dreidel.tensor import as_tensor, record
@@ -80,41 +81,25 @@ def _conv_weight_grad(xp, g, kernel, stride, dilation, groups):
     return gw.reshape((g.shape[1], xp.shape[1] // groups) + tuple(kernel))
 
 
-# Depthwise convolution (one input channel per group, the spatial stage of Conv3DSpectral) as K
-# multiply-adds of strided slices: no column matrix, and no matrix products with a single row.
+# Depthwise convolution (one input channel per group, the spatial stage of Conv3DSpectral): the
+# Cython kernels (dreidel.kernels.depthwise_conv*), OpenMP over batch × channels; no column matrix
+# and no matrix products with a single row.
+def _common_float(*arrays):
+    dtype = np.result_type(*arrays)
+    dtype = dtype if dtype in (np.float32, np.float64) else np.float64
+    return [np.asarray(a, dtype=dtype) for a in arrays]
+
+
 def _depthwise_array(xp, w, stride, dilation, out_shape):
-    n, c = xp.shape[:2]
-    taps = w.reshape(c, w.shape[0] // c, -1)  # (C, multiplier, K)
-    out = np.zeros((n, c, taps.shape[1]) + tuple(out_shape), dtype=np.result_type(xp, w))
-    spatial = (1,) * len(out_shape)
-    for i, offset in _offsets(w.shape[2:]):
-        out += taps[:, :, i].reshape((1,) + taps.shape[:2] + spatial) * \
-            xp[_offset_slices(offset, stride, dilation, out_shape)][:, :, None]
-    return out.reshape((n, w.shape[0]) + tuple(out_shape))
+    return kernels.depthwise_conv(*_common_float(xp, w), stride, dilation)  # (N, C·M, *out_shape)
 
 
 def _depthwise_input_grad(g, w, padded_shape, stride, dilation):
-    n, c = padded_shape[:2]
-    taps = w.reshape(c, w.shape[0] // c, -1)
-    g = g.reshape((n, c, taps.shape[1]) + g.shape[2:])
-    spatial = (1,) * (g.ndim - 3)
-    grad = np.zeros(padded_shape, dtype=np.result_type(g, w))
-    for i, offset in _offsets(w.shape[2:]):
-        grad[_offset_slices(offset, stride, dilation, g.shape[3:])] += \
-            (g * taps[:, :, i].reshape((1,) + taps.shape[:2] + spatial)).sum(axis=2)
-    return grad
+    return kernels.depthwise_conv_input_grad(*_common_float(g, w), padded_shape, stride, dilation)
 
 
 def _depthwise_weight_grad(xp, g, kernel, stride, dilation):
-    n, c = xp.shape[:2]
-    out_shape = g.shape[2:]
-    g = g.reshape(n, c, g.shape[1] // c, -1)
-    gw = np.zeros((c, g.shape[2], math.prod(kernel)), dtype=np.result_type(xp, g))
-    for i, offset in _offsets(kernel):
-        window = xp[_offset_slices(offset, stride, dilation, out_shape)].reshape(n, c, -1)
-        gw[:, :, i] = np.einsum("ncmp,ncp->cm", g, window)
-    return gw.reshape((c * g.shape[2], 1) + tuple(kernel))
-
+    return kernels.depthwise_conv_weight_grad(*_common_float(xp, g), kernel, stride, dilation)
 
 # Transposed convolution by sub-pixel phases: output position q = p·s + k·dl (per axis) splits by
 # phase r = q mod s; the taps k with k·dl ≡ r (mod s) form a regular (flipped, dilation dl/gcd)
