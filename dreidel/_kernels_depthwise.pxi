@@ -80,9 +80,12 @@ def depthwise_input_grad(const floating[:, :, :, :, ::1] g, const floating[:, :,
 
 
 def depthwise_weight_grad(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] g,
-                          floating[:, :, :, ::1] gw, int s0, int s1, int s2, int d0, int d1, int d2):
+                          floating[:, :, :, ::1] gw, double[:, ::1] work,
+                          int s0, int s1, int s2, int d0, int d1, int d2):
     """gw (C*M, K0, K1, K2) = sum over n, p of g[n, c*M + m, p] * x[n, c, p*s + k*d] (overwritten).
-    Accumulated in double for both dtypes."""
+    Accumulated in double for both dtypes: per (k0, k1) one row of partial sums per k2 along the
+    last output axis (element-wise, so it vectorises), summed at the end in a fixed order. `work`
+    (C*M, K2*P2) holds those rows."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t CM = gw.shape[0], M = gw.shape[0] // C
     cdef Py_ssize_t K0 = gw.shape[1], K1 = gw.shape[2], K2 = gw.shape[3]
@@ -90,20 +93,29 @@ def depthwise_weight_grad(const floating[:, :, :, :, ::1] x, const floating[:, :
     cdef Py_ssize_t o, n, c, p0, p1, p2, k0, k1, k2
     cdef const floating* xr
     cdef const floating* gr
+    cdef double* part
     cdef double acc
     cdef int nt = _threads_for(g.shape[0] * g.shape[1] * P0 * P1 * P2 * K0 * K1 * K2)
+    if work.shape[0] < CM or work.shape[1] < K2 * P2:
+        raise ValueError("depthwise_weight_grad: work buffer too small")
     with nogil:
         for o in prange(CM, num_threads=nt, schedule="dynamic"):
             c = o // M
+            part = &work[o, 0]
             for k0 in range(K0):
                 for k1 in range(K1):
+                    memset(part, 0, K2 * P2 * sizeof(double))
+                    for n in range(N):
+                        for p0 in range(P0):
+                            for p1 in range(P1):
+                                gr = &g[n, o, p0, p1, 0]
+                                xr = &x[n, c, p0 * s0 + k0 * d0, p1 * s1 + k1 * d1, 0]
+                                for k2 in range(K2):
+                                    for p2 in range(P2):
+                                        part[k2 * P2 + p2] = part[k2 * P2 + p2] + \
+                                            <double>gr[p2] * <double>xr[p2 * s2 + k2 * d2]
                     for k2 in range(K2):
                         acc = 0
-                        for n in range(N):
-                            for p0 in range(P0):
-                                for p1 in range(P1):
-                                    gr = &g[n, o, p0, p1, 0]
-                                    xr = &x[n, c, p0 * s0 + k0 * d0, p1 * s1 + k1 * d1, k2 * d2]
-                                    for p2 in range(P2):
-                                        acc = acc + <double>gr[p2] * <double>xr[p2 * s2]
+                        for p2 in range(P2):
+                            acc = acc + part[k2 * P2 + p2]
                         gw[o, k0, k1, k2] = <floating>acc

@@ -673,7 +673,8 @@ def depthwise_conv_weight_grad(x, grad, kernel_size, stride=1, dilation=1):
         raise ValueError(f"depthwise_conv_weight_grad: grad shape {grad.shape}, expected spatial {out_shape}")
     gw = np.zeros(w_shape, dtype=x.dtype)
     if grad.size:
-        _kernels.depthwise_weight_grad(_as_3d(x, 2), _as_3d(grad, 2), _as_3d(gw[:, 0], 1), *s, *dl)
+        work = np.empty((w_shape[0], kernel[-1] * out_shape[-1]))  # the kernel's partial sums
+        _kernels.depthwise_weight_grad(_as_3d(x, 2), _as_3d(grad, 2), _as_3d(gw[:, 0], 1), work, *s, *dl)
     return gw
 
 
