@@ -615,6 +615,10 @@ def _depthwise_geometry(x_shape, w_shape, stride, dilation, what):
     return tuple(out), pad + stride, pad + dilation
 
 
+def _per_axis(value, d):
+    return (value,) * d if np.isscalar(value) else tuple(value)
+
+
 def _as_3d(a, lead):
     """(lead..., *spatial) → (lead..., 1, ..., *spatial) with 3 spatial axes (a view)."""
     return a.reshape(a.shape[:lead] + (1,) * (3 + lead - a.ndim) + a.shape[lead:])
@@ -633,7 +637,7 @@ def depthwise_conv(x, weight, stride=1, dilation=1):
     dtype); OpenMP over batch × channels."""
     x, weight = _depthwise_arrays("depthwise_conv", x, weight)
     d = x.ndim - 2
-    stride, dilation = (stride,) * d if np.isscalar(stride) else stride, (dilation,) * d if np.isscalar(dilation) else dilation
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
     out_shape, s, dl = _depthwise_geometry(x.shape, weight.shape, stride, dilation, "depthwise_conv")
     y = np.empty((x.shape[0], weight.shape[0]) + out_shape, dtype=x.dtype)
     if y.size:
@@ -647,7 +651,7 @@ def depthwise_conv_input_grad(grad, weight, input_shape, stride=1, dilation=1):
     grad, weight = _depthwise_arrays("depthwise_conv_input_grad", grad, weight)
     input_shape = tuple(int(v) for v in input_shape)
     d = len(input_shape) - 2
-    stride, dilation = (stride,) * d if np.isscalar(stride) else stride, (dilation,) * d if np.isscalar(dilation) else dilation
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
     out_shape, s, dl = _depthwise_geometry(input_shape, weight.shape, stride, dilation, "depthwise_conv_input_grad")
     if grad.shape != (input_shape[0], weight.shape[0]) + out_shape:
         raise ValueError(f"depthwise_conv_input_grad: grad shape {grad.shape}, expected "
@@ -667,7 +671,7 @@ def depthwise_conv_weight_grad(x, grad, kernel_size, stride=1, dilation=1):
     if grad.ndim != x.ndim or grad.shape[0] != x.shape[0]:
         raise ValueError(f"depthwise_conv_weight_grad: grad shape {grad.shape} does not fit input {x.shape}")
     w_shape = (grad.shape[1], 1) + kernel
-    stride, dilation = (stride,) * d if np.isscalar(stride) else stride, (dilation,) * d if np.isscalar(dilation) else dilation
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
     out_shape, s, dl = _depthwise_geometry(x.shape, w_shape, stride, dilation, "depthwise_conv_weight_grad")
     if grad.shape[2:] != out_shape:
         raise ValueError(f"depthwise_conv_weight_grad: grad shape {grad.shape}, expected spatial {out_shape}")

@@ -101,6 +101,7 @@ def _depthwise_input_grad(g, w, padded_shape, stride, dilation):
 def _depthwise_weight_grad(xp, g, kernel, stride, dilation):
     return kernels.depthwise_conv_weight_grad(*_common_float(xp, g), kernel, stride, dilation)
 
+
 # Transposed convolution by sub-pixel phases: output position q = p·s + k·dl (per axis) splits by
 # phase r = q mod s; the taps k with k·dl ≡ r (mod s) form a regular (flipped, dilation dl/gcd)
 # kernel, so each phase is one ordinary stride-1 convolution (one GEMM) whose output is written to
@@ -123,7 +124,8 @@ def _phase_axis(r, b, end, size, k, s, dl):
 
 def _phase_conv(xp, w, dilation, groups, out_shape):
     """Stride-1 `_conv_array` as patches (N·P, C/g·K) @ weightᵀ: a phase's weight has few output
-    rows, and BLAS runs this orientation faster for that shape. Returns an (N, O, *P) view."""
+    rows, and BLAS ran this orientation a little faster for that shape. Returns (N, O, *P), a
+    strided view for groups=1 (written once, into the interleaved output)."""
     n, d = xp.shape[0], len(out_shape)
     cols = _im2col(xp, w.shape[2:], (1,) * d, dilation, out_shape, groups)  # (g, C/g·K, N·P)
     y = np.matmul(cols.transpose(0, 2, 1), _weight_matrix(w, groups).transpose(0, 2, 1))  # (g, N·P, O/g)
@@ -169,6 +171,7 @@ def _conv_transpose_phases(x, w, out_spatial, pads, stride, dilation, groups):
         out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + (p[1] - 1) * s + 1, s)
                                                for p, s in zip(phase, stride))] = y
     return out
+
 
 def patch_rows(x, kernel_size, stride=1, padding=0, dilation=1):
     """The patches a convolution sees, as rows (N·P, C·K) in the weight's column order, so that the
