@@ -105,7 +105,9 @@ def scaled_dot_product_attention(query, key, value, mask=None, causal=False, sca
     return (out, weights) if return_weights else out
 
 
-_QUERY_CHUNK = 256  # query rows per score block: (256, S) stays in cache between the two GEMMs
+# Score block size (elements): 256 query rows of Whisper's 1500 keys measured fastest there; shorter
+# sequences (ViT's 257 tokens) fit in one block.
+_BLOCK_ELEMENTS = 256 * 1536
 
 
 def _output_buffer(lead, length, width, dtype):
@@ -122,7 +124,8 @@ def _attention_inference(q, k, v, scale, dtype):
     backward). The scale goes on the (rows, d) query block, not the (rows, S) scores."""
     lead, length, key_length = q.shape[:-2], q.shape[-2], k.shape[-2]
     out = _output_buffer(lead, length, v.shape[-1], dtype)
-    rows = min(_QUERY_CHUNK, length)
+    blocks = -(-length * key_length // _BLOCK_ELEMENTS)
+    rows = max(1, -(-length // max(blocks, 1)))  # equal blocks: no thin remainder
     scores = np.empty((rows, key_length), dtype=dtype)
     block = np.empty((rows, v.shape[-1]), dtype=dtype)
     for index in np.ndindex(*lead):
