@@ -581,3 +581,97 @@ def softmax_backward(grad, y, axis=-1):
     if b.size:
         _kernels.softmax_bwd(_rows(g), _rows(b), _rows(out))
     return out if last else np.moveaxis(out, -1, axis)
+
+
+# -- depthwise convolution ---------------------------------------------------------------------------
+def _depthwise_geometry(x_shape, w_shape, stride, dilation, what):
+    """Check a padded input (N, C, *S) against depthwise taps (C·M, 1, *K) (d = 1, 2 or 3): the
+    output spatial shape and the stride / dilation as 3-tuples (unit axes in front)."""
+    d = len(x_shape) - 2
+    if d not in (1, 2, 3) or len(w_shape) != d + 2:
+        raise ValueError(f"{what}: need input (N, C, *S) and weight (C*M, 1, *K) with 1-3 spatial axes, "
+                         f"got {x_shape} and {w_shape}")
+    if x_shape[1] < 1 or w_shape[1] != 1 or w_shape[0] % x_shape[1] or w_shape[0] == 0:
+        raise ValueError(f"{what}: weight {w_shape} is not depthwise for {x_shape[1]} input channels "
+                         f"(need (C*M, 1, *K))")
+    stride, dilation = tuple(int(v) for v in stride), tuple(int(v) for v in dilation)
+    if len(stride) != d or len(dilation) != d or min(stride + dilation) < 1:
+        raise ValueError(f"{what}: stride {stride} and dilation {dilation} need {d} values >= 1")
+    out = []
+    for size, k, s, dl in zip(x_shape[2:], w_shape[2:], stride, dilation):
+        extent = dl * (k - 1) + 1
+        if k < 1 or extent > size:
+            raise ValueError(f"{what}: kernel extent {extent} does not fit the padded input size {size}")
+        out.append((size - extent) // s + 1)
+    pad = (1,) * (3 - d)
+    return tuple(out), pad + stride, pad + dilation
+
+
+def _per_axis(value, d):
+    return (value,) * d if np.isscalar(value) else tuple(value)
+
+
+def _as_3d(a, lead):
+    """(lead..., *spatial) → (lead..., 1, ..., *spatial) with 3 spatial axes (a view)."""
+    return a.reshape(a.shape[:lead] + (1,) * (3 + lead - a.ndim) + a.shape[lead:])
+
+
+def _depthwise_arrays(what, *arrays):
+    dtypes = {np.asarray(a).dtype for a in arrays}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOATS:
+        raise TypeError(f"{what}: expected float32 or float64 arrays of one dtype, got {sorted(map(str, dtypes))}")
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def depthwise_conv(x, weight, stride=1, dilation=1):
+    """Depthwise correlation of a padded input x (N, C, *S) with weight (C·M, 1, *K), 1-3 spatial
+    axes: y[n, c·M + m, p] = Σ_k w[c·M + m, k] · x[n, c, p·s + k·d]. float32 or float64 (one
+    dtype); OpenMP over batch × channels."""
+    x, weight = _depthwise_arrays("depthwise_conv", x, weight)
+    d = x.ndim - 2
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
+    out_shape, s, dl = _depthwise_geometry(x.shape, weight.shape, stride, dilation, "depthwise_conv")
+    y = np.empty((x.shape[0], weight.shape[0]) + out_shape, dtype=x.dtype)
+    if y.size:
+        _kernels.depthwise_fwd(_as_3d(x, 2), _as_3d(weight[:, 0], 1), _as_3d(y, 2), *s, *dl)
+    return y
+
+
+def depthwise_conv_input_grad(grad, weight, input_shape, stride=1, dilation=1):
+    """Gradient of `depthwise_conv` in its (padded) input of shape `input_shape`, given the output
+    gradient `grad` (N, C·M, *P)."""
+    grad, weight = _depthwise_arrays("depthwise_conv_input_grad", grad, weight)
+    input_shape = tuple(int(v) for v in input_shape)
+    d = len(input_shape) - 2
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
+    out_shape, s, dl = _depthwise_geometry(input_shape, weight.shape, stride, dilation, "depthwise_conv_input_grad")
+    if grad.shape != (input_shape[0], weight.shape[0]) + out_shape:
+        raise ValueError(f"depthwise_conv_input_grad: grad shape {grad.shape}, expected "
+                         f"{(input_shape[0], weight.shape[0]) + out_shape}")
+    gx = np.zeros(input_shape, dtype=grad.dtype)
+    if grad.size:
+        _kernels.depthwise_input_grad(_as_3d(grad, 2), _as_3d(weight[:, 0], 1), _as_3d(gx, 2), *s, *dl)
+    return gx
+
+
+def depthwise_conv_weight_grad(x, grad, kernel_size, stride=1, dilation=1):
+    """Gradient of `depthwise_conv` in its weight (C·M, 1, *kernel_size), given the padded input x
+    and the output gradient `grad` (N, C·M, *P); accumulated in float64."""
+    x, grad = _depthwise_arrays("depthwise_conv_weight_grad", x, grad)
+    d = x.ndim - 2
+    kernel = tuple(int(k) for k in kernel_size)
+    if grad.ndim != x.ndim or grad.shape[0] != x.shape[0]:
+        raise ValueError(f"depthwise_conv_weight_grad: grad shape {grad.shape} does not fit input {x.shape}")
+    w_shape = (grad.shape[1], 1) + kernel
+    stride, dilation = _per_axis(stride, d), _per_axis(dilation, d)
+    out_shape, s, dl = _depthwise_geometry(x.shape, w_shape, stride, dilation, "depthwise_conv_weight_grad")
+    if grad.shape[2:] != out_shape:
+        raise ValueError(f"depthwise_conv_weight_grad: grad shape {grad.shape}, expected spatial {out_shape}")
+    gw = np.zeros(w_shape, dtype=x.dtype)
+    if grad.size:
+        work = np.empty((w_shape[0], kernel[-1] * out_shape[-1]))  # the kernel's partial sums
+        _kernels.depthwise_weight_grad(_as_3d(x, 2), _as_3d(grad, 2), _as_3d(gw[:, 0], 1), work, *s, *dl)
+    return gw
+
+
+__all__ += ["depthwise_conv", "depthwise_conv_input_grad", "depthwise_conv_weight_grad"]

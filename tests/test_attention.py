@@ -276,3 +276,30 @@ def test_bad_construction():
         MultiHeadAttention(10, 4)
     with pytest.raises(ValueError, match="rotary"):
         MultiHeadAttention(8, 2, rotary=RotaryEmbedding(2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lead,length,key_length", [((2, 3), 1500, 600), ((), 257, 5), ((4,), 1, 513)])
+def test_inference_attention_matches_the_reference(rng, dtype, lead, length, key_length):
+    """The blocked no-graph path (several equal query blocks, one block, a single query row)
+    of softmax_attention and scaled_dot_product_attention against the numpy reference, also on
+    strided head views (the (N, L, H, D) → (N, H, L, D) split)."""
+    from dreidel.ops import softmax_attention
+    q = rng.standard_normal(lead + (length, 16)).astype(dtype)
+    k = rng.standard_normal(lead + (key_length, 16)).astype(dtype)
+    v = rng.standard_normal(lead + (key_length, 8)).astype(dtype)
+    if len(lead) == 2:  # heads as strided views, as the models pass them
+        q = np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        k = np.ascontiguousarray(k.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    r = lambda a: a.astype(np.float64).reshape((-1, 1) + a.shape[-2:])  # noqa: E731
+    want = reference_attention(r(q), r(k), r(v), scale=0.3).reshape(lead + (length, 8))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    with dreidel.no_grad():
+        got = softmax_attention(Tensor(q), Tensor(k), Tensor(v), scale=0.3)
+    assert got.dtype == dtype and not got.requires_grad
+    np.testing.assert_allclose(got.data, want, rtol=tol, atol=tol)
+    got = scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), scale=0.3).data  # no input requires grad
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    got = softmax_attention(Tensor(q), Tensor(k), Tensor(v, requires_grad=True), scale=0.3)  # the graph path
+    assert got.requires_grad
+    np.testing.assert_allclose(got.data, want, rtol=tol, atol=tol)

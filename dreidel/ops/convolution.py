@@ -4,7 +4,7 @@ Layout is PyTorch's: inputs (N, C, *spatial) with 1, 2 or 3 spatial axes, conv w
 (out, in/groups, *kernel), transposed-conv weights (in, out/groups, *kernel).
 
 Convolution is im2col + one matrix product (depthwise convolution, one input channel per group,
-is K multiply-adds of strided slices instead). The windows of the padded input are a strided view
+is a Cython kernel instead). The windows of the padded input are a strided view
 (`sliding_window_view`, subsampled by stride and dilation), gathered once into columns
 (groups, C/groups·K, N·P) and multiplied by the weight (groups, O/groups, C/groups·K):
 
@@ -19,10 +19,12 @@ keeping them: they are K^d times larger than the input.
 `padding` is an int, one int per spatial axis (both sides), or 2·d ints (begin..., end...) as in
 ONNX's `pads`; convolutions also take "valid" and "same".
 """
+import itertools
 import math
 
 import numpy as np
 
+from dreidel import kernels
 from dreidel.ops._spatial import (_bias_shape, _check_input, _conv_out_shape, _crop, _offset_slices, _offsets,
                                   _pad_array, _padding, _tuple, _windows)
 from dreidel.tensor import as_tensor, record
@@ -79,40 +81,96 @@ def _conv_weight_grad(xp, g, kernel, stride, dilation, groups):
     return gw.reshape((g.shape[1], xp.shape[1] // groups) + tuple(kernel))
 
 
-# Depthwise convolution (one input channel per group, the spatial stage of Conv3DSpectral) as K
-# multiply-adds of strided slices: no column matrix, and no matrix products with a single row.
+# Depthwise convolution (one input channel per group, the spatial stage of Conv3DSpectral): the
+# Cython kernels (dreidel.kernels.depthwise_conv*), OpenMP over batch × channels; no column matrix
+# and no matrix products with a single row.
+def _common_float(*arrays):
+    dtype = np.result_type(*arrays)
+    dtype = dtype if dtype in (np.float32, np.float64) else np.float64
+    return [np.asarray(a, dtype=dtype) for a in arrays]
+
+
 def _depthwise_array(xp, w, stride, dilation, out_shape):
-    n, c = xp.shape[:2]
-    taps = w.reshape(c, w.shape[0] // c, -1)  # (C, multiplier, K)
-    out = np.zeros((n, c, taps.shape[1]) + tuple(out_shape), dtype=np.result_type(xp, w))
-    spatial = (1,) * len(out_shape)
-    for i, offset in _offsets(w.shape[2:]):
-        out += taps[:, :, i].reshape((1,) + taps.shape[:2] + spatial) * \
-            xp[_offset_slices(offset, stride, dilation, out_shape)][:, :, None]
-    return out.reshape((n, w.shape[0]) + tuple(out_shape))
+    return kernels.depthwise_conv(*_common_float(xp, w), stride, dilation)  # (N, C·M, *out_shape)
 
 
 def _depthwise_input_grad(g, w, padded_shape, stride, dilation):
-    n, c = padded_shape[:2]
-    taps = w.reshape(c, w.shape[0] // c, -1)
-    g = g.reshape((n, c, taps.shape[1]) + g.shape[2:])
-    spatial = (1,) * (g.ndim - 3)
-    grad = np.zeros(padded_shape, dtype=np.result_type(g, w))
-    for i, offset in _offsets(w.shape[2:]):
-        grad[_offset_slices(offset, stride, dilation, g.shape[3:])] += \
-            (g * taps[:, :, i].reshape((1,) + taps.shape[:2] + spatial)).sum(axis=2)
-    return grad
+    return kernels.depthwise_conv_input_grad(*_common_float(g, w), padded_shape, stride, dilation)
 
 
 def _depthwise_weight_grad(xp, g, kernel, stride, dilation):
-    n, c = xp.shape[:2]
-    out_shape = g.shape[2:]
-    g = g.reshape(n, c, g.shape[1] // c, -1)
-    gw = np.zeros((c, g.shape[2], math.prod(kernel)), dtype=np.result_type(xp, g))
-    for i, offset in _offsets(kernel):
-        window = xp[_offset_slices(offset, stride, dilation, out_shape)].reshape(n, c, -1)
-        gw[:, :, i] = np.einsum("ncmp,ncp->cm", g, window)
-    return gw.reshape((c * g.shape[2], 1) + tuple(kernel))
+    return kernels.depthwise_conv_weight_grad(*_common_float(xp, g), kernel, stride, dilation)
+
+
+# Transposed convolution by sub-pixel phases: output position q = p·s + k·dl (per axis) splits by
+# phase r = q mod s; the taps k with k·dl ≡ r (mod s) form a regular (flipped, dilation dl/gcd)
+# kernel, so each phase is one ordinary stride-1 convolution (one GEMM) whose output is written to
+# out[..., r::s]. Same flops as GEMM + col2im, but no scatter-add over a K^d-times-larger matrix.
+def _phase_axis(r, b, end, size, k, s, dl):
+    """One axis of phase r: (first cropped output index, count, taps in conv order, conv dilation,
+    x range [lo, hi) the phase reads, zero outside [0, size)); None if the phase has no output or
+    no tap. The cropped output is the uncropped positions [b, end)."""
+    q0 = b + (r - b) % s  # first uncropped position >= b in this phase
+    count = -(-(end - q0) // s)
+    taps = [t for t in range(k) if (t * dl) % s == r]
+    if count <= 0 or not taps:
+        return None
+    step = dl // math.gcd(dl, s)
+    lo = (q0 - r) // s - (taps[-1] * dl - r) // s
+    # taps in descending k (ascending conv offsets), as a slice
+    order = slice(taps[-1], taps[0] - 1 if taps[0] else None, -(s // math.gcd(dl, s)))
+    return q0 - b, count, order, step, lo, lo + count + (len(taps) - 1) * step
+
+
+def _phase_conv(xp, w, dilation, groups, out_shape):
+    """Stride-1 `_conv_array` as patches (N·P, C/g·K) @ weightᵀ: a phase's weight has few output
+    rows, and BLAS ran this orientation a little faster for that shape. Returns (N, O, *P), a
+    strided view for groups=1 (written once, into the interleaved output)."""
+    n, d = xp.shape[0], len(out_shape)
+    cols = _im2col(xp, w.shape[2:], (1,) * d, dilation, out_shape, groups)  # (g, C/g·K, N·P)
+    y = np.matmul(cols.transpose(0, 2, 1), _weight_matrix(w, groups).transpose(0, 2, 1))  # (g, N·P, O/g)
+    y = y.reshape((groups, n) + tuple(out_shape) + (w.shape[0] // groups,))
+    return np.moveaxis(y, (0, -1), (1, 2)).reshape((n, w.shape[0]) + tuple(out_shape))
+
+
+def _phases_pay(x_shape, out_per_group, stride):
+    """Whether the phase GEMMs beat one GEMM + col2im. Measured on the ViT head (k4 s2, 1 thread):
+    the phase GEMMs (C_out/g rows each) run slower than the single (C_out/g·K rows) one when they
+    are small, which the saved scatter-add only repays with ≥ 128 rows and ≥ 2048 columns."""
+    columns = x_shape[0] * math.prod(x_shape[2:])
+    return math.prod(stride) > 1 and out_per_group >= 128 and columns >= 2048
+
+
+def _conv_transpose_phases(x, w, out_spatial, pads, stride, dilation, groups):
+    """Cropped transposed-convolution output (N, C_out, *out_spatial) of x (N, C_in, *L) and
+    transposed weight w (C_in, C_out/g, *K), phase by phase."""
+    n, c_in = x.shape[:2]
+    d, og, kernel, size = len(stride), w.shape[1], w.shape[2:], x.shape[2:]
+    out = np.zeros((n, groups * og) + tuple(out_spatial), dtype=np.result_type(x, w))
+    # as a conv weight (C_out, C_in/g, *K): one copy with the kernel axes innermost (fast), the
+    # phases' taps are then views
+    wc = np.ascontiguousarray(w.reshape((groups, c_in // groups, og) + kernel).swapaxes(1, 2))
+    wc = wc.reshape((groups * og, c_in // groups) + kernel)
+    per_axis = [[_phase_axis(r, b, o + b, size[a], kernel[a], stride[a], dilation[a]) for r in range(stride[a])]
+                for a, (o, (b, _)) in enumerate(zip(out_spatial, pads))]
+    for phase in itertools.product(*per_axis):
+        if any(p is None for p in phase):
+            continue  # no output, or no tap reaches this phase: stays zero
+        sub = wc[(slice(None), slice(None)) + tuple(p[2] for p in phase)]
+        src = tuple(slice(max(p[4], 0), min(p[5], size[a])) for a, p in enumerate(phase))
+        if any(sl.start >= sl.stop for sl in src):
+            continue  # reads only zero padding
+        xs = x[(slice(None), slice(None)) + src]
+        if any(p[4] < 0 or p[5] > size[a] for a, p in enumerate(phase)):
+            xp = np.zeros((n, c_in) + tuple(p[5] - p[4] for p in phase), dtype=x.dtype)
+            xp[(slice(None), slice(None)) + tuple(slice(sl.start - p[4], sl.stop - p[4])
+                                                  for sl, p in zip(src, phase))] = xs
+        else:
+            xp = xs
+        y = _phase_conv(xp, sub, tuple(p[3] for p in phase), groups, tuple(p[1] for p in phase))
+        out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + (p[1] - 1) * s + 1, s)
+                                               for p, s in zip(phase, stride))] = y
+    return out
 
 
 def patch_rows(x, kernel_size, stride=1, padding=0, dilation=1):
@@ -213,9 +271,13 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
                  for n, s, dl, k, op in zip(in_shape, stride, dilation, kernel, output_padding))
     if any(f - b - e < 1 for f, (b, e) in zip(full, pads)):
         raise ValueError(f"conv_transpose: padding {padding} leaves no output (uncropped size {full})")
-    padded_shape = (x.shape[0], c_out) + full
-    out = _crop(_conv_input_grad(x.data, weight.data, padded_shape, stride, dilation, groups), pads)
-    out = np.ascontiguousarray(out)
+    out_spatial = tuple(f - b - e for f, (b, e) in zip(full, pads))
+    if _phases_pay(x.shape, weight.shape[1], stride):
+        out = _conv_transpose_phases(x.data, weight.data, out_spatial, pads, stride, dilation, groups)
+    else:
+        padded_shape = (x.shape[0], c_out) + full
+        out = _crop(_conv_input_grad(x.data, weight.data, padded_shape, stride, dilation, groups), pads)
+        out = np.ascontiguousarray(out)
     if bias is not None:
         out += bias.data.reshape(_bias_shape(d))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 import dreidel
 import dreidel.functional as F
-from dreidel import nn
+from dreidel import nn, ops
 from dreidel.models.weights import WeightMappingError, load_named_weights
 from dreidel.nn.kv_cache import StaticKVCache
 
@@ -48,7 +48,8 @@ class WhisperAttention(nn.MultiHeadAttention):
 
     Like Hugging Face, q is scaled right after its projection, so the (L, S) scores need no extra
     pass; without a causal mask (the encoder, cross-attention, single-token decoding steps) it is
-    matmul → fused softmax → matmul, otherwise `F.scaled_dot_product_attention`.  `cache` is a
+    `ops.softmax_attention` (blocked and weight-free at inference), otherwise
+    `F.scaled_dot_product_attention`.  `cache` is a
     `LayerKVCache` (static for cross-attention)."""
 
     def split_heads(self, x):
@@ -68,7 +69,7 @@ class WhisperAttention(nn.MultiHeadAttention):
         if self.causal and length > 1:
             out = F.scaled_dot_product_attention(q, k, v, causal=True, scale=1.0)
         else:
-            out = F.matmul(F.softmax(F.matmul(q, F.swapaxes(k, -1, -2)), axis=-1), v)
+            out = ops.softmax_attention(q, k, v, scale=1.0)
         out = F.transpose(out, (0, 2, 1, 3)).reshape(n, length, self.num_heads * self.head_dim)
         return self.out_proj(out)
 
