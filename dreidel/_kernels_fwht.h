@@ -131,6 +131,38 @@ static void dr_base_run_##SFX(T* p, Py_ssize_t nchunks, int nst) { \
 DR_BASE_RUN(float, f32, 64)
 DR_BASE_RUN(double, f64, 32)
 
+/* dst = the first 6 stages of (src * pre) for nrows rows of n (a multiple of 64) floats: the
+   spectral stack's diagonal is applied as the base kernel loads its chunk, so the permutation
+   gather before it is a pure gather (index and source loads only). src may be dst. */
+static void dr_base_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
+                                Py_ssize_t nrows) {
+    for (Py_ssize_t r = 0; r < nrows; r++)
+        for (Py_ssize_t c = 0; c < n; c += 64) {
+            float* q = dst + r * n + c;
+            const float* a = src + r * n + c;
+            const float* w = pre + c;
+#if DR_AVX2
+            __m256 v[8];
+            const __m256 s1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+            const __m256 s2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+            const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+            for (int i = 0; i < 8; i++) v[i] = _mm256_mul_ps(_mm256_loadu_ps(a + 8 * i), _mm256_loadu_ps(w + 8 * i));
+            for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s1, _mm256_permute_ps(v[i], 0xB1));
+            for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s2, _mm256_permute_ps(v[i], 0x4E));
+            for (int i = 0; i < 8; i++) v[i] = _mm256_fmadd_ps(v[i], s4, _mm256_permute2f128_ps(v[i], v[i], 0x01));
+            #define DR_BF(a, b) { __m256 t0 = v[a], t1 = v[b]; v[a] = _mm256_add_ps(t0, t1); v[b] = _mm256_sub_ps(t0, t1); }
+            DR_BF(0, 1) DR_BF(2, 3) DR_BF(4, 5) DR_BF(6, 7)
+            DR_BF(0, 2) DR_BF(1, 3) DR_BF(4, 6) DR_BF(5, 7)
+            DR_BF(0, 4) DR_BF(1, 5) DR_BF(2, 6) DR_BF(3, 7)
+            #undef DR_BF
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(q + 8 * i, v[i]);
+#else
+            for (int i = 0; i < 64; i++) q[i] = a[i] * w[i];
+            dr_base_scalar_f32(q, 64, 6);
+#endif
+        }
+}
+
 /* ---------------- H_m mixing across m strided sub-rows (vectorised over 16 lanes) ------- */
 /* GCC/Clang vector extensions: 16 lanes = 2 x v8sf or 4 x v4df; acc += (+-1) * x is exact. */
 /* H_m = C kron [[1,1],[1,-1]] + I kron [[1,-1],[-1,-1]] (Paley II, C the symmetric
@@ -199,5 +231,106 @@ DR_MIX(double, f64, dr_v4d, 4)
 static int dr_conference(int m, int i) {
     return m == 12 ? DR_C12[i] : m == 20 ? DR_C20[i] : DR_C28[i];
 }
+
+/* ---------------- AVX-512 paths (runtime dispatch; the build stays x86-64-v3) ---------------- */
+/* Compiled with a target attribute and used only when the CPU has AVX-512 F/DQ/BW/VL and the
+   switch allows it (dr_fwht_isa, set at import from __builtin_cpu_supports; tests force either
+   path through kernels._fwht_isa). Both paths do the same butterflies in the same stage order
+   with the same final scaling, so their results are bitwise equal. The gain is the 32 registers:
+   a 256-float chunk (16 zmm) takes 8 stages in registers (AVX2: 64 floats, 6 stages), and a
+   radix-16 lane pass (16 rows of 16 lanes in registers) does 4 stages per memory pass, so
+   N = 1024, 2048 and 4096 take 2 passes over the data instead of 3. */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define DR_AVX512_BUILD 1
+#define DR_T512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+#include <immintrin.h>
+static int dr_fwht_isa = -1;   /* -1 not probed, 0 AVX2/scalar, 1 AVX-512 */
+static int dr_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+static inline int dr_use_avx512(void) {
+    if (dr_fwht_isa < 0) dr_fwht_isa = dr_cpu_has_avx512();
+    return dr_fwht_isa;
+}
+/* the 4 butterfly stages across v[0..15] (h = 1, 2, 4, 8), spelled out so v stays in registers */
+#define DR_BF16 \
+    DR_BF(0, 1) DR_BF(2, 3) DR_BF(4, 5) DR_BF(6, 7) DR_BF(8, 9) DR_BF(10, 11) DR_BF(12, 13) DR_BF(14, 15) \
+    DR_BF(0, 2) DR_BF(1, 3) DR_BF(4, 6) DR_BF(5, 7) DR_BF(8, 10) DR_BF(9, 11) DR_BF(12, 14) DR_BF(13, 15) \
+    DR_BF(0, 4) DR_BF(1, 5) DR_BF(2, 6) DR_BF(3, 7) DR_BF(8, 12) DR_BF(9, 13) DR_BF(10, 14) DR_BF(11, 15) \
+    DR_BF(0, 8) DR_BF(1, 9) DR_BF(2, 10) DR_BF(3, 11) DR_BF(4, 12) DR_BF(5, 13) DR_BF(6, 14) DR_BF(7, 15)
+/* all 8 stages of nchunks consecutive 256-float chunks, in registers */
+DR_T512 static void dr_base256_run_f32(float* p, Py_ssize_t nchunks) {
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (Py_ssize_t c = 0; c < nchunks; c++) {
+        float* q = p + c * 256;
+        __m512 v[16];
+        DR_PF(q) DR_PF(q + 64) DR_PF(q + 128) DR_PF(q + 192)
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_ps(q + 16 * i);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s1, _mm512_permute_ps(v[i], 0xB1));
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s2, _mm512_permute_ps(v[i], 0x4E));
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s4, _mm512_shuffle_f32x4(v[i], v[i], 0xB1));
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s8, _mm512_shuffle_f32x4(v[i], v[i], 0x4E));
+        #define DR_BF(a, b) { __m512 t0 = v[a], t1 = v[b]; v[a] = _mm512_add_ps(t0, t1); v[b] = _mm512_sub_ps(t0, t1); }
+        DR_BF16
+        #undef DR_BF
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + 16 * i, v[i]);
+    }
+}
+/* dr_base256_run_f32 of (src * pre), row by row (n a multiple of 256, pre of length n) */
+DR_T512 static void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst,
+                                           Py_ssize_t n, Py_ssize_t nrows) {
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (Py_ssize_t r = 0; r < nrows; r++)
+        for (Py_ssize_t c = 0; c < n; c += 256) {
+            float* q = dst + r * n + c;
+            const float* a = src + r * n + c;
+            const float* w = pre + c;
+            __m512 v[16];
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+                v[i] = _mm512_mul_ps(_mm512_loadu_ps(a + 16 * i), _mm512_loadu_ps(w + 16 * i));
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s1, _mm512_permute_ps(v[i], 0xB1));
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s2, _mm512_permute_ps(v[i], 0x4E));
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s4, _mm512_shuffle_f32x4(v[i], v[i], 0xB1));
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s8, _mm512_shuffle_f32x4(v[i], v[i], 0x4E));
+            #define DR_BF(a, b) { __m512 t0 = v[a], t1 = v[b]; v[a] = _mm512_add_ps(t0, t1); v[b] = _mm512_sub_ps(t0, t1); }
+            DR_BF16
+            #undef DR_BF
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + 16 * i, v[i]);
+        }
+}
+/* radix-16 lane pass: rows q + i * hs (i < 16), L lanes (a multiple of 16), stages in the
+   order h = 1, 2, 4, 8 (as four radix-2 passes would do them); times s unless s == 1 */
+DR_T512 static void dr_bfly16_f32(float* q, Py_ssize_t hs, Py_ssize_t L, float s) {
+    const __m512 vs = _mm512_set1_ps(s);
+    for (Py_ssize_t l = 0; l < L; l += 16) {
+        __m512 v[16];
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_ps(q + i * hs + l);
+        #define DR_BF(a, b) { __m512 t0 = v[a], t1 = v[b]; v[a] = _mm512_add_ps(t0, t1); v[b] = _mm512_sub_ps(t0, t1); }
+        DR_BF16
+        #undef DR_BF
+        if (s != 1.0f) _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_mul_ps(v[i], vs);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + i * hs + l, v[i]);
+    }
+}
+#else
+#define DR_AVX512_BUILD 0
+static int dr_fwht_isa = 0;
+static int dr_cpu_has_avx512(void) { return 0; }
+static inline int dr_use_avx512(void) { return 0; }
+static void dr_base256_run_f32(float* p, Py_ssize_t nchunks) { (void)p; (void)nchunks; }
+static void dr_bfly16_f32(float* q, Py_ssize_t hs, Py_ssize_t L, float s) { (void)q; (void)hs; (void)L; (void)s; }
+static void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
+                                   Py_ssize_t nrows) { (void)src; (void)pre; (void)dst; (void)n; (void)nrows; }
+#endif
+static void dr_set_fwht_isa(int isa) { dr_fwht_isa = (isa && dr_cpu_has_avx512()) ? 1 : 0; }
+static int dr_get_fwht_isa(void) { return dr_use_avx512(); }
 
 #endif  /* DREIDEL_KERNELS_FWHT_H */

@@ -27,6 +27,29 @@ cdef extern from "_kernels_fwht.h":
     void dr_mix_f64(double* p, int m, Py_ssize_t K, const double* H, double scale,
                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
     int dr_conference(int m, int i) noexcept nogil
+    int dr_use_avx512() noexcept nogil
+    int dr_cpu_has_avx512() noexcept nogil
+    void dr_set_fwht_isa(int isa) noexcept nogil
+    int dr_get_fwht_isa() noexcept nogil
+    void dr_base256_run_f32(float* p, Py_ssize_t nchunks) noexcept nogil
+    void dr_bfly16_f32(float* q, Py_ssize_t hs, Py_ssize_t L, float s) noexcept nogil
+    void dr_base_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
+                             Py_ssize_t nrows) noexcept nogil
+    void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
+                                Py_ssize_t nrows) noexcept nogil
+
+def _fwht_isa(isa=None):
+    """Private dispatch switch of the float32 FWHT: "avx512" (the default where the CPU has
+    AVX-512 F/DQ/BW/VL) or "avx2" (the x86-64-v3 build's path). Returns the one in use; asking
+    for "avx512" on a CPU without it keeps "avx2". Both give bitwise-equal results."""
+    if isa is not None:
+        if isa not in ("avx2", "avx512"):
+            raise ValueError(f"_fwht_isa: expected 'avx2' or 'avx512', got {isa!r}")
+        dr_set_fwht_isa(1 if isa == "avx512" else 0)
+    return "avx512" if dr_get_fwht_isa() else "avx2"
+
+def cpu_has_avx512():
+    return bool(dr_cpu_has_avx512())
 
 # ------------------------------------------------------------------------------------------
 # FWHT building blocks
@@ -52,7 +75,10 @@ cdef void _pass(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L, Py_ssize_
     while i < R:
         for j in range(i, i + h):
             q = p + j * s
-            if radix == 8:
+            if radix == 16:
+                if floating is float:
+                    dr_bfly16_f32(q, hs, L, scale)
+            elif radix == 8:
                 if floating is float:
                     if sc:
                         dr_bfly8s_f32(q, q + hs, q + 2 * hs, q + 3 * hs, q + 4 * hs, q + 5 * hs,
@@ -98,6 +124,7 @@ cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
     also multiplies by scale."""
     cdef Py_ssize_t h = 1
     cdef int t = _log2(R), radix
+    cdef bint wide = floating is float and L % 16 == 0 and dr_use_avx512()
     if R == 1:
         if scale != 1:
             if floating is float:
@@ -106,13 +133,15 @@ cdef void _stages(floating* p, Py_ssize_t R, Py_ssize_t s, Py_ssize_t L,
                 dr_scale_f64(p, L, scale)
         return
     while t > 0:
-        if t >= 3 and t != 4:
+        if wide and t >= 4 and t != 5 and t != 6:   # 5 = 3 + 2 would be 3 passes, 6 = 3 + 3
+            radix = 16
+        elif t >= 3 and t != 4:
             radix = 8
         elif t >= 2:
             radix = 4
         else:
             radix = 2
-        t -= 1 if radix == 2 else (2 if radix == 4 else 3)
+        t -= 1 if radix == 2 else (2 if radix == 4 else (3 if radix == 8 else 4))
         _pass(p, R, s, L, h, radix, scale if t == 0 else <floating>1)
         h *= radix
 
@@ -140,6 +169,17 @@ cdef void _pow2_multi(floating* p, Py_ssize_t total, Py_ssize_t K, floating scal
     cdef int lk = _log2(K), lb = _log2(base)
     cdef Py_ssize_t nb, c
     cdef bint scaled = False
+    if floating is float:
+        if K >= 256 and dr_use_avx512():    # 8 stages in registers, the rest radix-16/8/4 passes
+            dr_base256_run_f32(p, total // 256)
+            if K > 256:
+                c = 0
+                while c < total:
+                    _stages(p + c, K // 256, 256, 256, scale)
+                    c += K
+            elif scale != 1:
+                dr_scale_f32(p, total, scale)
+            return
     if K >= base:
         nb = total
     else:
@@ -235,6 +275,43 @@ cdef void _fwht_tile(floating* p, Py_ssize_t nrows, Py_ssize_t n, int m, Py_ssiz
                 dr_mix_f32(p + r * n, m, K, H, scale, 0, K)
             else:
                 dr_mix_f64(p + r * n, m, K, H, scale, 0, K)
+
+cdef void _fwht_tile_pre(floating* dst, const floating* src, Py_ssize_t nrows, Py_ssize_t n, int m,
+                         Py_ssize_t K, const floating* H, floating scale,
+                         const floating* pre) noexcept nogil:
+    """dst = the transform of each of nrows rows of (src * pre) (pre: length n; src may be dst).
+    float32 powers of two that fit an L1 block multiply by pre as the base kernel loads its chunk
+    (no separate pass); the other cases multiply first. Same products, same stages: the result is
+    bitwise that of multiplying and then calling _fwht_tile."""
+    cdef Py_ssize_t r, j, c, base
+    cdef const floating* sr
+    cdef floating* dr
+    if floating is float:
+        if m == 1 and 256 <= n <= _blk(dst) and dr_use_avx512():
+            base = 256
+        elif m == 1 and 64 <= n <= _blk(dst):
+            base = 64
+        else:
+            base = 0
+        if base:
+            if base == 256:
+                dr_base256_pre_run_f32(src, pre, dst, n, nrows)
+            else:
+                dr_base_pre_run_f32(src, pre, dst, n, nrows)
+            if n > base:
+                c = 0
+                while c < nrows * n:
+                    _stages(dst + c, n // base, base, base, scale)
+                    c += n
+            elif scale != 1:
+                dr_scale_f32(dst, nrows * n, scale)
+            return
+    for r in range(nrows):
+        sr = src + r * n
+        dr = dst + r * n
+        for j in range(n):
+            dr[j] = sr[j] * pre[j]
+    _fwht_tile(dst, nrows, n, m, K, H, scale)
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
     cdef Py_ssize_t t = TILE_BYTES // (n * itemsize)

@@ -18,6 +18,70 @@ static void dr_gather_save_scale_##SFX(const T* DR_R src, const int* DR_R idx, c
     _Pragma("GCC unroll 8") \
     for (Py_ssize_t j = 0; j < n; j++) { T v = src[idx[j]]; u[j] = v; out[j] = v * d[j]; } \
 } \
+/* the same over nr consecutive rows (row stride n for src, u and out), four rows per index: the \
+   index and d[j] are loaded once per four rows, which more than halved the gather time at \
+   N = 1024 (the scalar gather is load-bound: idx, src, d per element otherwise). When u is \
+   given the four rows are gathered into u only and out = u * d follows as a vector pass over \
+   the four just-written (L1-resident) rows: storing both u and out from the scalar loop was \
+   slower than one row at a time (8 store streams). */ \
+static void dr_gather_rows_##SFX(const T* DR_R src, const int* DR_R idx, const T* DR_R d, \
+                                 T* DR_R u, T* DR_R out, Py_ssize_t n, Py_ssize_t nr) { \
+    Py_ssize_t r = 0; \
+    for (; r + 4 <= nr; r += 4) { \
+        const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; const T* DR_R s2 = s1 + n; const T* DR_R s3 = s2 + n; \
+        T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; T* DR_R o2 = o1 + n; T* DR_R o3 = o2 + n; \
+        if (u) { \
+            T* DR_R u0 = u + r * n; T* DR_R u1 = u0 + n; T* DR_R u2 = u1 + n; T* DR_R u3 = u2 + n; \
+            _Pragma("GCC unroll 4") \
+            for (Py_ssize_t j = 0; j < n; j++) { \
+                int i = idx[j]; u0[j] = s0[i]; u1[j] = s1[i]; u2[j] = s2[i]; u3[j] = s3[i]; \
+            } \
+            for (Py_ssize_t j = 0; j < n; j++) { \
+                T dj = d[j]; o0[j] = u0[j] * dj; o1[j] = u1[j] * dj; o2[j] = u2[j] * dj; o3[j] = u3[j] * dj; \
+            } \
+        } else { \
+            _Pragma("GCC unroll 4") \
+            for (Py_ssize_t j = 0; j < n; j++) { \
+                int i = idx[j]; T dj = d[j]; \
+                o0[j] = s0[i] * dj; o1[j] = s1[i] * dj; o2[j] = s2[i] * dj; o3[j] = s3[i] * dj; \
+            } \
+        } \
+    } \
+    for (; r + 2 <= nr; r += 2) { \
+        const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; \
+        T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; \
+        if (u) { \
+            T* DR_R u0 = u + r * n; T* DR_R u1 = u0 + n; \
+            _Pragma("GCC unroll 4") \
+            for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; u0[j] = s0[i]; u1[j] = s1[i]; } \
+            for (Py_ssize_t j = 0; j < n; j++) { T dj = d[j]; o0[j] = u0[j] * dj; o1[j] = u1[j] * dj; } \
+        } else { \
+            _Pragma("GCC unroll 4") \
+            for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; T dj = d[j]; o0[j] = s0[i] * dj; o1[j] = s1[i] * dj; } \
+        } \
+    } \
+    for (; r < nr; r++) { \
+        if (u) dr_gather_save_scale_##SFX(src + r * n, idx, d, u + r * n, out + r * n, n); \
+        else dr_gather_scale_##SFX(src + r * n, idx, d, out + r * n, n); \
+    } \
+} \
+/* out[r][j] = src[r][idx[j]] over nr rows (stride n), four rows per index load: the pure gather \
+   of the stack, whose diagonal is applied by the FWHT's first pass (_fwht_tile_pre) */ \
+static void dr_gather_pure_rows_##SFX(const T* DR_R src, const int* DR_R idx, T* DR_R out, \
+                                      Py_ssize_t n, Py_ssize_t nr) { \
+    Py_ssize_t r = 0; \
+    for (; r + 4 <= nr; r += 4) { \
+        const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; const T* DR_R s2 = s1 + n; const T* DR_R s3 = s2 + n; \
+        T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; T* DR_R o2 = o1 + n; T* DR_R o3 = o2 + n; \
+        _Pragma("GCC unroll 4") \
+        for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; o0[j] = s0[i]; o1[j] = s1[i]; o2[j] = s2[i]; o3[j] = s3[i]; } \
+    } \
+    for (; r < nr; r++) { \
+        const T* DR_R s0 = src + r * n; T* DR_R o0 = out + r * n; \
+        _Pragma("GCC unroll 8") \
+        for (Py_ssize_t j = 0; j < n; j++) o0[j] = s0[idx[j]]; \
+    } \
+} \
 /* acc[j] += sum_r a[r][j] * u[r][j] over nr rows (row stride n): the products of four rows \
    are summed in T (a tree of 3 adds, as accurate as the inputs), that sum is accumulated in \
    float64 across the rows, so the error does not grow with the batch; four rows per sweep \
@@ -40,5 +104,25 @@ static void dr_add_##SFX(const T* DR_R a, const T* DR_R b, T* DR_R out, Py_ssize
 }
 DR_STACK(float, f32)
 DR_STACK(double, f64)
+
+/* ---------------- phase profiler of the stack kernels (bench/profile_spectral.py) --------- */
+/* Off by default (one predictable branch per phase per tile). When on, the stack kernels add
+   the cycles (rdtsc) of each phase to dr_prof[phase]; meaningful with one thread only. */
+#define DR_PROF_N 16
+static double dr_prof[DR_PROF_N];
+static int dr_prof_on = 0;
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+static inline uint64_t dr_ticks(void) { return dr_prof_on ? __rdtsc() : 0; }
+#else
+static inline uint64_t dr_ticks(void) { return 0; }
+#endif
+/* add the ticks since *t to phase i and restart the clock */
+static inline void dr_prof_mark(int i, uint64_t* t) {
+    if (dr_prof_on) { uint64_t n = dr_ticks(); dr_prof[i] += (double)(n - *t); *t = n; }
+}
+static void dr_prof_set(int on) { dr_prof_on = on; }
+static double dr_prof_get(int i) { return dr_prof[i]; }
+static void dr_prof_reset(void) { for (int i = 0; i < DR_PROF_N; i++) dr_prof[i] = 0; }
 
 #endif  /* DREIDEL_KERNELS_SPECTRAL_H */

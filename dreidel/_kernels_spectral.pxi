@@ -10,12 +10,26 @@ cdef extern from "_kernels_spectral.h":
                                   float* out, Py_ssize_t n) noexcept nogil
     void dr_gather_save_scale_f64(const double* src, const int* idx, const double* d, double* u,
                                   double* out, Py_ssize_t n) noexcept nogil
+    void dr_gather_rows_f32(const float* src, const int* idx, const float* d, float* u,
+                            float* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_rows_f64(const double* src, const int* idx, const double* d, double* u,
+                            double* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_pure_rows_f32(const float* src, const int* idx, float* out, Py_ssize_t n,
+                                 Py_ssize_t nr) noexcept nogil
+    void dr_gather_pure_rows_f64(const double* src, const int* idx, double* out, Py_ssize_t n,
+                                 Py_ssize_t nr) noexcept nogil
     void dr_dot_acc_f32(const float* a, const float* u, Py_ssize_t nr, double* acc,
                         Py_ssize_t n) noexcept nogil
     void dr_dot_acc_f64(const double* a, const double* u, Py_ssize_t nr, double* acc,
                         Py_ssize_t n) noexcept nogil
     void dr_add_f32(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
     void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
+    ctypedef unsigned long long uint64_t
+    uint64_t dr_ticks() noexcept nogil
+    void dr_prof_mark(int i, uint64_t* t) noexcept nogil
+    void dr_prof_set(int on) noexcept nogil
+    double dr_prof_get(int i) noexcept nogil
+    void dr_prof_reset() noexcept nogil
 
 # ------------------------------------------------------------------------------------------
 # permutations
@@ -214,6 +228,29 @@ def _stack_tuning(tile_bytes=None, parallel_min_elements=None):
         STACK_PARALLEL_MIN_ELEMENTS = max(0, int(parallel_min_elements))
     return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
 
+# phases of the profiler (dr_prof_mark), in the order _stack_profile reports them
+cdef enum:
+    PF_SETUP = 0        # allocations, inverse permutations, clearing the partials
+    PF_COPY_IN = 1      # pad / copy x or g into the tile
+    PF_GATHER = 2       # forward: u = P z (saved when asked), z = u * d
+    PF_FWHT = 3         # the transforms (forward and backward)
+    PF_OUT = 4          # bias add / copy out of y or gx
+    PF_RECOMPUTE = 5    # backward without saved inputs: the forward again (gathers + FWHTs)
+    PF_DOT = 6          # backward: dD partials (sum over rows of g * u)
+    PF_GATHER_BWD = 7   # backward: g <- P^T (d * g)
+    PF_REDUCE = 8       # backward: the partials summed into gD
+STACK_PROFILE_PHASES = ("setup", "copy_in", "gather_scale", "fwht", "out", "recompute", "dD_dot",
+                        "gather_bwd", "dD_reduce")
+
+def _stack_profile(on=None, reset=False):
+    """Benchmark hook (bench/profile_spectral.py): switch the stack kernels' phase profiler on/off,
+    reset it, and return {phase: cycles (rdtsc)} so far. One thread only (no atomics)."""
+    if reset:
+        dr_prof_reset()
+    if on is not None:
+        dr_prof_set(1 if on else 0)
+    return {name: dr_prof_get(i) for i, name in enumerate(STACK_PROFILE_PHASES)}
+
 cdef inline Py_ssize_t _stack_tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
     cdef Py_ssize_t t = STACK_TILE_BYTES // (n * itemsize)
     return t if t >= 1 else 1
@@ -235,6 +272,21 @@ cdef inline void _gather_save_scale(const floating* src, const int* idx, const f
         else:
             dr_gather_scale_f64(src, idx, d, out, n)
 
+cdef inline void _gather_rows(const floating* src, const int* idx, const floating* d,
+                              floating* u, floating* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
+    """_gather_save_scale over nr consecutive rows (stride n), several rows per index load."""
+    if floating is float:
+        dr_gather_rows_f32(src, idx, d, u, out, n, nr)
+    else:
+        dr_gather_rows_f64(src, idx, d, u, out, n, nr)
+
+cdef inline void _gather_pure(const floating* src, const int* idx, floating* out, Py_ssize_t n,
+                              Py_ssize_t nr) noexcept nogil:
+    if floating is float:
+        dr_gather_pure_rows_f32(src, idx, out, n, nr)
+    else:
+        dr_gather_pure_rows_f64(src, idx, out, n, nr)
+
 def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[:, ::1] D,
               const floating[::1] bias, bint has_bias, floating[:, ::1] y, floating[::1] saved,
               bint save, int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized):
@@ -254,6 +306,7 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
     cdef floating* up
     cdef bint direct_in = n_in == N, direct_out = n_out == N
     cdef int failed[1]
+    cdef uint64_t tk
     failed[0] = 0
     if rows == 0:
         return
@@ -266,6 +319,7 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
             if buf == NULL:
                 failed[0] = 1
                 continue
+            tk = dr_ticks()
             r0 = t * T
             nr = min(rows, r0 + T) - r0
             if direct_in:           # block 1 gathers straight from x
@@ -276,16 +330,19 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
                     memcpy(dst + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
                     memset(dst + r * N + n_in, 0, (N - n_in) * sizeof(floating))
                 src = dst
+            dr_prof_mark(PF_COPY_IN, &tk)
             for k in range(nb):
                 if k == nb - 1 and direct_out:      # the last block writes straight into y
                     dst = &y[0, 0] + r0 * N
                 else:
                     dst = buf if (src != buf) else buf + T * N + 64
-                for r in range(nr):
-                    up = sp + (k * rows + r0 + r) * N if sp != NULL else NULL
-                    _gather_save_scale(src + r * N, &perms[0, 0] + k * N, &D[0, 0] + k * N, up,
-                                       dst + r * N, N)
-                _fwht_tile(dst, nr, N, m, Kp, &H[0, 0], scale)
+                # u_k = P_k z (into saved, or straight into the tile), then z = H(u_k * d_k) with
+                # the diagonal applied by the transform's first pass
+                up = sp + (k * rows + r0) * N if sp != NULL else dst
+                _gather_pure(src, &perms[0, 0] + k * N, up, N, nr)
+                dr_prof_mark(PF_GATHER, &tk)
+                _fwht_tile_pre(dst, up, nr, N, m, Kp, &H[0, 0], scale, &D[0, 0] + k * N)
+                dr_prof_mark(PF_FWHT, &tk)
                 src = dst
             for r in range(nr):
                 yr = &y[0, 0] + (r0 + r) * n_out
@@ -296,6 +353,7 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
                         dr_add_f64(src + r * N, bp, yr, n_out)
                 elif not direct_out:
                     memcpy(yr, src + r * N, n_out * sizeof(floating))
+            dr_prof_mark(PF_OUT, &tk)
         free(buf)
     if failed[0]:
         raise MemoryError("spectral_stack: out of memory for the per-thread buffer")
@@ -327,12 +385,14 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
     cdef double acc
     cdef int* inv
     cdef floating* dinv
+    cdef const floating* pre
     cdef floating* ub
     cdef const floating* us
     cdef const floating* src
     cdef floating* dst
     cdef bint direct_out = n_in == N
     cdef int failed[1]
+    cdef uint64_t tk = dr_ticks()
     failed[0] = 0
     if rows == 0:
         gD[:, :] = 0
@@ -363,6 +423,7 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                 failed[0] = 1
                 continue
             memset(part + ch * nb * N, 0, nb * N * sizeof(double))
+            dr_prof_mark(PF_SETUP, &tk)
             t0 = ntiles * ch // nch
             t1 = ntiles * (ch + 1) // nch
             for t in range(t0, t1):
@@ -380,22 +441,28 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                             memset(b + r * N + n_in, 0, (N - n_in) * sizeof(floating))
                         src = b
                     for k in range(nb):
-                        dst = a if src != a else b
-                        for r in range(nr):
-                            _gather_save_scale(src + r * N, &perms[0, 0] + k * N, &D[0, 0] + k * N,
-                                               ub + (k * T + r) * N, dst + r * N, N)
+                        _gather_pure(src, &perms[0, 0] + k * N, ub + k * T * N, N, nr)
                         if k < nb - 1:     # z_K itself is not needed
-                            _fwht_tile(dst, nr, N, m, Kp, &H[0, 0], scale)
-                        src = dst
+                            dst = a if src != a else b
+                            _fwht_tile_pre(dst, ub + k * T * N, nr, N, m, Kp, &H[0, 0], scale,
+                                           &D[0, 0] + k * N)
+                            src = dst
                     a = buf
                     b = buf + T * N + 64
+                    dr_prof_mark(PF_RECOMPUTE, &tk)
                 for r in range(nr):
                     memcpy(a + r * N, &g[0, 0] + (r0 + r) * n_out, n_out * sizeof(floating))
                     if n_out < N:
                         memset(a + r * N + n_out, 0, (N - n_out) * sizeof(floating))
                 k = nb - 1
+                pre = NULL
+                dr_prof_mark(PF_COPY_IN, &tk)
                 while k >= 0:
-                    _fwht_tile(a, nr, N, m, Kp, &H[0, 0], scale)
+                    if pre == NULL:
+                        _fwht_tile(a, nr, N, m, Kp, &H[0, 0], scale)
+                    else:           # the previous block's d, deferred into this transform
+                        _fwht_tile_pre(a, a, nr, N, m, Kp, &H[0, 0], scale, pre)
+                    dr_prof_mark(PF_FWHT, &tk)
                     pr = part + (ch * nb + k) * N
                     if recompute:
                         us = ub + k * T * N
@@ -405,19 +472,24 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                         dr_dot_acc_f32(a, us, nr, pr, N)
                     else:
                         dr_dot_acc_f64(a, us, nr, pr, N)
+                    dr_prof_mark(PF_DOT, &tk)
                     if k > 0 or need_x:
                         if k == 0 and direct_out:   # the last gather writes straight into gx
                             b = &gx[0, 0] + r0 * N
-                        for r in range(nr):
-                            _gather_save_scale(a + r * N, inv + k * N, dinv + k * N, NULL,
-                                               b + r * N, N)
+                        if k > 0:   # g <- P_k^T g; its factor d_k waits for the next transform
+                            _gather_pure(a, inv + k * N, b, N, nr)
+                            pre = dinv + k * N
+                        else:
+                            _gather_rows(a, inv + k * N, dinv + k * N, NULL, b, N, nr)
                         tmp = a
                         a = b
                         b = tmp
+                    dr_prof_mark(PF_GATHER_BWD, &tk)
                     k = k - 1
                 if need_x and not direct_out:
                     for r in range(nr):
                         memcpy(&gx[0, 0] + (r0 + r) * n_in, a + r * N, n_in * sizeof(floating))
+                dr_prof_mark(PF_OUT, &tk)
         free(buf)
     if not failed[0]:
         with nogil:
@@ -426,6 +498,7 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                 for ch in range(nch):
                     acc = acc + part[ch * nb * N + c]
                 gD[c // N, c % N] = acc
+        dr_prof_mark(PF_REDUCE, &tk)
     free(part)
     free(inv)
     free(dinv)

@@ -229,6 +229,69 @@ def test_fwht_large_pow2_matches_numpy_butterflies(dtype):
                                    ref / math.sqrt(n), rtol=tol, atol=tol)
 
 
+# the float32 FWHT has an AVX-512 path (runtime dispatch) beside the x86-64-v3 one: both are
+# forced here through the private switch, checked against the reference and against each other
+# (same butterflies in the same order: bitwise equal)
+ISAS = ["avx2", "avx512"]
+
+
+def _with_isa(isa, fn):
+    before = K._kernels._fwht_isa()
+    try:
+        if K._kernels._fwht_isa(isa) != isa:
+            pytest.skip(f"this CPU has no {isa}")
+        return fn()
+    finally:
+        K._kernels._fwht_isa(before)
+
+
+def test_fwht_isa_switch():
+    assert K._kernels._fwht_isa() in ISAS
+    with pytest.raises(ValueError, match="avx2"):
+        K._kernels._fwht_isa("sse")
+    assert _with_isa("avx2", K._kernels._fwht_isa) == "avx2"
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(logn=st.integers(0, 19), m=st.sampled_from([1, 1, 1, 12, 20, 28]), rows=st.integers(1, 5),
+       normalized=st.booleans(), seed=st.integers(0, 2 ** 31))
+def test_fwht_avx2_and_avx512_paths_agree(logn, m, rows, normalized, seed):
+    n = m * 2 ** logn
+    while n * rows > 2 ** 19:
+        n //= 2
+    if not (n & (n - 1) == 0 or (n % m == 0 and (n // m) & (n // m - 1) == 0)):
+        n = 2 ** logn
+    x = _data(np.random.default_rng(seed), (rows, n), np.float32)
+    out = {isa: _with_isa(isa, lambda: K.fwht(x, normalized)) for isa in ISAS}
+    np.testing.assert_array_equal(out["avx2"], out["avx512"])
+    if n <= 4096:
+        ref = ref_fwht(x, normalized)
+        scale = max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(out["avx512"] / scale, ref / scale, rtol=2e-5, atol=2e-5 * math.sqrt(logn + 1))
+
+
+@SET
+@given(n=st.sampled_from([256, 512, 1024, 2048, 3072, 4096]), rows=st.sampled_from([1, 3, 4, 9]),
+       depth=st.integers(1, 4), seed=st.integers(0, 2 ** 31))
+def test_spectral_stack_avx2_and_avx512_paths_agree(n, rows, depth, seed):
+    rng = np.random.default_rng(seed)
+    x, g = _data(rng, (rows, n), np.float32), _data(rng, (rows, n), np.float32)
+    D = _data(rng, (depth, n), np.float32)
+    perms = np.stack([rng.permutation(n) for _ in range(depth)])
+
+    def run():
+        y, saved = K.spectral_stack(x, perms, D)
+        return (y, saved, *K.spectral_stack_backward(g, saved, perms, D, n),
+                *K.spectral_stack_backward(g, None, perms, D, n, x=x))
+    a, b = (_with_isa(isa, run) for isa in ISAS)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
+    np.testing.assert_allclose(b[0], ref_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b[2], ref_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b[3], ref_gD, rtol=1e-4, atol=1e-4 * rows)
+
+
 def test_fwht_batch_shapes_and_edge_cases():
     rng = np.random.default_rng(4)
     x = _data(rng, (8,), np.float64)                 # no batch dims

@@ -32,9 +32,10 @@ def _block_forward(x, perm, d):
 
 
 # DeepSpectralLinear keeps its K block inputs for the backward up to this many bytes (they then stay
-# in L2/L3); larger batches recompute them in the backward from x: about as fast there (measured at
-# 4096 × 256, K = 4: within noise) and no K·rows·N activation buffer.
-SAVE_MAX_BYTES = 12 << 20
+# in L3); larger batches recompute them in the backward from x (no K·rows·N activation buffer, but
+# K − 1 more FWHTs and K more gathers per row). 16 MiB covers 4096 × 256 at K = 4, where saving
+# measured 8% faster per fwd+bwd step than recomputing (bench/profile_spectral.py, 1 thread).
+SAVE_MAX_BYTES = 16 << 20
 
 def fwht_multiply_adds(n):
     """Multiply-adds of one orthonormal FWHT of width n = m·2^k (k stages of n adds, one H_m of n·m)."""
