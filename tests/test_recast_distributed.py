@@ -1,0 +1,192 @@
+"""Teacher-forced block distillation on the serial, process and Ray backends: the same student bit for
+bit, a worker killed mid-task is retried, a driver stopped after k of n blocks resumes; the kernels
+the block tasks run accept read-only (memory-mapped / object-store) arrays."""
+import os
+
+import numpy as np
+import pytest
+
+import dreidel
+from dreidel import recast
+from dreidel.data.teacher import DigitsTransformer
+from dreidel.recast.cli import save_dreidel_model
+from dreidel.recast.executor import KILL_HOOK, BlockExecutor, ExecutorError, ray_available
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 3-block digits ViT saved as a dreidel model file (workers load it), its calibration and plan."""
+    folder = tmp_path_factory.mktemp("teacher")
+    teacher = DigitsTransformer(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, seed=3).eval()
+    save_dreidel_model(teacher, folder / "tiny", "dreidel.data.teacher.DigitsTransformer", teacher.config)
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 1, (16, 64)).astype(np.float32) for _ in range(4)]
+    calib = recast.calibrate(teacher, batches, holdout=0.25)
+    shapes = {t: [teacher.get_submodule(t).in_features, teacher.get_submodule(t).out_features] for t in calib.targets}
+    plan = recast.Plan({t: {"family": "spectral", "options": {}} for t in calib.targets},
+                       {"fingerprint": calib.fingerprint, "shapes": shapes})
+    return teacher, calib, plan, str(folder / "tiny.json")
+
+
+def run(tiny, executor=None, folder=None, resume=True, on_block_done=None, stages=("init", "blockwise")):
+    teacher, calib, plan, _ = tiny
+    student, history = recast.distill(teacher, plan, calib, stages=stages, steps=STEPS, seed=5,
+                                      forcing="teacher", executor=executor, checkpoint_dir=folder,
+                                      resume=resume, on_block_done=on_block_done)
+    return student.state_dict(), history
+
+
+def assert_identical(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def serial(tiny):
+    return run(tiny, BlockExecutor("serial", threads=1))
+
+
+def test_teacher_forcing_trains_every_block_and_feeds_it_the_teacher(tiny, serial):
+    teacher, calib, plan, _ = tiny
+    state, history = serial
+    start = plan.build(teacher, calib).state_dict()
+    improved = 0
+    for block in calib.blocks:
+        entry = next(e for e in history if e["unit"] == f"blockwise/{block}")
+        assert entry["after"] <= entry["before"]  # a stage never makes its block worse
+        names = [k for k in state if k.startswith(block + ".") and ".fc1." in k]
+        changed = any(not np.array_equal(state[k], start[k]) for k in names)
+        assert names and changed == (entry["after"] < entry["before"])
+        improved += changed
+    assert improved == len(calib.blocks)
+    # a block's task depends on no other block: block 2 alone gives the same weights
+    alone = serial[0]
+    student = plan.build(teacher, calib)
+    from dreidel.recast.executor import teacher_forced_block
+    got = teacher_forced_block(teacher, student, calib, "encoder.layers.2", steps=STEPS,
+                               seed=_seed_of(calib, "encoder.layers.2"))
+    for k, v in got.items():
+        if k != "__loss__":
+            assert np.array_equal(v, alone[k]), k
+
+
+def _seed_of(calib, block):
+    from dreidel.recast.distillation import _unit_seed
+    units = [("init",)] + [("blockwise", b) for b in calib.blocks]
+    return _unit_seed(5, units.index(("blockwise", block)))
+
+
+def test_teacher_forcing_differs_from_the_student_forced_pipeline(tiny, serial):
+    teacher, calib, plan, _ = tiny
+    piped, _ = recast.distill(teacher, plan, calib, stages=("init", "blockwise"), steps=STEPS, seed=5)
+    last = [k for k in serial[0] if k.startswith("encoder.layers.2.fc1")]
+    assert any(not np.array_equal(piped.state_dict()[k], serial[0][k]) for k in last)
+
+
+def test_process_backend_gives_the_serial_student(tiny, serial, tmp_path):
+    state, history = run(tiny, BlockExecutor("process", workers=2, threads=1, teacher_path=tiny[3]), tmp_path)
+    assert_identical(state, serial[0])
+    assert history == serial[1]
+    shards = list(tmp_path.glob("blocks-*/shards/*.npy"))
+    assert shards  # the data went to the workers as memory-mapped files
+
+
+def test_a_killed_process_worker_is_retried(tiny, serial, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_HOOK, f"encoder.layers.1:{marker}")
+    state, _ = run(tiny, BlockExecutor("process", workers=2, threads=1, teacher_path=tiny[3]), tmp_path / "run")
+    assert marker.exists()  # the worker really died once
+    assert_identical(state, serial[0])
+
+
+def test_a_worker_that_always_dies_is_an_error_not_a_hang(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv(KILL_HOOK, "encoder.layers.0:")  # no marker: the worker dies every time
+    executor = BlockExecutor("process", workers=1, threads=1, teacher_path=tiny[3], max_retries=1)
+    with pytest.raises(ExecutorError, match="encoder.layers.0"):
+        run(tiny, executor, tmp_path / "run")
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["serial", "process"])
+def test_an_interrupted_driver_resumes_with_the_same_student(tiny, serial, tmp_path, backend):
+    teacher_path = tiny[3] if backend == "process" else None
+    finished = []
+
+    def stop_after_one(block):
+        finished.append(block)
+        if len(finished) == 1:
+            raise Stop()
+    executor = BlockExecutor(backend, workers=1, threads=1, teacher_path=teacher_path)
+    with pytest.raises(Stop):
+        run(tiny, executor, tmp_path, on_block_done=stop_after_one)
+    saved = {p.name[:-len(".safetensors")] for p in tmp_path.glob("blocks-*/*.safetensors")} - {"start"}
+    # the finished block is saved (a process worker may also have finished the task queued behind it)
+    assert finished[0] in saved and len(saved) < 3
+    again = []
+    state, _ = run(tiny, executor, tmp_path, on_block_done=again.append)
+    assert sorted(again) == sorted(set(tiny[1].blocks) - saved)  # no finished block ran again
+    assert_identical(state, serial[0])
+
+
+def test_resume_false_discards_earlier_block_results(tiny, serial, tmp_path):
+    run(tiny, BlockExecutor("serial", threads=1), tmp_path)
+    ran = []
+    state, _ = run(tiny, BlockExecutor("serial", threads=1), tmp_path, resume=False, on_block_done=ran.append)
+    assert len(ran) == 3
+    assert_identical(state, serial[0])
+
+
+def test_bad_executor_settings_are_clear_errors(tiny):
+    teacher, calib, plan, _ = tiny
+    with pytest.raises(ValueError, match="backend"):
+        BlockExecutor("threads")
+    with pytest.raises(ValueError, match="workers"):
+        BlockExecutor("process", workers=0, teacher_path="x")
+    with pytest.raises(ValueError, match="teacher_path"):
+        BlockExecutor("process", workers=2)
+    with pytest.raises(ValueError, match="forcing"):
+        recast.distill(teacher, plan, calib, forcing="sideways")
+    student = plan.build(teacher, calib)
+    with pytest.raises(ValueError, match="Plan"):
+        recast.distill(teacher, student, calib, stages=("blockwise",), forcing="teacher",
+                       executor=BlockExecutor("process", workers=2, teacher_path=tiny[3]))
+
+
+needs_ray = pytest.mark.skipif(not ray_available(), reason='Ray is not installed (pip install "dreidel[ray]")')
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@needs_ray
+def test_ray_backend_gives_the_serial_student(tiny, serial, local_ray, tmp_path):
+    state, history = run(tiny, BlockExecutor("ray", workers=2, threads=1, teacher_path=tiny[3]), tmp_path)
+    assert_identical(state, serial[0])
+    assert history == serial[1]
+
+
+@needs_ray
+def test_a_killed_ray_worker_is_retried(tiny, serial, local_ray, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_HOOK, f"encoder.layers.2:{marker}")
+    state, _ = run(tiny, BlockExecutor("ray", workers=2, threads=1, teacher_path=tiny[3]), tmp_path / "run")
+    assert marker.exists()
+    assert_identical(state, serial[0])
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    import dreidel.recast.executor as executor
+    monkeypatch.setattr(executor, "ray_available", lambda: False)
+    with pytest.raises(ExecutorError, match="dreidel\\[ray\\]"):
+        executor.BlockExecutor("ray", teacher_path="x")
