@@ -107,23 +107,23 @@ class BlockExecutor:
             pool = ProcessPoolExecutor(min(self.workers, len(remaining)),
                                        mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker, initargs=(self.threads,))
-            broken = False
+            queue, running, broken = list(remaining), {}, False
             try:
-                futures = {pool.submit(_process_task, manifest, b, os.environ.get(KILL_HOOK)): b for b in remaining}
-                for b in remaining:
-                    attempts[b] += 1
-                while futures:
-                    finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                while (queue or running) and not broken:
+                    # at most `workers` tasks in flight: a stopped driver leaves no queued task behind
+                    while queue and len(running) < self.workers:
+                        block = queue.pop(0)
+                        attempts[block] += 1
+                        running[pool.submit(_process_task, manifest, block, os.environ.get(KILL_HOOK))] = block
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        block = futures.pop(future)
+                        block = running.pop(future)
                         try:
                             future.result()
-                        except BrokenProcessPool:
+                        except BrokenProcessPool:  # a worker died: rebuild the pool, rerun what is missing
                             broken = True
                             continue
                         on_done(block)
-                    if broken:
-                        break
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             remaining = [b for b in remaining if not os.path.exists(job.result_path(b))]
