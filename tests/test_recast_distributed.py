@@ -268,3 +268,42 @@ def test_thread_count_does_not_change_the_student(tiny, serial):
     """Workers run fewer threads than a serial run may: the kernels' results must not depend on it."""
     state, _ = run(tiny, BlockExecutor("serial", threads=2))
     assert_identical(state, serial[0])
+
+
+# -- the command line ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, tiny):
+    folder = tmp_path_factory.mktemp("cli")
+    from dreidel.data import load_digits
+    x_train, _, x_test, _ = load_digits(seed=0)
+    np.save(folder / "calib.npy", x_train[:64])
+    np.save(folder / "eval.npy", x_test[:16])
+    return folder
+
+
+def _cli_args(tiny, folder, out, *extra):
+    return [tiny[3], "--data", str(folder / "calib.npy"), "--eval-data", str(folder / "eval.npy"),
+            "--budget", "0.5", "--budget-kind", "macs", "--families", "spectral", "--out", str(out),
+            "--batch-size", "16", "--steps", "2", "--repeats", "1", "--stages", "init,blockwise,global",
+            "--threads", "1", *extra]
+
+
+def test_cli_workers_give_the_serial_teacher_forced_student(tiny, cli_files, tmp_path, capsys):
+    from dreidel.recast import cli
+    assert cli.recast_main(_cli_args(tiny, cli_files, tmp_path / "serial", "--forcing", "teacher")) == 0
+    assert cli.recast_main(_cli_args(tiny, cli_files, tmp_path / "two", "--workers", "2")) == 0
+    serial_state = dreidel.load(tmp_path / "serial" / cli.STUDENT_WEIGHTS)
+    two_state = dreidel.load(tmp_path / "two" / cli.STUDENT_WEIGHTS)
+    assert_identical(dict(sorted(serial_state.items())), dict(sorted(two_state.items())))  # files: any order
+    assert len(list((tmp_path / "two" / "checkpoints").glob("blocks-*/encoder.layers.*.safetensors"))) == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--ray", "auto"], "not both"),
+    (["--workers", "2", "--forcing", "student"], "--forcing teacher"),
+])
+def test_cli_bad_scale_out_flags_are_clear_errors(tiny, cli_files, tmp_path, capsys, extra, message):
+    from dreidel.recast import cli
+    assert cli.recast_main(_cli_args(tiny, cli_files, tmp_path / "o", *extra)) == 2
+    assert message in capsys.readouterr().err

@@ -53,8 +53,8 @@ def ray_available():
 
 
 class BlockExecutor:
-    """Where block tasks run: `backend` "serial" | "process" | "ray", `workers` at a time, `threads`
-    kernel threads each. `teacher_path` (and `output`, see `cli.select_output`) let workers load the
+    """Where block tasks run: `backend` "serial" | "process" | "ray", `workers` at a time (Ray, None:
+    as many as the cluster's CPUs hold), `threads` kernel threads each (default: cores // workers). `teacher_path` (and `output`, see `cli.select_output`) let workers load the
     teacher; `address` is the Ray cluster ("auto": a running one, else a local `ray.init`);
     `max_retries`: how often a task whose worker died is run again."""
 
@@ -62,15 +62,17 @@ class BlockExecutor:
                  address="auto", max_retries=3, ray_init=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        workers = int(workers)
-        if workers < 1:
+        if workers is None and backend != "ray":
+            workers = 1
+        if workers is not None and int(workers) < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        workers = None if workers is None else int(workers)
         if backend != "serial" and teacher_path is None:
             raise ValueError(f"the {backend} backend loads the teacher in each worker: give teacher_path")
         if backend == "ray" and not ray_available():
             raise ExecutorError('the ray backend needs Ray: pip install "dreidel[ray]"')
         self.backend, self.workers, self.address = backend, workers, address
-        self.threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // workers)
+        self.threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // (workers or os.cpu_count() or 1))
         self.teacher_path = None if teacher_path is None else os.path.abspath(os.fspath(teacher_path))
         self.output, self.max_retries, self.ray_init = output, int(max_retries), dict(ray_init or {})
 
@@ -141,9 +143,10 @@ class BlockExecutor:
         source = {"teacher_path": self.teacher_path, "output": self.output, "plan": job.plan_dict,
                   "threads": self.threads, "settings": job.settings, "key": job.key,
                   "targets": job.calibration.targets, "blocks": job.calibration.blocks}
+        limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
         queue, running = list(pending), {}
         while queue or running:
-            while queue and len(running) < self.workers:
+            while queue and len(running) < limit:
                 block = queue.pop(0)
                 ref = remote.remote(source, start, data["batches"], data["outputs"][block], block,
                                     os.environ.get(KILL_HOOK))
