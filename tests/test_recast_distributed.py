@@ -15,10 +15,11 @@ from dreidel.recast.executor import KILL_HOOK, BlockExecutor, ExecutorError, ray
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 3-block digits ViT saved as a dreidel model file (workers load it), its calibration and plan."""
-    folder = tmp_path_factory.mktemp("teacher")
+def make_tiny(folder):
+    """A 3-block digits ViT saved as a dreidel model file in `folder` (workers load it), its calibration
+    and plan: (teacher, calibration, plan, teacher file)."""
+    from pathlib import Path
+    folder = Path(folder)
     teacher = DigitsTransformer(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, seed=3).eval()
     save_dreidel_model(teacher, folder / "tiny", "dreidel.data.teacher.DigitsTransformer", teacher.config)
     rng = np.random.default_rng(0)
@@ -28,6 +29,11 @@ def tiny(tmp_path_factory):
     plan = recast.Plan({t: {"family": "spectral", "options": {}} for t in calib.targets},
                        {"fingerprint": calib.fingerprint, "shapes": shapes})
     return teacher, calib, plan, str(folder / "tiny.json")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("teacher"))
 
 
 def run(tiny, executor=None, folder=None, resume=True, on_block_done=None, stages=("init", "blockwise")):
@@ -66,8 +72,10 @@ def test_teacher_forcing_trains_every_block_and_feeds_it_the_teacher(tiny, seria
     alone = serial[0]
     student = plan.build(teacher, calib)
     from dreidel.recast.executor import teacher_forced_block
-    got = teacher_forced_block(teacher, student, calib, "encoder.layers.2", steps=STEPS,
+    modules = {t: student.get_submodule(t) for t in calib.targets if t.startswith("encoder.layers.2.")}
+    got = teacher_forced_block(teacher, modules, calib, "encoder.layers.2", steps=STEPS,
                                seed=_seed_of(calib, "encoder.layers.2"))
+    assert all(teacher.get_submodule(t) is not m for t, m in modules.items())  # the teacher got its layers back
     for k, v in got.items():
         if k != "__loss__":
             assert np.array_equal(v, alone[k]), k
@@ -130,6 +138,32 @@ def test_an_interrupted_driver_resumes_with_the_same_student(tiny, serial, tmp_p
     again = []
     state, _ = run(tiny, executor, tmp_path, on_block_done=again.append)
     assert sorted(again) == sorted(set(tiny[1].blocks) - saved)  # no finished block ran again
+    assert_identical(state, serial[0])
+
+
+def test_a_crashed_driver_process_resumes_with_the_same_student(tiny, serial, tmp_path):
+    """The driver process itself dies (os._exit, no cleanup) after its first finished block; a new
+    driver on the same folder runs only the missing blocks."""
+    import subprocess
+    import sys
+    script = f"""
+import os, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_recast_distributed import make_tiny, run
+from dreidel.recast.executor import BlockExecutor
+tiny = make_tiny({str(tmp_path / "teacher")!r})
+run(tiny, BlockExecutor("process", workers=1, threads=1, teacher_path=tiny[3]), {str(tmp_path / "run")!r},
+    on_block_done=lambda block: os._exit(3))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 3, done.stderr[-2000:]
+    saved = {p.name[:-len(".safetensors")] for p in (tmp_path / "run").glob("blocks-*/*.safetensors")} - {"start"}
+    assert len(saved) == 1  # one block finished and on disk (one task in flight at a time)
+    again = []
+    state, _ = run(tiny, BlockExecutor("process", workers=2, threads=1, teacher_path=tiny[3]), tmp_path / "run",
+                   on_block_done=again.append)
+    assert sorted(again) == sorted(set(tiny[1].blocks) - saved)
     assert_identical(state, serial[0])
 
 

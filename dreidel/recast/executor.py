@@ -19,14 +19,16 @@ Backends:
   opened memory-mapped, read-only, by every worker.
 - "ray": Ray tasks (`pip install "dreidel[ray]"`). The arrays are `ray.put` once into the object store
   (read-only, zero-copy on the node); `address` "auto" joins a running cluster or starts a local one.
-Workers rebuild the teacher from its file (`teacher_path`, loaded by `dreidel.recast.cli.load_teacher`)
-and the student from its plan, so both backends need a `Plan` and the teacher's path; every Ray node
+Workers load the teacher from its file (`teacher_path`, by `dreidel.recast.cli.load_teacher`) and
+build only the task's block of the student, from its plan, so both backends need a `Plan` and the
+teacher's path; every Ray node
 needs dreidel (with the same version) and the teacher file at the same path.
 Each worker uses `threads` kernel/BLAS threads (default: the cores divided by the workers).
 """
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
@@ -83,6 +85,8 @@ class BlockExecutor:
         """Run every task of `job` (a `BlockJob`) whose result file is missing; returns
         {block: state dict} for all of the job's blocks. `on_done(block)` after each finished task."""
         pending = [b for b in job.blocks if not os.path.exists(job.result_path(b))]
+        if self.backend != "serial":
+            pending.reverse()  # later blocks run a longer teacher prefix: start the longest tasks first
         if pending:
             run = {"serial": self._serial, "process": self._process, "ray": self._ray}[self.backend]
             run(job, pending, on_done or (lambda block: None))
@@ -103,12 +107,12 @@ class BlockExecutor:
     def _process(self, job, pending, on_done):
         import multiprocessing
         manifest = job.write_shards(self.teacher_path, self.output)
-        attempts = {b: 0 for b in pending}
+        attempts, reported = {b: 0 for b in pending}, set()
         remaining = list(pending)
         while remaining:
             pool = ProcessPoolExecutor(min(self.workers, len(remaining)),
                                        mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(self.threads,))
+                                       initializer=_init_worker, initargs=(self.threads, True))
             queue, running, broken = list(remaining), {}, False
             try:
                 while (queue or running) and not broken:
@@ -126,8 +130,13 @@ class BlockExecutor:
                             broken = True
                             continue
                         on_done(block)
+                        reported.add(block)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+            for block in remaining:  # saved by a live worker of a broken pool: finished all the same
+                if block not in reported and os.path.exists(job.result_path(block)):
+                    on_done(block)
+                    reported.add(block)
             remaining = [b for b in remaining if not os.path.exists(job.result_path(b))]
             failed = [b for b in remaining if attempts[b] > self.max_retries]
             if failed:
@@ -143,8 +152,22 @@ class BlockExecutor:
         source = {"teacher_path": self.teacher_path, "output": self.output, "plan": job.plan_dict,
                   "threads": self.threads, "settings": job.settings, "key": job.key,
                   "targets": job.calibration.targets, "blocks": job.calibration.blocks}
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if self.threads > largest:  # such a task could never be scheduled: say so instead of waiting
+            raise ExecutorError(f"tasks of {self.threads} CPUs (threads) fit on no Ray node (the largest has "
+                                f"{largest:g}); give fewer threads")
         limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
         queue, running = list(pending), {}
+        try:
+            self._ray_loop(job, queue, running, limit, remote, data, start, source, on_done)
+        except BaseException:
+            for ref in running:  # a stopped driver leaves no task running on the cluster
+                ray.cancel(ref, force=True)
+            raise
+
+    @staticmethod
+    def _ray_loop(job, queue, running, limit, remote, data, start, source, on_done):
+        import ray
         while queue or running:
             while queue and len(running) < limit:
                 block = queue.pop(0)
@@ -157,8 +180,7 @@ class BlockExecutor:
                 try:
                     state = ray.get(ref)
                 except ray.exceptions.RayError as error:
-                    raise ExecutorError(f"block task {block!r} failed on Ray after {self.max_retries} "
-                                        f"retries: {error}") from None
+                    raise ExecutorError(f"block task {block!r} failed on Ray: {error}") from None
                 job.save_result(block, state)
                 on_done(block)
 
@@ -211,7 +233,9 @@ class BlockJob:
         return self.student.state_dict()
 
     def task(self, teacher, student, calibration, block):
-        return teacher_forced_block(teacher, student, calibration, block, **self.settings[block])
+        from dreidel.recast.distillation import block_targets
+        modules = {t: student.get_submodule(t) for t in block_targets(calibration, block)}
+        return teacher_forced_block(teacher, modules, calibration, block, **self.settings[block])
 
     def write_shards(self, teacher_path, output):
         """The data of the tasks as `.npy` files beside a manifest (written once; spilled calibration
@@ -274,28 +298,22 @@ def _join_batch(kind, parts):
 
 
 # -- the task -------------------------------------------------------------------------------------
-def teacher_forced_block(teacher, student, calibration, block, optimizer="newton", lr=None, steps=10, seed=0):
-    """Distil `block` of `student` fed by the teacher: every planned layer outside the block is the
-    teacher's during the task (so the block's input is the teacher's), then `run_block_task`. Returns
-    the block's parameters and buffers (state dict of the block's target layers, full names); touches
-    only those parameters of `student`."""
-    from dreidel.recast.distillation import block_targets, run_block_task
-    from dreidel.recast.structure import block_of
-    own = set(block_targets(calibration, block))
-    swapped = {}
-    for name in calibration.targets:
-        if name not in own and block_of(name, calibration.blocks) is not None:
-            swapped[name] = student.get_submodule(name)
-            student.set_submodule(name, teacher.get_submodule(name))
+def teacher_forced_block(teacher, modules, calibration, block, optimizer="newton", lr=None, steps=10, seed=0):
+    """Distil one block fed by the teacher: `modules` ({target name: student module}, the block's
+    layers) are put into `teacher` in place of its own for the task (so the block's input is the
+    teacher's), trained by `run_block_task`, and the teacher's layers put back. Returns the modules'
+    state dict (full names) and "__loss__" = [before, after]; the modules keep their trained weights."""
+    from dreidel.recast.distillation import run_block_task
+    originals = {name: teacher.get_submodule(name) for name in modules}
+    for name, module in modules.items():
+        teacher.set_submodule(name, module)
     try:
-        result = run_block_task(student, calibration, block, optimizer, lr, steps, seed)
+        result = run_block_task(teacher, calibration, block, optimizer, lr, steps, seed)
     finally:
-        for name, module in swapped.items():
-            student.set_submodule(name, module)
-    state = {}
-    for name in sorted(own):
-        for key, value in student.get_submodule(name).state_dict().items():
-            state[f"{name}.{key}"] = value
+        for name, module in originals.items():
+            teacher.set_submodule(name, module)
+    state = {f"{name}.{key}": value for name in sorted(modules)
+             for key, value in modules[name].state_dict().items()}
     before, after = (np.nan, np.nan) if result is None else result
     state["__loss__"] = np.array([before, after], dtype=np.float64)
     return state
@@ -320,17 +338,43 @@ def _maybe_die(hook, block):
 _CONTEXT = {}  # per worker process: what is loaded, by run key
 
 
-def _init_worker(threads):
+def _init_worker(threads, watch_parent=False):
     os.environ["OMP_NUM_THREADS"] = str(threads)  # for libraries that start later
     dreidel.set_num_threads(threads)
+    if watch_parent:  # a pool worker whose driver died would wait for work forever: leave with it
+        import threading
+        parent = os.getppid()
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
 
 
-def _build(teacher_path, output, plan_dict):
+def _load_teacher(teacher_path, output):
     from dreidel.recast.cli import load_teacher, select_output
-    from dreidel.recast.planning import Plan
-    teacher = select_output(load_teacher(teacher_path)[0], output)
-    student = Plan(plan_dict["layers"], plan_dict["teacher"]).build(teacher)
-    return teacher, student
+    return select_output(load_teacher(teacher_path)[0], output)
+
+
+def _block_modules(teacher, plan_layers, calibration, block, start):
+    """The student's modules of `block`: the planned family's structure (a bias where the start state
+    has one) or a copy of the teacher's layer, loaded with the stage's start weights."""
+    import copy
+    from dreidel.recast.distillation import block_targets
+    from dreidel.recast.students import family
+    modules = {}
+    for name in block_targets(calibration, block):
+        layer = teacher.get_submodule(name)
+        choice = plan_layers.get(name)
+        if choice is None:
+            module = copy.deepcopy(layer)
+        else:
+            module = family(choice["family"]).empty(layer.in_features, layer.out_features, f"{name}.bias" in start,
+                                                    **choice.get("options", {}))
+        module.load_state_dict({k[len(name) + 1:]: v for k, v in start.items() if k.startswith(name + ".")})
+        modules[name] = module
+    return modules
 
 
 def _calibration(teacher, targets, blocks, fit_indices, batches, outputs):
@@ -346,24 +390,25 @@ def _calibration(teacher, targets, blocks, fit_indices, batches, outputs):
 
 
 def _process_task(manifest_path, block, hook):
-    """One block in a worker process: load (once per process) teacher, student and the memory-mapped
-    shards; start from the stage's start state; write the result atomically; return its path."""
+    """One block in a worker process: load (once per process) the teacher and the memory-mapped
+    shards; the block's modules from the stage's start state; write the result atomically; return
+    its path."""
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     context = _CONTEXT.get(manifest["key"])
     if context is None:
         _CONTEXT.clear()
-        teacher, student = _build(manifest["teacher_path"], manifest["output"], manifest["plan"])
-        fit = manifest["fit_indices"]
+        teacher = _load_teacher(manifest["teacher_path"], manifest["output"])
         batches = {int(i): _join_batch(v["kind"], {k: np.load(p, mmap_mode="r") for k, p in v["parts"].items()})
                    for i, v in manifest["batches"].items()}
         outputs = {b: {int(i): np.load(p, mmap_mode="r") for i, p in v.items()}
                    for b, v in manifest["outputs"].items()}
-        calib = _calibration(teacher, manifest["targets"], manifest["blocks"], fit, batches, outputs)
-        context = _CONTEXT[manifest["key"]] = (teacher, student, calib, dreidel.load(manifest["start"]))
-    teacher, student, calib, start = context
-    student.load_state_dict(start)
-    state = teacher_forced_block(teacher, student, calib, block, **manifest["settings"][block])
+        calib = _calibration(teacher, manifest["targets"], manifest["blocks"], manifest["fit_indices"], batches,
+                             outputs)
+        context = _CONTEXT[manifest["key"]] = (teacher, calib, dreidel.load(manifest["start"]))
+    teacher, calib, start = context
+    modules = _block_modules(teacher, manifest["plan"]["layers"], calib, block, start)
+    state = teacher_forced_block(teacher, modules, calib, block, **manifest["settings"][block])
     _maybe_die(hook, block)
     path = os.path.join(os.path.dirname(os.path.dirname(manifest_path)), f"{block or 'model'}.safetensors")
     dreidel.save(state, path)
@@ -373,15 +418,14 @@ def _process_task(manifest_path, block, hook):
 def _ray_task(source, start, batches, outputs, block, hook):
     """One block as a Ray task: the arrays arrive from the object store (read-only, zero-copy)."""
     key = source["key"]
-    context = _CONTEXT.get(key)
-    if context is None:
+    teacher = _CONTEXT.get(key)
+    if teacher is None:
         _CONTEXT.clear()
         _init_worker(source["threads"])
-        context = _CONTEXT[key] = _build(source["teacher_path"], source["output"], source["plan"])
-    teacher, student = context
+        teacher = _CONTEXT[key] = _load_teacher(source["teacher_path"], source["output"])
     fit = sorted(int(i) for i in batches)
     calib = _calibration(teacher, source["targets"], source["blocks"], fit, batches, {block: outputs})
-    student.load_state_dict(start)
-    state = teacher_forced_block(teacher, student, calib, block, **source["settings"][block])
+    modules = _block_modules(teacher, source["plan"]["layers"], calib, block, start)
+    state = teacher_forced_block(teacher, modules, calib, block, **source["settings"][block])
     _maybe_die(hook, block)
     return state
