@@ -102,6 +102,17 @@ def test_process_backend_gives_the_serial_student(tiny, serial, tmp_path):
     assert shards  # the data went to the workers as memory-mapped files
 
 
+def test_a_student_module_instead_of_a_plan_works_on_processes(tiny, tmp_path):
+    teacher, calib, plan, path = tiny
+
+    def distil(executor, folder):
+        student = plan.build(teacher, calib)  # a module: workers read each layer's family and options off it
+        return recast.distill(teacher, student, calib, stages=("blockwise",), steps=STEPS, seed=1,
+                              forcing="teacher", executor=executor, checkpoint_dir=folder)[0].state_dict()
+    assert_identical(distil(BlockExecutor("serial", threads=1), tmp_path / "s"),
+                     distil(BlockExecutor("process", workers=2, threads=1, teacher_path=path), tmp_path / "p"))
+
+
 def test_a_killed_process_worker_is_retried(tiny, serial, tmp_path, monkeypatch):
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_HOOK, f"encoder.layers.1:{marker}")
@@ -185,10 +196,6 @@ def test_bad_executor_settings_are_clear_errors(tiny):
         BlockExecutor("process", workers=2)
     with pytest.raises(ValueError, match="forcing"):
         recast.distill(teacher, plan, calib, forcing="sideways")
-    student = plan.build(teacher, calib)
-    with pytest.raises(ValueError, match="Plan"):
-        recast.distill(teacher, student, calib, stages=("blockwise",), forcing="teacher",
-                       executor=BlockExecutor("process", workers=2, teacher_path=tiny[3]))
 
 
 needs_ray = pytest.mark.skipif(not ray_available(), reason='Ray is not installed (pip install "dreidel[ray]")')

@@ -390,9 +390,6 @@ def _teacher_forced_stage(teacher, student, the_plan, calibration, units, lrs, o
     import tempfile
     from dreidel.recast.executor import BlockExecutor, BlockJob
     executor = executor or BlockExecutor("serial")
-    if executor.backend != "serial" and the_plan is None:
-        raise ValueError(f"the {executor.backend} backend rebuilds the student in each worker from its plan: "
-                         f"pass a Plan, not a student module")
     settings = {u[1]: {"optimizer": optimizer, "lr": lrs.get(block_kind(u[1])), "steps": int(steps),
                        "seed": _unit_seed(seed, index)} for index, u in units}
     temporary = tempfile.mkdtemp(prefix="dreidel-blocks-") if folder is None else None

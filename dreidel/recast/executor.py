@@ -214,7 +214,7 @@ class BlockJob:
 
     def __init__(self, teacher, student, calibration, plan, settings, folder):
         self.teacher, self.student, self.calibration = teacher, student, calibration
-        self.plan_dict = None if plan is None else {"layers": plan.layers, "teacher": plan.teacher}
+        self.plan_dict = {"layers": _structure(student, calibration.targets) if plan is None else plan.layers}
         self.settings, self.blocks = settings, list(settings)
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, value in sorted(student.state_dict().items()):
@@ -279,6 +279,17 @@ class BlockJob:
         outputs = {b: ray.put({i: np.asarray(calib.block_outputs[b][i]) for i in calib.fit_indices})
                    for b in self.blocks}
         return {"batches": batches, "outputs": outputs}
+
+
+def _structure(student, targets):
+    """{target: {"family", "options"}} of the student's layers (what a plan says), from the modules."""
+    from dreidel.recast.students import describe
+    layers = {}
+    for name in targets:
+        described = describe(student.get_submodule(name))
+        if described is not None:
+            layers[name] = {"family": described[0], "options": dict(described[1])}
+    return layers
 
 
 def _batch_parts(batch):
