@@ -306,7 +306,8 @@ def test_student_layers_run_forward_and_backward_on_read_only_inputs(name, tmp_p
 
 
 def test_thread_count_does_not_change_the_student(tiny, serial):
-    """Workers run fewer threads than a serial run may: the kernels' results must not depend on it."""
+    """At this tiny size 1 and 2 threads agree; at Whisper size they do not (bench/distributed.py):
+    bit-identity across backends holds for the same threads per task."""
     state, _ = run(tiny, BlockExecutor("serial", threads=2))
     assert_identical(state, serial[0])
 

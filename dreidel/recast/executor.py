@@ -8,7 +8,8 @@ teacher's block inputs and the blocks are independent tasks:
                   -> the block's fitted state dict, saved atomically as `<run>/<block>.safetensors`
 
 The seed of a task comes from (run seed, unit index), never from scheduling, so every backend gives
-the same bits. A block whose file exists is not run again (resume after a driver crash); a task whose
+the same bits for the same `threads` per task (BLAS/OpenMP sums differ between thread counts at
+real sizes: measured on Whisper, 2 threads vs 1). A block whose file exists is not run again (resume after a driver crash); a task whose
 worker dies is run again from the same inputs (a killed process: the pool is rebuilt; Ray: `max_retries`),
 and nothing is applied until every block is done, in block order.
 
