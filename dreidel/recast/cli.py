@@ -2,6 +2,7 @@
 
     dreidel recast TEACHER --data CALIB --budget 0.5 --families lowrank,spectral --out DIR
                    [--eval-data EVAL] [--resume] [--threads N] [--tokenizer tokenizer.json]
+                   [--workers N | --ray auto|ADDRESS] [--forcing student|teacher]
     dreidel evaluate TEACHER STUDENT_DIR --data EVAL [--threads N]
 
 TEACHER is an ONNX file, a GGUF file (with the GGUF importer) or a saved dreidel model (a JSON file
@@ -10,6 +11,11 @@ TEACHER is an ONNX file, a GGUF file (with the GGUF importer) or a saved dreidel
 it), `checkpoints/` (one atomic checkpoint per stage and block), `student.safetensors` and
 `report.json`/`report.md`. Ctrl-C stops at once and leaves every finished step on disk:
 the same command with `--resume` continues from there.
+
+Scale-out: `--workers N` runs the block-wise stage as independent teacher-forced block tasks in N
+local processes, `--ray auto|ADDRESS` as Ray tasks (`pip install "dreidel[ray]"`; "auto" joins a
+running cluster or starts a local one); each block is checkpointed as it finishes
+(`checkpoints/blocks-*/`), and `--threads` then means threads per worker.
 
 A student is saved as its plan plus its state dict; loading rebuilds the teacher's module tree with
 the planned layers replaced (`Plan.build(teacher)`) and loads the weights into it.
@@ -28,6 +34,7 @@ import dreidel
 from dreidel import nn
 from dreidel.progress import progress
 from dreidel.recast.data import DataError, Samples, load_data
+from dreidel.recast.executor import ExecutorError
 from dreidel.serialization import atomic_write_bytes
 
 STUDENT_WEIGHTS = "student.safetensors"
@@ -269,7 +276,37 @@ def _recast_parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats in the report")
     parser.add_argument("--memory-budget", type=float, default=1.0, help="GiB of calibration samples kept in memory")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the block-wise stage in N local processes (teacher-forced block tasks)")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="run the block-wise stage as Ray tasks: 'auto' (a running cluster, else a local "
+                             "one) or a cluster address")
+    parser.add_argument("--forcing", choices=("student", "teacher"), default=None,
+                        help="what feeds each block in the block-wise stage: the student's earlier blocks (a "
+                             "pipeline; the default without --workers/--ray) or the teacher's (independent tasks)")
     return parser
+
+
+def block_executor(args):
+    """(forcing, BlockExecutor or None) from --workers / --ray / --forcing / --threads."""
+    from dreidel.recast.executor import BlockExecutor
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None and args.ray is not None:
+        raise ValueError("give --workers (local processes) or --ray (a Ray cluster), not both")
+    distributed = args.ray is not None or (args.workers or 1) > 1
+    forcing = args.forcing or ("teacher" if distributed else "student")
+    if distributed and forcing != "teacher":
+        raise ValueError("--workers/--ray run independent block tasks, which needs --forcing teacher")
+    if forcing == "student":
+        return forcing, None
+    if args.ray is not None:
+        return forcing, BlockExecutor("ray", workers=args.workers, threads=args.threads,
+                                      teacher_path=args.teacher, output=args.output, address=args.ray)
+    if distributed:
+        return forcing, BlockExecutor("process", workers=args.workers, threads=args.threads,
+                                      teacher_path=args.teacher, output=args.output)
+    return forcing, BlockExecutor("serial", threads=args.threads)
 
 
 def recast_main(argv=None):
@@ -279,13 +316,14 @@ def recast_main(argv=None):
         dreidel.set_num_threads(args.threads)
     out = Path(args.out)
     try:
+        args.forcing, args.executor = block_executor(args)
         return _recast(args, out)
     except KeyboardInterrupt:
         command = " ".join(["dreidel", "recast"] + [a for a in (argv if argv is not None else sys.argv[2:])
                                                     if a != "--resume"] + ["--resume"])
         print(f"\ninterrupted: finished steps are saved in {out}; continue with\n  {command}", file=sys.stderr)
         return INTERRUPTED
-    except (DataError, TeacherError, ValueError, OSError) as error:
+    except (DataError, TeacherError, ValueError, OSError, ExecutorError) as error:
         print(f"dreidel recast: {error}", file=sys.stderr)
         return 2
 
@@ -325,7 +363,8 @@ def _recast(args, out):
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     student, _ = recast.distill(teacher, the_plan, calibration, stages=stages, optimizer=args.optimizer,
                                 steps=args.steps, checkpoint_dir=out / "checkpoints", resume=args.resume,
-                                seed=args.seed, global_loss=args.global_loss)
+                                seed=args.seed, global_loss=args.global_loss, forcing=args.forcing,
+                                executor=args.executor)
     save_student(student, the_plan, out, args.output)
     write_report(teacher, student, the_plan, evaluation_set, args, out)
     return 0

@@ -292,7 +292,8 @@ def _unit_seed(seed, index):
 
 
 def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="newton", lr_by_block_kind=None,
-            steps=None, checkpoint_dir=None, resume=True, seed=0, global_loss="mse"):
+            steps=None, checkpoint_dir=None, resume=True, seed=0, global_loss="mse", forcing="student",
+            executor=None, on_block_done=None):
     """Distil a student from `teacher` on `calibration`, in `stages` (a subset of STAGES, in order):
 
     1. "init": a `Plan` is built (each layer's closed-form / ALS fit on the teacher's activations); a
@@ -304,10 +305,18 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
     4. "global": `global_task` on the model output with `global_loss`.
     `steps`: an int or {"blockwise": n, "global": n}: optimizer steps per block / for the global stage
     (default 2 and 1 passes over the fit batches). With `checkpoint_dir`, every unit ends with a
-    checkpoint and `resume=True` continues an interrupted run identically. Returns the student, with
+    checkpoint and `resume=True` continues an interrupted run identically.
+    `forcing`: "student" (the blockwise stage is a pipeline: each block is fed the student's own earlier
+    blocks) or "teacher" (each block is trained inside the teacher, fed the teacher's block inputs: the
+    blocks are independent tasks, run by `executor`, a `dreidel.recast.executor.BlockExecutor`, serial by
+    default; each block's result is checkpointed as it finishes, `on_block_done(block)` is called then,
+    and the results are applied together, in block order). Every backend gives the same student.
+    Returns the student, with
     `student_history` (a list of per-unit losses) as the second value of `distill(...)`'s result tuple:
     (student, history).
     """
+    if forcing not in ("student", "teacher"):
+        raise ValueError(f"forcing must be 'student' or 'teacher', got {forcing!r}")
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; stages are {STAGES}")
@@ -319,12 +328,15 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
     lrs = dict(lr_by_block_kind or {})
     settings = {"stages": list(stages), "optimizer": optimizer, "steps": steps, "seed": seed,
                 "global_loss": global_loss, "lr": {k: float(v) for k, v in sorted(lrs.items())}}
+    if forcing == "teacher":
+        settings["forcing"] = "teacher"  # (absent for "student": older checkpoints stay valid)
     if isinstance(student_or_plan, Plan):
         student_or_plan.check(teacher)
         settings["plan"] = {n: [c["family"], c.get("options", {})] for n, c in student_or_plan.layers.items()}
         student = student_or_plan.build(teacher, calibration)
+        the_plan = student_or_plan
     else:
-        student = student_or_plan
+        student, the_plan = student_or_plan, None
     units = [("init",)] if "init" in stages else []
     for stage in ("refit", "blockwise"):
         if stage in stages:
@@ -343,6 +355,15 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
             continue
         stage = unit[0]
         result = None
+        if stage == "blockwise" and forcing == "teacher":
+            parallel = [(i, u) for i, u in enumerate(units) if u[0] == "blockwise" and "/".join(u) not in done]
+            for block, entry in _teacher_forced_stage(teacher, student, the_plan, calibration, parallel, lrs, optimizer,
+                                                      steps["blockwise"], seed, checkpoint_dir, resume, executor,
+                                                      on_block_done):
+                history.append(entry)
+                done.append(f"blockwise/{block}")
+            checkpoint.save(student, done, history)
+            continue
         if stage == "refit":
             result = refit_block(teacher, student, calibration, unit[1])
         elif stage == "blockwise":
@@ -359,3 +380,32 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
         done.append(key)
         checkpoint.save(student, done, history)
     return student, history
+
+
+def _teacher_forced_stage(teacher, student, the_plan, calibration, units, lrs, optimizer, steps, seed, folder,
+                          resume, executor, on_block_done):
+    """Run the teacher-forced blockwise units as independent tasks on `executor`, then load every
+    block's result into `student` in block order; yields (block, history entry)."""
+    import shutil
+    import tempfile
+    from dreidel.recast.executor import BlockExecutor, BlockJob
+    executor = executor or BlockExecutor("serial")
+    settings = {u[1]: {"optimizer": optimizer, "lr": lrs.get(block_kind(u[1])), "steps": int(steps),
+                       "seed": _unit_seed(seed, index)} for index, u in units}
+    temporary = tempfile.mkdtemp(prefix="dreidel-blocks-") if folder is None else None
+    try:
+        job = BlockJob(teacher, student, calibration, the_plan, settings, folder or temporary)
+        if not resume and os.path.isdir(job.folder):
+            shutil.rmtree(job.folder)  # start over: no result of an earlier run is reused
+        results = executor.run(job, on_block_done)
+    finally:
+        if temporary:
+            shutil.rmtree(temporary, ignore_errors=True)
+    for _, unit in units:
+        state = dict(results[unit[1]])
+        before, after = (float(v) for v in state.pop("__loss__"))
+        student.load_state_dict(state, strict=False)
+        entry = {"unit": f"blockwise/{unit[1]}"}
+        if not np.isnan(before):
+            entry.update(before=before, after=after)
+        yield unit[1], entry
