@@ -20,14 +20,18 @@ def _pool_pads(node, x_shape, kernel, stride, dilation):
     return pads
 
 
-@register("MaxPool", since=8)
-def max_pool(node):
+def _window_attributes(node):
+    """(kernel, strides, dilations, ceil_mode) of a pooling node, checked against its spatial rank."""
     kernel = tuple(node.attr("kernel_shape"))
     spatial = len(kernel)
     check_attribute_lengths(node, spatial)
-    stride = tuple(node.attr("strides", [1] * spatial))
-    dilation = tuple(node.attr("dilations", [1] * spatial))
-    ceil_mode = bool(node.attr("ceil_mode", 0))
+    return (kernel, tuple(node.attr("strides", [1] * spatial)), tuple(node.attr("dilations", [1] * spatial)),
+            bool(node.attr("ceil_mode", 0)))
+
+
+@register("MaxPool", since=8)
+def max_pool(node):
+    kernel, stride, dilation, ceil_mode = _window_attributes(node)
     want_indices = len(node.outputs) > 1 and bool(node.outputs[1])
     storage_order = int(node.attr("storage_order", 0))
     if storage_order not in (0, 1):
@@ -59,12 +63,7 @@ def _onnx_pool_indices(positions, x_shape, storage_order):
 
 @register("AveragePool", since=7)
 def average_pool(node):
-    kernel = tuple(node.attr("kernel_shape"))
-    spatial = len(kernel)
-    check_attribute_lengths(node, spatial)
-    stride = tuple(node.attr("strides", [1] * spatial))
-    dilation = tuple(node.attr("dilations", [1] * spatial))
-    ceil_mode = bool(node.attr("ceil_mode", 0))
+    kernel, stride, dilation, ceil_mode = _window_attributes(node)
     count_include_pad = bool(node.attr("count_include_pad", 0))
 
     def run(x):
