@@ -291,3 +291,21 @@ def test_a_saved_student_reloads_into_an_unfitted_build(tmp_path, setup):
     x = batches(1, seed=3)[0]
     with dreidel.no_grad():
         np.testing.assert_array_equal(shell(dreidel.Tensor(x)).numpy(), student(dreidel.Tensor(x)).numpy())
+
+
+def test_planning_leaves_the_teacher_as_it_was(setup):
+    """The sensitivity probe swaps layers in and out of the teacher: its module order (hence its
+    fingerprint, which plans and checkpoints are tied to) must come back unchanged."""
+    teacher, calib, _ = setup
+    names = [n for n, _ in teacher.named_modules()]
+    plan = recast.plan(teacher, calib, families=("lowrank",), budget=0.5, budget_kind="macs", repeats=1)
+    assert [n for n, _ in teacher.named_modules()] == names
+    assert recast.teacher_fingerprint(teacher) == calib.fingerprint
+    recast.distill(teacher, plan, calib, stages=("init",))  # checks the fingerprint
+
+
+def test_replacing_a_child_keeps_its_place():
+    block = Block(4, 8, np.random.default_rng(0))
+    before = [n for n, _ in block.named_modules()]
+    block.set_submodule("fc1", nn.Linear(4, 8))
+    assert [n for n, _ in block.named_modules()] == before

@@ -91,6 +91,9 @@ class Module:
             # silently turning a parameter into a plain attribute would drop it from training
             raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} "
                             f"(a Parameter or None is expected; to change the values set .data)")
+        if isinstance(value, Module) and name in self._modules:
+            self._modules[name] = value  # a replaced child keeps its place (module order, fingerprints)
+            return
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
         if isinstance(value, Parameter):
