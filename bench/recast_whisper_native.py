@@ -80,8 +80,12 @@ def train(args):
     calib_idx = list(range(args.calib))
     t0 = time.time()
     calib_feats, eval_feats = features(calib_idx), features(EVAL)
-    teacher_calib = greedy_ids(teacher, calib_feats)
-    teacher_eval = greedy_ids(teacher, eval_feats)
+    cache = Path(args.out) / f"teacher_ids_{args.calib}_{len(EVAL)}.json"  # the dense model's ids, reused by reruns
+    if cache.exists():
+        teacher_calib, teacher_eval = json.loads(cache.read_text())
+    else:
+        teacher_calib, teacher_eval = greedy_ids(teacher, calib_feats), greedy_ids(teacher, eval_feats)
+        cache.write_text(json.dumps([teacher_calib, teacher_eval]))
     ort_same = sum(t == index[f"clip_{i:03d}.wav"]["teacher_token_ids"] for i, t in zip(EVAL, teacher_eval))
     print(f"teacher ids {time.time() - t0:.0f}s; dense native == index.json ids on {ort_same}/{len(EVAL)} eval clips",
           flush=True)
@@ -205,6 +209,9 @@ def speed(args):
     functions = {n: (lambda m=m: [m.transcribe(p)["token_ids"] for p in clip_paths]) for n, m in models.items()}
     functions["int8"] = lambda: [ort_greedy(encoder, decoder, log_mel_spectrogram([p]), teacher.config)
                                  for p in clip_paths]
+    from whisper import ort_session
+    fp32 = [ort_session(ROOT / f"{p}_model.onnx", args.threads) for p in ("encoder", "decoder")]
+    functions["ort fp32"] = lambda: [ort_greedy(*fp32, log_mel_spectrogram([p]), teacher.config) for p in clip_paths]
     from dreidel.recast.cli import interleaved_medians
     e2e = interleaved_medians(functions, args.repeats, "transcribe")
     print(f"\nthreads {args.threads}; transcription of clips {args.clips} (WAV -> greedy ids); load "
@@ -224,6 +231,7 @@ def speed(args):
         flips = ", ".join(f"{f['clip']:03d} ({f['margin']:.3f})" for f in r["flips"])
         print(f"| int8 ORT dynamic | int8 weights | — | — | {e2e['int8'] / e2e['dense']:.3f} | — | "
               f"{100 * r['identical']:.1f} % | {flips} |")
+    print(f"| ORT fp32 (same greedy loop, reference) | dense | 1 | — | {e2e['ort fp32'] / e2e['dense']:.3f} | — | — | |")
     print(json.dumps({"linear_seconds": linear, "transcribe_seconds": e2e}))
 
 
