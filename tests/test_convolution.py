@@ -14,7 +14,7 @@ from dreidel import Tensor, nn
 from dreidel import ops as C
 from dreidel.nn import conv as layers
 from dreidel.ops import convolution
-from dreidel.ops.convolution import _conv_transpose_phases, _phases_pay
+from dreidel.ops.convolution import _conv_transpose_flat, _conv_transpose_phases, _flat_plan, _phases_pay
 
 
 # -- independent references -------------------------------------------------------------------------
@@ -202,15 +202,20 @@ def test_conv_transpose_matches_the_scatter_definition(d, data, groups, seed):
     want = naive_conv_transpose(x, w, stride, pads, output_padding, dilation, groups)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    # the phase path directly (conv_transpose takes it only for larger layers)
+    # the phase path directly (conv_transpose does not take it)
     phases = _conv_transpose_phases(x, w, want.shape[2:], pads, stride, dilation, groups)
     np.testing.assert_allclose(phases, want, rtol=1e-12, atol=1e-12)
+    # the flat GEMM path directly, also where its padding is too costly for conv_transpose to take it
+    plan = _flat_plan(size, want.shape[2:], pads, k, stride, dilation, limit=float("inf"))
+    flat = _conv_transpose_flat(x, w, want.shape[2:], pads, stride, dilation, groups, plan)
+    np.testing.assert_allclose(flat, want, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_transpose_phase_path_in_the_op(rng):
-    """A layer large enough for the phase path (128 outputs, 2048 columns), float32, with bias,
-    against the scatter reference; and its gradient through the unchanged backward."""
-    assert _phases_pay((2, 3, 32, 32), 128, (2, 2))
+def test_conv_transpose_flat_path_in_the_op(rng):
+    """The ViT head's layer kind (k4 s2 p1) takes the flat GEMM path; float32, with bias, against
+    the scatter reference."""
+    assert _flat_plan((32, 32), (64, 64), [(1, 1)] * 2, (4, 4), (2, 2), (1, 1)) is not None
+    assert not _phases_pay((2, 3, 32, 32), 128, (2, 2))
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     w = rng.standard_normal((3, 128, 4, 4)).astype(np.float32)
     b = rng.standard_normal(128).astype(np.float32)
@@ -227,6 +232,19 @@ def test_conv_transpose_phase_path_in_the_op(rng):
 def test_conv_transpose_phase_path_gradcheck(rng, monkeypatch, d, stride, padding, output_padding, dilation, groups):
     """The phase forward with the (unchanged) backward, forced on for small shapes."""
     monkeypatch.setattr(convolution, "_phases_pay", lambda *args: True)
+    x = t64(rng, 2, 4, *(3 if d < 3 else 2,) * d)
+    w = t64(rng, 4, 3, *(3,) * d)
+    b = t64(rng, 3 * groups)
+    fn = lambda x, w, b: C.conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups)  # noqa: E731
+    assert dreidel.gradcheck(fn, x, w, b)
+
+
+@pytest.mark.parametrize("d,stride,padding,output_padding,dilation,groups", [
+    (1, 2, 1, 1, 1, 2), (2, 2, (1, 0), (1, 0), 1, 1), (2, 3, 0, 2, 1, 1), (3, 2, 0, 1, 1, 2), (2, 2, 1, 1, 3, 1)])
+def test_conv_transpose_flat_path_gradcheck(rng, monkeypatch, d, stride, padding, output_padding, dilation, groups):
+    """The flat GEMM forward with the (unchanged) backward, forced on for small shapes."""
+    plan = convolution._flat_plan
+    monkeypatch.setattr(convolution, "_flat_plan", lambda *args: plan(*args, limit=float("inf")))
     x = t64(rng, 2, 4, *(3 if d < 3 else 2,) * d)
     w = t64(rng, 4, 3, *(3,) * d)
     b = t64(rng, 3 * groups)

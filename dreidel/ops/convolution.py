@@ -134,11 +134,67 @@ def _phase_conv(xp, w, dilation, groups, out_shape):
 
 
 def _phases_pay(x_shape, out_per_group, stride):
-    """Whether the phase GEMMs beat one GEMM + col2im. Measured on the ViT head (k4 s2, 1 thread):
-    the phase GEMMs (C_out/g rows each) run slower than the single (C_out/g·K rows) one when they
-    are small, which the saved scatter-add only repays with ≥ 128 rows and ≥ 2048 columns."""
-    columns = x_shape[0] * math.prod(x_shape[2:])
-    return math.prod(stride) > 1 and out_per_group >= 128 and columns >= 2048
+    """Whether conv_transpose takes the phase path: never, measured on the ViT head (k4 s2 p1,
+    1 thread, b1 and b8): slower than GEMM + col2im at every layer. Kept for the tests' direct use."""
+    return False
+
+
+# Transposed convolution as one GEMM per image + flat col2im: Y = Wᵀ x gives every tap's
+# contribution (C_out, K, L); tap k lands in output phase r = (k·dl − b) mod s at phase index
+# m = p + δ_k. With the input zero-padded at the end of every spatial axis but the first, all of a
+# phase's shifts are one flat offset and each tap is one contiguous add (wrapped reads hit the
+# zero columns or fall outside Y and are skipped); each phase then is one strided copy into out.
+def _flat_plan(size, out_spatial, pads, kernel, stride, dilation, limit=1.25):
+    """Per axis: taps [(phase, δ)], phase sizes M_r; the padding P per axis; None if it costs
+    more than `limit` times the GEMM columns (then col2im is cheaper)."""
+    plans, padded = [], []
+    for a, (n, o, (b, _), k, s, dl) in enumerate(zip(size, out_spatial, pads, kernel, stride, dilation)):
+        taps = [((t * dl - b) % s, (t * dl - b - (t * dl - b) % s) // s) for t in range(k)]
+        phase_sizes = [-(-(o - r) // s) for r in range(s)]
+        plans.append((taps, phase_sizes))
+        deltas = [dt for _, dt in taps]
+        padded.append(n if a == 0 else n + max(0, max(deltas), max(phase_sizes) - n - min(deltas)))
+    if math.prod(padded) > limit * math.prod(size):
+        return None
+    return plans, padded
+
+
+def _conv_transpose_flat(x, w, out_spatial, pads, stride, dilation, groups, plan):
+    plans, padded = plan
+    n, c_in = x.shape[:2]
+    d, og, kernel, size = len(stride), w.shape[1], tuple(w.shape[2:]), x.shape[2:]
+    dtype = np.result_type(x, w)
+    if tuple(padded) != tuple(size):
+        xp = np.zeros((n, c_in) + tuple(padded), dtype=x.dtype)
+        xp[(slice(None), slice(None)) + tuple(slice(0, m) for m in size)] = x
+    else:
+        xp = x
+    rows = (max(size[0], max(plans[0][1])),) + tuple(padded[1:])  # the phase buffer's shape
+    pitch = [math.prod(padded[a + 1:]) for a in range(d)]
+    y_len, t_len = math.prod(padded), math.prod(rows)
+    phases = {}
+    for i, ks in enumerate(itertools.product(*(range(k) for k in kernel))):
+        phase = tuple(plans[a][0][k][0] for a, k in enumerate(ks))
+        phases.setdefault(phase, []).append((i, sum(plans[a][0][k][1] * pitch[a] for a, k in enumerate(ks))))
+    every = len(phases) == math.prod(stride)  # else some phase gets no tap: it stays zero
+    out = (np.empty if every else np.zeros)((n, groups * og) + tuple(out_spatial), dtype=dtype)
+    cg = c_in // groups
+    wt = w.reshape(groups, cg, og * math.prod(kernel)).transpose(0, 2, 1)  # (g, C_out/g·K, C_in/g)
+    buffer = np.empty((groups * og, t_len), dtype=dtype)
+    for j in range(n):
+        y = np.matmul(wt, xp[j].reshape(groups, cg, y_len)).reshape(groups * og, math.prod(kernel), y_len)
+        for phase, taps in phases.items():
+            sizes = tuple(plans[a][1][r] for a, r in enumerate(phase))
+            if min(sizes) <= 0:
+                continue
+            buffer.fill(0)
+            for k, off in taps:
+                lo, hi = max(0, off), min(t_len, y_len + off)
+                if lo < hi:
+                    buffer[:, lo:hi] += y[:, k, lo - off:hi - off]
+            out[(j, slice(None)) + tuple(slice(r, None, s) for r, s in zip(phase, stride))] = \
+                buffer.reshape((-1,) + rows)[(slice(None),) + tuple(slice(0, m) for m in sizes)]
+    return out
 
 
 def _conv_transpose_phases(x, w, out_spatial, pads, stride, dilation, groups):
@@ -272,8 +328,13 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     if any(f - b - e < 1 for f, (b, e) in zip(full, pads)):
         raise ValueError(f"conv_transpose: padding {padding} leaves no output (uncropped size {full})")
     out_spatial = tuple(f - b - e for f, (b, e) in zip(full, pads))
+    # per-image GEMMs of few columns ran slower than col2im's one batched GEMM (ViT head, b8, 256 columns)
+    plan = _flat_plan(in_shape, out_spatial, pads, kernel, stride, dilation) \
+        if x.shape[0] == 1 or math.prod(in_shape) >= 512 else None
     if _phases_pay(x.shape, weight.shape[1], stride):
         out = _conv_transpose_phases(x.data, weight.data, out_spatial, pads, stride, dilation, groups)
+    elif plan is not None:
+        out = _conv_transpose_flat(x.data, weight.data, out_spatial, pads, stride, dilation, groups, plan)
     else:
         padded_shape = (x.shape[0], c_out) + full
         out = _crop(_conv_input_grad(x.data, weight.data, padded_shape, stride, dilation, groups), pads)
