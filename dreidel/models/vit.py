@@ -36,7 +36,7 @@ from dreidel import functional as F
 from dreidel import nn
 from dreidel.nn.wht_attention import WalshHadamardAttention
 from dreidel.ops.attention import softmax_attention
-from dreidel.tensor import Tensor
+from dreidel.tensor import Tensor, is_grad_enabled
 
 ROLES = ("patch", "query", "key", "value", "attention_output", "fc1", "fc2")
 
@@ -732,7 +732,19 @@ class SaliencyDecoder(nn.Module):
     def forward(self, features, size):
         x = features
         for i in range(1, self.stages + 1):
-            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"upconv{i}")(x)))
+            conv, bn = getattr(self, f"upconv{i}"), getattr(self, f"bn{i}")
+            if self.training or is_grad_enabled() or not bn.track_running_stats:
+                x = F.relu(bn(conv(x)))
+                continue
+            # inference: the BatchNorm folded into the transposed conv's weight and bias (saves
+            # its passes over the largest maps of the model)
+            scale = bn.weight.data / np.sqrt(bn.running_var.data + bn.eps)
+            shift = bn.bias.data - bn.running_mean.data * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias.data * scale
+            weight = conv.weight.data * scale.reshape(1, -1, *(1,) * (conv.weight.ndim - 2)).astype(conv.weight.dtype)
+            x = F.relu(F.conv_transpose2d(x, weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding,
+                                          conv.output_padding, conv.groups, conv.dilation))
         x = self.final_conv(x)
         return F.sigmoid(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
