@@ -14,7 +14,7 @@ from dreidel import Tensor, nn
 from dreidel import ops as C
 from dreidel.nn import conv as layers
 from dreidel.ops import convolution
-from dreidel.ops.convolution import _conv_transpose_flat, _conv_transpose_phases, _flat_plan, _phases_pay
+from dreidel.ops.convolution import _conv_transpose_flat, _flat_plan
 
 
 # -- independent references -------------------------------------------------------------------------
@@ -184,9 +184,9 @@ def naive_conv_transpose(x, w, stride, pads, output_padding, dilation, groups):
 @settings(max_examples=40, deadline=None)
 @given(d=st.integers(1, 3), data=st.data(), groups=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
 def test_conv_transpose_matches_the_scatter_definition(d, data, groups, seed):
-    """The sub-pixel phase forward against the direct scatter loops, over strides, dilations (also
-    dilation > stride and not coprime), kernels smaller than the stride (empty phases), crops larger
-    than a stride and output_padding."""
+    """conv_transpose against the direct scatter loops, over strides, dilations (also dilation >
+    stride and not coprime), kernels smaller than the stride, crops larger than a stride and
+    output_padding."""
     ints = lambda lo, hi: tuple(data.draw(st.lists(st.integers(lo, hi), min_size=d, max_size=d)))  # noqa: E731
     size, k, stride, dilation = ints(1, 3), ints(1, 4), ints(1, 3), ints(1, 3)
     output_padding = tuple(data.draw(st.integers(0, max(s, dl) - 1)) for s, dl in zip(stride, dilation))
@@ -202,9 +202,6 @@ def test_conv_transpose_matches_the_scatter_definition(d, data, groups, seed):
     want = naive_conv_transpose(x, w, stride, pads, output_padding, dilation, groups)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    # the phase path directly (conv_transpose does not take it)
-    phases = _conv_transpose_phases(x, w, want.shape[2:], pads, stride, dilation, groups)
-    np.testing.assert_allclose(phases, want, rtol=1e-12, atol=1e-12)
     # the flat GEMM path directly, also where its padding is too costly for conv_transpose to take it
     plan = _flat_plan(size, want.shape[2:], pads, k, stride, dilation, limit=float("inf"))
     flat = _conv_transpose_flat(x, w, want.shape[2:], pads, stride, dilation, groups, plan)
@@ -215,7 +212,6 @@ def test_conv_transpose_flat_path_in_the_op(rng):
     """The ViT head's layer kind (k4 s2 p1) takes the flat GEMM path; float32, with bias, against
     the scatter reference."""
     assert _flat_plan((32, 32), (64, 64), [(1, 1)] * 2, (4, 4), (2, 2), (1, 1)) is not None
-    assert not _phases_pay((2, 3, 32, 32), 128, (2, 2))
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     w = rng.standard_normal((3, 128, 4, 4)).astype(np.float32)
     b = rng.standard_normal(128).astype(np.float32)
@@ -225,18 +221,6 @@ def test_conv_transpose_flat_path_in_the_op(rng):
     assert got.dtype == np.float32 and got.shape == (2, 128, 64, 64)
     np.testing.assert_allclose(got[:, :, :6, :6], want[:, :, :6, :6], rtol=1e-4, atol=1e-4)
 
-
-
-@pytest.mark.parametrize("d,stride,padding,output_padding,dilation,groups", [
-    (1, 2, 1, 1, 1, 2), (2, 2, (1, 0), (1, 0), 1, 1), (2, 3, 0, 2, 1, 1), (3, 2, 0, 1, 1, 2), (2, 2, 1, 1, 3, 1)])
-def test_conv_transpose_phase_path_gradcheck(rng, monkeypatch, d, stride, padding, output_padding, dilation, groups):
-    """The phase forward with the (unchanged) backward, forced on for small shapes."""
-    monkeypatch.setattr(convolution, "_phases_pay", lambda *args: True)
-    x = t64(rng, 2, 4, *(3 if d < 3 else 2,) * d)
-    w = t64(rng, 4, 3, *(3,) * d)
-    b = t64(rng, 3 * groups)
-    fn = lambda x, w, b: C.conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups)  # noqa: E731
-    assert dreidel.gradcheck(fn, x, w, b)
 
 
 @pytest.mark.parametrize("d,stride,padding,output_padding,dilation,groups", [

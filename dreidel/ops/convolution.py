@@ -102,43 +102,6 @@ def _depthwise_weight_grad(xp, g, kernel, stride, dilation):
     return kernels.depthwise_conv_weight_grad(*_common_float(xp, g), kernel, stride, dilation)
 
 
-# Transposed convolution by sub-pixel phases: output position q = p·s + k·dl (per axis) splits by
-# phase r = q mod s; the taps k with k·dl ≡ r (mod s) form a regular (flipped, dilation dl/gcd)
-# kernel, so each phase is one ordinary stride-1 convolution (one GEMM) whose output is written to
-# out[..., r::s]. Same flops as GEMM + col2im, but no scatter-add over a K^d-times-larger matrix.
-def _phase_axis(r, b, end, size, k, s, dl):
-    """One axis of phase r: (first cropped output index, count, taps in conv order, conv dilation,
-    x range [lo, hi) the phase reads, zero outside [0, size)); None if the phase has no output or
-    no tap. The cropped output is the uncropped positions [b, end)."""
-    q0 = b + (r - b) % s  # first uncropped position >= b in this phase
-    count = -(-(end - q0) // s)
-    taps = [t for t in range(k) if (t * dl) % s == r]
-    if count <= 0 or not taps:
-        return None
-    step = dl // math.gcd(dl, s)
-    lo = (q0 - r) // s - (taps[-1] * dl - r) // s
-    # taps in descending k (ascending conv offsets), as a slice
-    order = slice(taps[-1], taps[0] - 1 if taps[0] else None, -(s // math.gcd(dl, s)))
-    return q0 - b, count, order, step, lo, lo + count + (len(taps) - 1) * step
-
-
-def _phase_conv(xp, w, dilation, groups, out_shape):
-    """Stride-1 `_conv_array` as patches (N·P, C/g·K) @ weightᵀ: a phase's weight has few output
-    rows, and BLAS ran this orientation a little faster for that shape. Returns (N, O, *P), a
-    strided view for groups=1 (written once, into the interleaved output)."""
-    n, d = xp.shape[0], len(out_shape)
-    cols = _im2col(xp, w.shape[2:], (1,) * d, dilation, out_shape, groups)  # (g, C/g·K, N·P)
-    y = np.matmul(cols.transpose(0, 2, 1), _weight_matrix(w, groups).transpose(0, 2, 1))  # (g, N·P, O/g)
-    y = y.reshape((groups, n) + tuple(out_shape) + (w.shape[0] // groups,))
-    return np.moveaxis(y, (0, -1), (1, 2)).reshape((n, w.shape[0]) + tuple(out_shape))
-
-
-def _phases_pay(x_shape, out_per_group, stride):
-    """Whether conv_transpose takes the phase path: never, measured on the ViT head (k4 s2 p1,
-    1 thread, b1 and b8): slower than GEMM + col2im at every layer. Kept for the tests' direct use."""
-    return False
-
-
 # Transposed convolution as one GEMM per image + flat col2im: Y = Wᵀ x gives every tap's
 # contribution (C_out, K, L); tap k lands in output phase r = (k·dl − b) mod s at phase index
 # m = p + δ_k. With the input zero-padded at the end of every spatial axis but the first, all of a
@@ -194,38 +157,6 @@ def _conv_transpose_flat(x, w, out_spatial, pads, stride, dilation, groups, plan
                     buffer[:, lo:hi] += y[:, k, lo - off:hi - off]
             out[(j, slice(None)) + tuple(slice(r, None, s) for r, s in zip(phase, stride))] = \
                 buffer.reshape((-1,) + rows)[(slice(None),) + tuple(slice(0, m) for m in sizes)]
-    return out
-
-
-def _conv_transpose_phases(x, w, out_spatial, pads, stride, dilation, groups):
-    """Cropped transposed-convolution output (N, C_out, *out_spatial) of x (N, C_in, *L) and
-    transposed weight w (C_in, C_out/g, *K), phase by phase."""
-    n, c_in = x.shape[:2]
-    d, og, kernel, size = len(stride), w.shape[1], w.shape[2:], x.shape[2:]
-    out = np.zeros((n, groups * og) + tuple(out_spatial), dtype=np.result_type(x, w))
-    # as a conv weight (C_out, C_in/g, *K): one copy with the kernel axes innermost (fast), the
-    # phases' taps are then views
-    wc = np.ascontiguousarray(w.reshape((groups, c_in // groups, og) + kernel).swapaxes(1, 2))
-    wc = wc.reshape((groups * og, c_in // groups) + kernel)
-    per_axis = [[_phase_axis(r, b, o + b, size[a], kernel[a], stride[a], dilation[a]) for r in range(stride[a])]
-                for a, (o, (b, _)) in enumerate(zip(out_spatial, pads))]
-    for phase in itertools.product(*per_axis):
-        if any(p is None for p in phase):
-            continue  # no output, or no tap reaches this phase: stays zero
-        sub = wc[(slice(None), slice(None)) + tuple(p[2] for p in phase)]
-        src = tuple(slice(max(p[4], 0), min(p[5], size[a])) for a, p in enumerate(phase))
-        if any(sl.start >= sl.stop for sl in src):
-            continue  # reads only zero padding
-        xs = x[(slice(None), slice(None)) + src]
-        if any(p[4] < 0 or p[5] > size[a] for a, p in enumerate(phase)):
-            xp = np.zeros((n, c_in) + tuple(p[5] - p[4] for p in phase), dtype=x.dtype)
-            xp[(slice(None), slice(None)) + tuple(slice(sl.start - p[4], sl.stop - p[4])
-                                                  for sl, p in zip(src, phase))] = xs
-        else:
-            xp = xs
-        y = _phase_conv(xp, sub, tuple(p[3] for p in phase), groups, tuple(p[1] for p in phase))
-        out[(slice(None), slice(None)) + tuple(slice(p[0], p[0] + (p[1] - 1) * s + 1, s)
-                                               for p, s in zip(phase, stride))] = y
     return out
 
 
@@ -331,9 +262,7 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     # per-image GEMMs of few columns ran slower than col2im's one batched GEMM (ViT head, b8, 256 columns)
     plan = _flat_plan(in_shape, out_spatial, pads, kernel, stride, dilation) \
         if x.shape[0] == 1 or math.prod(in_shape) >= 512 else None
-    if _phases_pay(x.shape, weight.shape[1], stride):
-        out = _conv_transpose_phases(x.data, weight.data, out_spatial, pads, stride, dilation, groups)
-    elif plan is not None:
+    if plan is not None:
         out = _conv_transpose_flat(x.data, weight.data, out_spatial, pads, stride, dilation, groups, plan)
     else:
         padded_shape = (x.shape[0], c_out) + full
