@@ -24,6 +24,8 @@ cdef extern from "_kernels_spectral.h":
                         Py_ssize_t n) noexcept nogil
     void dr_add_f32(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
     void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
+    void dr_set_gather512(int on) noexcept nogil
+    int dr_get_gather512() noexcept nogil
     ctypedef unsigned long long uint64_t
     uint64_t dr_ticks() noexcept nogil
     void dr_prof_mark(int i, uint64_t* t) noexcept nogil
@@ -219,14 +221,17 @@ cdef enum:
 cdef Py_ssize_t STACK_TILE_BYTES = 16384                # one of the two ping-pong tile buffers
 cdef Py_ssize_t STACK_PARALLEL_MIN_ELEMENTS = 1 << 19   # K * rows * N below this: one thread
 
-def _stack_tuning(tile_bytes=None, parallel_min_elements=None):
-    """Benchmark hook: set / read the stack kernels' tile size and parallel threshold."""
+def _stack_tuning(tile_bytes=None, parallel_min_elements=None, gather512=None):
+    """Benchmark / test hook: set / read the stack kernels' tile size, parallel threshold and
+    whether the float32 permutation gathers may use AVX-512 (same bits either way)."""
     global STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    if gather512 is not None:
+        dr_set_gather512(1 if gather512 else 0)
     if tile_bytes is not None:
         STACK_TILE_BYTES = max(1, int(tile_bytes))
     if parallel_min_elements is not None:
         STACK_PARALLEL_MIN_ELEMENTS = max(0, int(parallel_min_elements))
-    return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS, bool(dr_get_gather512())
 
 # phases of the profiler (dr_prof_mark), in the order _stack_profile reports them
 cdef enum:
