@@ -82,13 +82,20 @@ def main(argv=None):
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--ab-gather", action="store_true",
+                        help="profile each shape twice in this process: scalar gathers, then AVX-512 (if any)")
     args = parser.parse_args(argv)
     dreidel.set_num_threads(1)
     rng = np.random.default_rng(0)
     print(f"DeepSpectralLinear(K={args.depth}) fwd+bwd, 1 thread, float32; ms per call "
           f"(phases: share of the kernel time measured with the profiler on)")
+    variants = [False, True] if args.ab_gather else [None]
     for width in args.widths:
         for batch in args.batches:
+          for vector in variants:
+            if vector is not None:
+                _kernels._stack_tuning(gather512=vector)
+                print(f"\n[{'AVX-512' if vector else 'scalar'} gathers]", end="")
             t_step, t_fwd, t_bwd, save, phases, ticks, wall = profile(width, batch, args.depth, rng)
             # the profiler's marks cover the kernels' work; wall - sum(marks) is their own overhead
             ms_per_tick = wall * 1e3 / ticks if ticks else 0.0

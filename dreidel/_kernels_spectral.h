@@ -3,6 +3,7 @@
 #define DREIDEL_KERNELS_SPECTRAL_H
 
 #include "_kernels_common.h"
+#include "_kernels_fwht.h"   /* dr_use_avx512, DR_T512 */
 
 /* ---------------- spectral stack helpers ---------------- */
 /* restrict + unrolling: without them the random-order gather ran ~1.7x slower (the
@@ -13,61 +14,26 @@ static void dr_gather_scale_##SFX(const T* DR_R src, const int* DR_R idx, const 
     _Pragma("GCC unroll 8") \
     for (Py_ssize_t j = 0; j < n; j++) out[j] = src[idx[j]] * d[j]; \
 } \
-static void dr_gather_save_scale_##SFX(const T* DR_R src, const int* DR_R idx, const T* DR_R d, \
-                                       T* DR_R u, T* DR_R out, Py_ssize_t n) { \
-    _Pragma("GCC unroll 8") \
-    for (Py_ssize_t j = 0; j < n; j++) { T v = src[idx[j]]; u[j] = v; out[j] = v * d[j]; } \
-} \
-/* the same over nr consecutive rows (row stride n for src, u and out), four rows per index: the \
-   index and d[j] are loaded once per four rows, which more than halved the gather time at \
-   N = 1024 (the scalar gather is load-bound: idx, src, d per element otherwise). When u is \
-   given the four rows are gathered into u only and out = u * d follows as a vector pass over \
-   the four just-written (L1-resident) rows: storing both u and out from the scalar loop was \
-   slower than one row at a time (8 store streams). */ \
-static void dr_gather_rows_##SFX(const T* DR_R src, const int* DR_R idx, const T* DR_R d, \
-                                 T* DR_R u, T* DR_R out, Py_ssize_t n, Py_ssize_t nr) { \
+/* the same over nr consecutive rows (row stride n), four rows per index: the index and d[j] \
+   are loaded once per four rows, which more than halved the gather time at N = 1024 (the \
+   scalar gather is load-bound: idx, src, d per element otherwise) */ \
+static void dr_gather_scale_rows_scalar_##SFX(const T* DR_R src, const int* DR_R idx, const T* DR_R d, \
+                                             T* DR_R out, Py_ssize_t n, Py_ssize_t nr) { \
     Py_ssize_t r = 0; \
     for (; r + 4 <= nr; r += 4) { \
         const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; const T* DR_R s2 = s1 + n; const T* DR_R s3 = s2 + n; \
         T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; T* DR_R o2 = o1 + n; T* DR_R o3 = o2 + n; \
-        if (u) { \
-            T* DR_R u0 = u + r * n; T* DR_R u1 = u0 + n; T* DR_R u2 = u1 + n; T* DR_R u3 = u2 + n; \
-            _Pragma("GCC unroll 4") \
-            for (Py_ssize_t j = 0; j < n; j++) { \
-                int i = idx[j]; u0[j] = s0[i]; u1[j] = s1[i]; u2[j] = s2[i]; u3[j] = s3[i]; \
-            } \
-            for (Py_ssize_t j = 0; j < n; j++) { \
-                T dj = d[j]; o0[j] = u0[j] * dj; o1[j] = u1[j] * dj; o2[j] = u2[j] * dj; o3[j] = u3[j] * dj; \
-            } \
-        } else { \
-            _Pragma("GCC unroll 4") \
-            for (Py_ssize_t j = 0; j < n; j++) { \
-                int i = idx[j]; T dj = d[j]; \
-                o0[j] = s0[i] * dj; o1[j] = s1[i] * dj; o2[j] = s2[i] * dj; o3[j] = s3[i] * dj; \
-            } \
+        _Pragma("GCC unroll 4") \
+        for (Py_ssize_t j = 0; j < n; j++) { \
+            int i = idx[j]; T dj = d[j]; \
+            o0[j] = s0[i] * dj; o1[j] = s1[i] * dj; o2[j] = s2[i] * dj; o3[j] = s3[i] * dj; \
         } \
     } \
-    for (; r + 2 <= nr; r += 2) { \
-        const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; \
-        T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; \
-        if (u) { \
-            T* DR_R u0 = u + r * n; T* DR_R u1 = u0 + n; \
-            _Pragma("GCC unroll 4") \
-            for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; u0[j] = s0[i]; u1[j] = s1[i]; } \
-            for (Py_ssize_t j = 0; j < n; j++) { T dj = d[j]; o0[j] = u0[j] * dj; o1[j] = u1[j] * dj; } \
-        } else { \
-            _Pragma("GCC unroll 4") \
-            for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; T dj = d[j]; o0[j] = s0[i] * dj; o1[j] = s1[i] * dj; } \
-        } \
-    } \
-    for (; r < nr; r++) { \
-        if (u) dr_gather_save_scale_##SFX(src + r * n, idx, d, u + r * n, out + r * n, n); \
-        else dr_gather_scale_##SFX(src + r * n, idx, d, out + r * n, n); \
-    } \
+    for (; r < nr; r++) dr_gather_scale_##SFX(src + r * n, idx, d, out + r * n, n); \
 } \
 /* out[r][j] = src[r][idx[j]] over nr rows (stride n), four rows per index load: the pure gather \
    of the stack, whose diagonal is applied by the FWHT's first pass (_fwht_tile_pre) */ \
-static void dr_gather_pure_rows_##SFX(const T* DR_R src, const int* DR_R idx, T* DR_R out, \
+static void dr_gather_pure_rows_scalar_##SFX(const T* DR_R src, const int* DR_R idx, T* DR_R out, \
                                       Py_ssize_t n, Py_ssize_t nr) { \
     Py_ssize_t r = 0; \
     for (; r + 4 <= nr; r += 4) { \
@@ -104,6 +70,69 @@ static void dr_add_##SFX(const T* DR_R a, const T* DR_R b, T* DR_R out, Py_ssize
 }
 DR_STACK(float, f32)
 DR_STACK(double, f64)
+
+/* AVX-512 pure gather (float32, n % 16 == 0): 16 indices per load, one vgatherdps and one vector
+   store per row and 16 columns. The scalar gather is bound by its one store per element; this
+   does a sixteenth of the stores. A copy, so bitwise the same as the scalar path. dr_gather512
+   (kernels._stack_tuning(gather512=...)) switches it off for A/B. */
+static int dr_gather512 = 1;
+#if DR_AVX512_BUILD
+DR_T512 static void dr_gather_pure_rows512_f32(const float* DR_R src, const int* DR_R idx,
+                                               float* DR_R out, Py_ssize_t n, Py_ssize_t nr) {
+    Py_ssize_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const float* s0 = src + r * n; const float* s1 = s0 + n; const float* s2 = s1 + n; const float* s3 = s2 + n;
+        float* o0 = out + r * n; float* o1 = o0 + n; float* o2 = o1 + n; float* o3 = o2 + n;
+        for (Py_ssize_t j = 0; j < n; j += 16) {
+            __m512i i = _mm512_loadu_si512((const void*)(idx + j));
+            _mm512_storeu_ps(o0 + j, _mm512_i32gather_ps(i, s0, 4));
+            _mm512_storeu_ps(o1 + j, _mm512_i32gather_ps(i, s1, 4));
+            _mm512_storeu_ps(o2 + j, _mm512_i32gather_ps(i, s2, 4));
+            _mm512_storeu_ps(o3 + j, _mm512_i32gather_ps(i, s3, 4));
+        }
+    }
+    for (; r < nr; r++) {
+        const float* s0 = src + r * n; float* o0 = out + r * n;
+        for (Py_ssize_t j = 0; j < n; j += 16)
+            _mm512_storeu_ps(o0 + j, _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + j)), s0, 4));
+    }
+}
+/* out[r][j] = src[r][idx[j]] * d[j]: one rounding, as the scalar path */
+DR_T512 static void dr_gather_scale_rows512_f32(const float* DR_R src, const int* DR_R idx,
+                                                const float* DR_R d, float* DR_R out, Py_ssize_t n,
+                                                Py_ssize_t nr) {
+    for (Py_ssize_t r = 0; r < nr; r++) {
+        const float* s0 = src + r * n; float* o0 = out + r * n;
+        for (Py_ssize_t j = 0; j < n; j += 16)
+            _mm512_storeu_ps(o0 + j, _mm512_mul_ps(_mm512_i32gather_ps(
+                _mm512_loadu_si512((const void*)(idx + j)), s0, 4), _mm512_loadu_ps(d + j)));
+    }
+}
+#endif
+static void dr_gather_pure_rows_f32(const float* DR_R src, const int* DR_R idx, float* DR_R out,
+                                    Py_ssize_t n, Py_ssize_t nr) {
+#if DR_AVX512_BUILD
+    if (dr_gather512 && n % 16 == 0 && dr_use_avx512()) { dr_gather_pure_rows512_f32(src, idx, out, n, nr); return; }
+#endif
+    dr_gather_pure_rows_scalar_f32(src, idx, out, n, nr);
+}
+static void dr_gather_pure_rows_f64(const double* DR_R src, const int* DR_R idx, double* DR_R out,
+                                    Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_pure_rows_scalar_f64(src, idx, out, n, nr);
+}
+static void dr_gather_scale_rows_f32(const float* DR_R src, const int* DR_R idx, const float* DR_R d,
+                                     float* DR_R out, Py_ssize_t n, Py_ssize_t nr) {
+#if DR_AVX512_BUILD
+    if (dr_gather512 && n % 16 == 0 && dr_use_avx512()) { dr_gather_scale_rows512_f32(src, idx, d, out, n, nr); return; }
+#endif
+    dr_gather_scale_rows_scalar_f32(src, idx, d, out, n, nr);
+}
+static void dr_gather_scale_rows_f64(const double* DR_R src, const int* DR_R idx, const double* DR_R d,
+                                     double* DR_R out, Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_scale_rows_scalar_f64(src, idx, d, out, n, nr);
+}
+static void dr_set_gather512(int on) { dr_gather512 = on; }
+static int dr_get_gather512(void) { return dr_gather512; }
 
 /* ---------------- phase profiler of the stack kernels (bench/profile_spectral.py) --------- */
 /* Off by default (one predictable branch per phase per tile). When on, the stack kernels add

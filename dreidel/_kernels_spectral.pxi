@@ -6,14 +6,10 @@ cdef extern from "_kernels_spectral.h":
                              Py_ssize_t n) noexcept nogil
     void dr_gather_scale_f64(const double* src, const int* idx, const double* d, double* out,
                              Py_ssize_t n) noexcept nogil
-    void dr_gather_save_scale_f32(const float* src, const int* idx, const float* d, float* u,
-                                  float* out, Py_ssize_t n) noexcept nogil
-    void dr_gather_save_scale_f64(const double* src, const int* idx, const double* d, double* u,
-                                  double* out, Py_ssize_t n) noexcept nogil
-    void dr_gather_rows_f32(const float* src, const int* idx, const float* d, float* u,
-                            float* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil
-    void dr_gather_rows_f64(const double* src, const int* idx, const double* d, double* u,
-                            double* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_scale_rows_f32(const float* src, const int* idx, const float* d, float* out,
+                                  Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_scale_rows_f64(const double* src, const int* idx, const double* d, double* out,
+                                  Py_ssize_t n, Py_ssize_t nr) noexcept nogil
     void dr_gather_pure_rows_f32(const float* src, const int* idx, float* out, Py_ssize_t n,
                                  Py_ssize_t nr) noexcept nogil
     void dr_gather_pure_rows_f64(const double* src, const int* idx, double* out, Py_ssize_t n,
@@ -24,6 +20,8 @@ cdef extern from "_kernels_spectral.h":
                         Py_ssize_t n) noexcept nogil
     void dr_add_f32(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
     void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
+    void dr_set_gather512(int on) noexcept nogil
+    int dr_get_gather512() noexcept nogil
     ctypedef unsigned long long uint64_t
     uint64_t dr_ticks() noexcept nogil
     void dr_prof_mark(int i, uint64_t* t) noexcept nogil
@@ -219,14 +217,17 @@ cdef enum:
 cdef Py_ssize_t STACK_TILE_BYTES = 16384                # one of the two ping-pong tile buffers
 cdef Py_ssize_t STACK_PARALLEL_MIN_ELEMENTS = 1 << 19   # K * rows * N below this: one thread
 
-def _stack_tuning(tile_bytes=None, parallel_min_elements=None):
-    """Benchmark hook: set / read the stack kernels' tile size and parallel threshold."""
+def _stack_tuning(tile_bytes=None, parallel_min_elements=None, gather512=None):
+    """Benchmark / test hook: set / read the stack kernels' tile size, parallel threshold and
+    whether the float32 permutation gathers may use AVX-512 (same bits either way)."""
     global STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    if gather512 is not None:
+        dr_set_gather512(1 if gather512 else 0)
     if tile_bytes is not None:
         STACK_TILE_BYTES = max(1, int(tile_bytes))
     if parallel_min_elements is not None:
         STACK_PARALLEL_MIN_ELEMENTS = max(0, int(parallel_min_elements))
-    return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    return STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS, bool(dr_get_gather512())
 
 # phases of the profiler (dr_prof_mark), in the order _stack_profile reports them
 cdef enum:
@@ -258,27 +259,13 @@ cdef inline Py_ssize_t _stack_tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexc
 cdef inline int _stack_threads(Py_ssize_t work) noexcept nogil:
     return _nthreads if work >= STACK_PARALLEL_MIN_ELEMENTS else 1
 
-cdef inline void _gather_save_scale(const floating* src, const int* idx, const floating* d,
-                                    floating* u, floating* out, Py_ssize_t n) noexcept nogil:
-    """u[j] = src[idx[j]] (if u is not NULL); out[j] = src[idx[j]] * d[j]."""
-    if floating is float:
-        if u != NULL:
-            dr_gather_save_scale_f32(src, idx, d, u, out, n)
-        else:
-            dr_gather_scale_f32(src, idx, d, out, n)
-    else:
-        if u != NULL:
-            dr_gather_save_scale_f64(src, idx, d, u, out, n)
-        else:
-            dr_gather_scale_f64(src, idx, d, out, n)
-
 cdef inline void _gather_rows(const floating* src, const int* idx, const floating* d,
-                              floating* u, floating* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
-    """_gather_save_scale over nr consecutive rows (stride n), several rows per index load."""
+                              floating* out, Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
+    """out[r][j] = src[r][idx[j]] * d[j] over nr consecutive rows (stride n)."""
     if floating is float:
-        dr_gather_rows_f32(src, idx, d, u, out, n, nr)
+        dr_gather_scale_rows_f32(src, idx, d, out, n, nr)
     else:
-        dr_gather_rows_f64(src, idx, d, u, out, n, nr)
+        dr_gather_scale_rows_f64(src, idx, d, out, n, nr)
 
 cdef inline void _gather_pure(const floating* src, const int* idx, floating* out, Py_ssize_t n,
                               Py_ssize_t nr) noexcept nogil:
@@ -480,7 +467,7 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                             _gather_pure(a, inv + k * N, b, N, nr)
                             pre = dinv + k * N
                         else:
-                            _gather_rows(a, inv + k * N, dinv + k * N, NULL, b, N, nr)
+                            _gather_rows(a, inv + k * N, dinv + k * N, b, N, nr)
                         tmp = a
                         a = b
                         b = tmp

@@ -101,9 +101,10 @@ def spectral_stack(x, perms, d, bias, out_features, save):
 
     def backward(g):
         need_x = x.requires_grad
-        gx, gd = kernels.spectral_stack_backward(g.reshape(-1, n_out), saved, perms, D, n_in,
+        # g keeps its leading shape so gx is allocated in x's shape: an owning array the autograd
+        # adopts as x.grad (a reshaped view would be copied, a full extra pass at width 4096)
+        gx, gd = kernels.spectral_stack_backward(g.reshape(lead + (n_out,)), saved, perms, D, n_in,
                                                  need_x=need_x, x=X, validate=False)
-        gx = gx.reshape(lead + (n_in,)) if need_x else None
         gb = g.reshape(-1, n_out).sum(axis=0) if bias is not None and bias.requires_grad else None
         return gx, gd, gb
 
