@@ -152,3 +152,13 @@ def test_minilm_blocks_are_its_numbered_encoder_layers():
     batch = {k: v for k, v in batch.items() if k in graph.input_names}
     taps = recast.structure.BlockBoundaries(teacher, blocks, batch).taps
     assert taps[f"{layer}.0"][0].startswith(f"{layer}.0.") and taps[f"{layer}.0"][1].startswith(f"{layer}.1.")
+
+
+def test_native_whisper_blocks_are_unchanged_by_the_wrapper_rule():
+    from dreidel.models.whisper import Whisper, WhisperConfig
+    config = WhisperConfig(vocab_size=23, num_mel_bins=4, d_model=8, encoder_layers=4, decoder_layers=4,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=12,
+                           decoder_ffn_dim=12, max_source_positions=5, max_target_positions=12,
+                           decoder_start_token_id=20, eos_token_id=19, pad_token_id=19)
+    blocks = recast.find_blocks(Whisper(config, rng=np.random.default_rng(0)))
+    assert blocks == [f"model.{part}.layers.{i}" for part in ("encoder", "decoder") for i in range(4)]
