@@ -8,7 +8,9 @@ written for this repository). Quality is measured on the graph's own sentence em
 masked mean pooling of the last hidden states, output "461"): cosine to the teacher's embedding,
 and how well the nearest-neighbour structure of the evaluation sentences survives (top-1 and top-5
 agreement of each sentence's neighbours, Spearman correlation of each similarity row). Speed:
-medians of interleaved runs over all evaluation batches at the same thread count.
+medians of interleaved runs over all evaluation batches at the same thread count, in CPU time
+(process_time, the figure that survives a shared machine at --threads 1) and wall time; the load
+average is printed with them. `--json FILE` writes the table, plan, blocks and stage history.
 """
 import argparse
 import json
