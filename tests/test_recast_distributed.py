@@ -349,3 +349,15 @@ def test_cli_bad_scale_out_flags_are_clear_errors(tiny, cli_files, tmp_path, cap
     from dreidel.recast import cli
     assert cli.recast_main(_cli_args(tiny, cli_files, tmp_path / "o", *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_default_threads_per_task_do_not_depend_on_backend_or_workers(tiny, serial, tmp_path):
+    """Thread counts change BLAS/OpenMP sums at real sizes, so the default must be one count for
+    every backend and worker count (it was cores // workers: 2 for serial, 1 for two workers)."""
+    defaults = {BlockExecutor("serial").threads, BlockExecutor("serial", workers=1).threads,
+                BlockExecutor("process", workers=1, teacher_path=tiny[3]).threads,
+                BlockExecutor("process", workers=2, teacher_path=tiny[3]).threads}
+    assert defaults == {1}
+    assert BlockExecutor("serial", threads=3).threads == 3
+    state, _ = run(tiny, BlockExecutor("process", workers=2, teacher_path=tiny[3]), tmp_path)
+    assert_identical(state, run(tiny, BlockExecutor("serial"))[0])

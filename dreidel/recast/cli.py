@@ -15,7 +15,8 @@ the same command with `--resume` continues from there.
 Scale-out: `--workers N` runs the block-wise stage as independent teacher-forced block tasks in N
 local processes, `--ray auto|ADDRESS` as Ray tasks (`pip install "dreidel[ray]"`; "auto" joins a
 running cluster or starts a local one); each block is checkpointed as it finishes
-(`checkpoints/blocks-*/`), and `--threads` then means threads per worker.
+(`checkpoints/blocks-*/`), and `--threads` then means threads per task (default 1, so the student
+is the same bits whatever N is).
 
 A student is saved as its plan plus its state dict; loading rebuilds the teacher's module tree with
 the planned layers replaced (`Plan.build(teacher)`) and loads the weights into it.

@@ -9,7 +9,8 @@ teacher's block inputs and the blocks are independent tasks:
 
 The seed of a task comes from (run seed, unit index), never from scheduling, so every backend gives
 the same bits for the same `threads` per task (BLAS/OpenMP sums differ between thread counts at
-real sizes: measured on Whisper, 2 threads vs 1). A block whose file exists is not run again (resume after a driver crash); a task whose
+real sizes: measured on Whisper, 2 threads vs 1), so the default is one thread per task on every
+backend: results never depend on how many workers ran. A block whose file exists is not run again (resume after a driver crash); a task whose
 worker dies is run again from the same inputs (a killed process: the pool is rebuilt; Ray: `max_retries`),
 and nothing is applied until every block is done, in block order.
 
@@ -24,7 +25,7 @@ Workers load the teacher from its file (`teacher_path`, by `dreidel.recast.cli.l
 build only the task's block of the student, from its plan, so both backends need a `Plan` and the
 teacher's path; every Ray node
 needs dreidel (with the same version) and the teacher file at the same path.
-Each worker uses `threads` kernel/BLAS threads (default: the cores divided by the workers).
+Each task runs with `threads` kernel/BLAS threads (default 1, the same for every backend and worker count).
 """
 import hashlib
 import json
@@ -57,7 +58,7 @@ def ray_available():
 
 class BlockExecutor:
     """Where block tasks run: `backend` "serial" | "process" | "ray", `workers` at a time (Ray, None:
-    as many as the cluster's CPUs hold), `threads` kernel threads each (default: cores // workers). `teacher_path` (and `output`, see `cli.select_output`) let workers load the
+    as many as the cluster's CPUs hold), `threads` kernel threads each (default 1 on every backend, so results do not depend on `workers`). `teacher_path` (and `output`, see `cli.select_output`) let workers load the
     teacher; `address` is the Ray cluster ("auto": a running one, else a local `ray.init`);
     `max_retries`: how often a task whose worker died is run again."""
 
@@ -75,7 +76,7 @@ class BlockExecutor:
         if backend == "ray" and not ray_available():
             raise ExecutorError('the ray backend needs Ray: pip install "dreidel[ray]"')
         self.backend, self.workers, self.address = backend, workers, address
-        self.threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // (workers or os.cpu_count() or 1))
+        self.threads = int(threads) if threads else 1  # not cores // workers: the bits would depend on workers
         self.teacher_path = None if teacher_path is None else os.path.abspath(os.fspath(teacher_path))
         self.output, self.max_retries, self.ray_init = output, int(max_retries), dict(ray_init or {})
 
