@@ -11,8 +11,15 @@ def manual_seed(seed):
 
 
 def generator(rng=None):
-    """`rng` if given, else the global generator."""
-    return rng if rng is not None else _generator
+    """`rng` if it is a generator, a new generator seeded by it if it is an integer seed, else the
+    global generator."""
+    if rng is None:
+        return _generator
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    if not hasattr(rng, "integers"):
+        raise TypeError(f"rng must be a numpy Generator, an integer seed or None, got {type(rng).__name__}")
+    return rng
 
 
 def get_state():

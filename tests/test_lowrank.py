@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import dreidel
+from dreidel import nn
 from dreidel.nn.lowrank import LowRankLinear, SpectralLowRankLinear
 
 
@@ -209,3 +210,38 @@ def test_streamed_input_statistics_give_the_same_fits():
         stats.update(np.zeros((3, 15)))
     with pytest.raises(ValueError, match="match"):
         LowRankLinear.from_dense(np.zeros((4, 8)), inputs=stats, rank=2)
+
+
+def _jacobian_column_norms(layer, x, param):
+    """Σ over samples and outputs of (∂y/∂θ_i)², by exact unit perturbations (y is linear in each θ_i)."""
+    base = layer(x).data.astype(np.float64)
+    out = np.zeros(param.shape)
+    for i in np.ndindex(param.shape):
+        keep = param.data[i]
+        param.data[i] = keep + 1
+        out[i] = np.sum((layer(x).data.astype(np.float64) - base) ** 2)
+        param.data[i] = keep
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda rng: nn.LowRankLinear(5, 4, 2, rng=rng),
+                                  lambda rng: nn.Linear(5, 4, rng=rng)], ids=["lowrank", "linear"])
+def test_gauss_newton_diagonal_matches_the_jacobian(make):
+    rng = np.random.default_rng(3)
+    layer = make(rng)
+    for p in layer.parameters():  # float64 so the unit perturbations are exact enough
+        p.data = p.data.astype(np.float64)
+    x = rng.standard_normal((2, 3, 5))
+    layer.capture_curvature = True
+    layer(x)
+    diagonal = layer.gauss_newton_diagonal()
+    assert set(diagonal) == set(layer.parameters())
+    for p, h in diagonal.items():
+        np.testing.assert_allclose(h, _jacobian_column_norms(layer, x, p), rtol=1e-6, atol=1e-9)
+
+
+def test_gauss_newton_diagonal_needs_a_captured_batch():
+    with pytest.raises(RuntimeError, match="capture_curvature"):
+        nn.LowRankLinear(4, 4, 2).gauss_newton_diagonal()
+    with pytest.raises(RuntimeError, match="capture_curvature"):
+        nn.Linear(4, 4).gauss_newton_diagonal()

@@ -463,3 +463,13 @@ def test_zero_grad_can_keep_zero_arrays():
         assert p.grad is not grads[name] and p.grad.shape == p.shape and p.grad.dtype == grads[name].dtype
         assert not p.grad.any()
     assert any(g.any() for g in grads.values())  # the old arrays were not overwritten
+
+
+def test_rng_arguments_take_a_generator_a_seed_or_none():
+    from dreidel.random import generator
+    assert generator(5).integers(1 << 30) == np.random.default_rng(5).integers(1 << 30)
+    g = np.random.default_rng(1)
+    assert generator(g) is g
+    np.testing.assert_array_equal(nn.Linear(3, 2, rng=7).weight.data, nn.Linear(3, 2, rng=7).weight.data)
+    with pytest.raises(TypeError, match="integer seed"):
+        generator("seed")

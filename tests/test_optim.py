@@ -651,3 +651,28 @@ class _FixedDiagonal(nn.Module):
 
     def gauss_newton_diagonal(self):
         return {self.parameter: self.diagonal}
+
+
+def test_diagonal_newton_trace_scale_measures_the_loss_curvature_per_module():
+    # loss c/2 ‖X Wᵀ − T‖² with orthogonal input columns: H = c·diag(GN) exactly, so the trace probe
+    # must find the scale c and the first Newton step must land on the solution
+    rng = np.random.default_rng(4)
+    c = 7.3
+    X = np.linalg.qr(rng.standard_normal((32, 6)))[0] * np.array([0.5, 1, 2, 3, 4, 8])
+    W_true = rng.standard_normal((3, 6))
+    layer = nn.Linear(6, 3, bias=False, rng=rng)
+    layer.weight.data = layer.weight.data.astype(np.float64)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((layer(dreidel.Tensor(X)) - X @ W_true.T) ** 2).sum() * (c / 2)
+        loss.backward()
+        return loss
+    opt = optim.DiagonalNewton(layer.parameters(), modules=layer, damping=0.0, line_search=False,
+                               curvature="fisher", module_curvature_scale="trace", rng=np.random.default_rng(0))
+    opt.step(closure)
+    assert opt._trace_scales[layer] == pytest.approx(c, rel=1e-4)
+    np.testing.assert_allclose(layer.weight.data, W_true, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="closure"):
+        optim.DiagonalNewton(layer.parameters(), modules=layer, curvature="fisher",
+                             module_curvature_scale="trace").step()

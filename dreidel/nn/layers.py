@@ -136,6 +136,9 @@ class Linear(Module):
         self.weight = uniform_parameter((out_features, in_features), bound, rng, dtype)
         self.bias = uniform_parameter((out_features,), bound, rng, dtype) if bias else None
 
+    capture_curvature = False  # class defaults: `from_weights` skips __init__
+    _curvature = None
+
     @classmethod
     def from_weights(cls, weight, bias=None):
         """A Linear holding copies of `weight` (out, in) and `bias`."""
@@ -155,7 +158,21 @@ class Linear(Module):
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expected last dimension {self.in_features}, got input shape {x.shape}")
+        if self.capture_curvature:
+            rows = np.asarray(getattr(x, "data", x)).reshape(-1, self.in_features).astype(np.float64)
+            self._curvature = (np.sum(rows ** 2, axis=0), rows.shape[0])
         return F.linear(x, self.weight, self.bias)
+
+    def gauss_newton_diagonal(self):
+        """Diagonal of JᵀJ for the last forward batch (needs `capture_curvature = True`):
+        GN(W_ji) = Σ_s x_si² for every output j, GN(b_j) = batch size."""
+        if self._curvature is None:
+            raise RuntimeError("no curvature captured: set layer.capture_curvature = True and run a forward pass")
+        sum_x2, batch = self._curvature
+        result = {self.weight: np.broadcast_to(sum_x2, self.weight.shape).copy()}
+        if self.bias is not None:
+            result[self.bias] = np.full(self.out_features, float(batch))
+        return result
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

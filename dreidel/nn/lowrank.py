@@ -34,6 +34,8 @@ class LowRankLinear(Module):
         V = rng.uniform(-1, 1, (self.rank, self.out_features)) * np.sqrt(3 / self.rank)
         self.U, self.V = Parameter(U.astype(dtype)), Parameter(V.astype(dtype))
         self.bias = Parameter(np.zeros(self.out_features, dtype=dtype)) if bias else None
+        self.capture_curvature = False
+        self._curvature = None
 
     def multiply_adds(self):
         return self.rank * (self.in_features + self.out_features) + (self.out_features if self.bias is not None else 0)
@@ -41,8 +43,25 @@ class LowRankLinear(Module):
     def forward(self, x):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"LowRankLinear expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
-        y = F.matmul(F.matmul(x, self.U), self.V)
+        z = F.matmul(x, self.U)
+        if self.capture_curvature:
+            rows = lambda a: np.asarray(getattr(a, "data", a)).reshape(-1, a.shape[-1]).astype(np.float64)
+            self._curvature = (np.sum(rows(x) ** 2, axis=0), np.sum(rows(z) ** 2, axis=0), int(np.prod(x.shape[:-1])))
+        y = F.matmul(z, self.V)
         return y + self.bias if self.bias is not None else y
+
+    def gauss_newton_diagonal(self):
+        """Diagonal of JᵀJ for the last forward batch (needs `capture_curvature = True`), as the
+        spectral layers give it: ∂y_j/∂U_ik = x_i V_kj and ∂y_j/∂V_kj = z_k (z = x U), so
+        GN(U_ik) = Σ_s x_si² ‖V_k:‖², GN(V_kj) = Σ_s z_sk², GN(b_j) = batch size."""
+        if self._curvature is None:
+            raise RuntimeError("no curvature captured: set layer.capture_curvature = True and run a forward pass")
+        sum_x2, sum_z2, batch = self._curvature
+        v2 = np.sum(self.V.data.astype(np.float64) ** 2, axis=1)
+        result = {self.U: np.outer(sum_x2, v2), self.V: np.repeat(sum_z2[:, None], self.out_features, axis=1)}
+        if self.bias is not None:
+            result[self.bias] = np.full(self.out_features, float(batch))
+        return result
 
     def weight(self):
         """The dense (out, in) matrix this layer applies: (U V)ᵀ."""

@@ -53,7 +53,13 @@ class DiagonalNewton(Optimizer):
        permuted block input and A_k the map from block k's output to y. For F.mse_loss (mean over the
        N·m output entries) set module_curvature_scale = 2/(N·m); for a layer that is not the model's
        output, this treats the loss's curvature in that layer's output as a multiple of I (an
-       approximation; the step-length safeguard below absorbs a wrong overall scale).
+       approximation; the step-length safeguard below only shortens steps, so a scale that is too
+       large stays too short). `module_curvature_scale="trace"` measures that multiple per module
+       instead, for any loss: one Hutchinson probe restricted to the module's parameters estimates
+       tr(H_m) = E[vᵀ H_m v], and the module's diagonal is rescaled so its sum equals that trace
+       (the layer gives the shape, the probe the scale; a whole module's sum averages away the
+       probe's per-coordinate noise). Re-measured every `trace_every` curvature refreshes (it costs
+       two gradient evaluations through `step(closure)`).
     2. `curvature="hutchinson"` (default): s = |v ⊙ Hv| with Rademacher v (E[v ⊙ Hv] = diag H; the
        absolute value, as in AdaHessian, keeps negative curvature from reversing the step). The
        engine has no double backward, so Hv is a central difference of gradients,
@@ -78,7 +84,8 @@ class DiagonalNewton(Optimizer):
 
     def __init__(self, params, lr=1.0, beta=0.95, damping=1e-4, curvature="hutchinson", modules=None,
                  momentum=0.0, weight_decay=0.0, hutchinson_eps=1e-3, hutchinson_samples=1,
-                 fisher_scale=1.0, update_every=1, line_search=True, module_curvature_scale=1.0, rng=None):
+                 fisher_scale=1.0, update_every=1, line_search=True, module_curvature_scale=1.0, trace_every=4,
+                 rng=None):
         if curvature not in ("hutchinson", "fisher"):
             raise ValueError(f"curvature must be 'hutchinson' or 'fisher', got {curvature!r}")
         if int(hutchinson_samples) != hutchinson_samples or hutchinson_samples < 1:
@@ -87,7 +94,11 @@ class DiagonalNewton(Optimizer):
             raise ValueError(f"update_every must be a positive integer, got {update_every}")
         check_number("hutchinson_eps", hutchinson_eps, low=0, low_open=True)
         check_number("fisher_scale", fisher_scale, low=0, low_open=True)
-        check_number("module_curvature_scale", module_curvature_scale, low=0, low_open=True)
+        if module_curvature_scale != "trace":
+            check_number("module_curvature_scale", module_curvature_scale, low=0, low_open=True)
+        if int(trace_every) != trace_every or trace_every < 1:
+            raise ValueError(f"trace_every must be a positive integer, got {trace_every}")
+        self.trace_every, self._trace_scales, self._refreshes = int(trace_every), {}, 0
         self.curvature, self.modules = curvature, curvature_modules(modules)
         self.module_curvature_scale = module_curvature_scale
         for module in self.modules:
@@ -108,8 +119,9 @@ class DiagonalNewton(Optimizer):
         check_number("momentum", group["momentum"], low=0, high=1, high_open=True)
         check_number("weight_decay", group["weight_decay"], low=0)
 
-    def _hutchinson(self, params, closure):
-        """|v ⊙ Hv| per parameter by central differences of gradients along Rademacher v."""
+    def _hutchinson(self, params, closure, signed=False):
+        """|v ⊙ Hv| (v ⊙ Hv when `signed`) per parameter by central differences of gradients along
+        Rademacher v."""
         if closure is None:
             raise ValueError("DiagonalNewton with curvature='hutchinson' needs step(closure): a function "
                              "that zeroes the gradients, recomputes the loss and calls backward(); or use "
@@ -131,7 +143,8 @@ class DiagonalNewton(Optimizer):
                                       for p in params})
                 for p in params:
                     hv = (gradients[0][p] - gradients[1][p]) / (2 * eps)
-                    estimate[p] += np.abs(v[p] * hv) / self.hutchinson_samples
+                    vhv = v[p] * hv
+                    estimate[p] += (vhv if signed else np.abs(vhv)) / self.hutchinson_samples
         finally:
             for p in params:
                 p.data[...] = saved_data[p]
@@ -139,13 +152,34 @@ class DiagonalNewton(Optimizer):
                 p.grad = g
         return estimate
 
+    def _module_samples(self, closure):
+        """The modules' Gauss–Newton diagonals, scaled (by a number, or per module by its trace)."""
+        if self.module_curvature_scale != "trace":
+            return module_curvature(self.modules, self.module_curvature_scale)
+        per_module = [module_curvature([m]) for m in self.modules]
+        per_module = [{p: h for p, h in c.items() if p.grad is not None} for c in per_module]
+        if self._refreshes % self.trace_every == 0:
+            if closure is None:
+                raise ValueError("DiagonalNewton with module_curvature_scale='trace' needs step(closure)")
+            probed = self._hutchinson([p for c in per_module for p in c], closure, signed=True)
+            for m, c in zip(self.modules, per_module):
+                total = sum(float(np.sum(h)) for h in c.values())
+                trace = sum(float(np.sum(probed[p])) for p in c)
+                if not trace > 0:  # negative along this probe: keep the last scale, else use |v ⊙ Hv|
+                    if m in self._trace_scales:
+                        continue
+                    trace = sum(float(np.sum(np.abs(probed[p]))) for p in c)
+                self._trace_scales[m] = trace / total if total > 0 and trace > 0 else 1.0
+        self._refreshes += 1
+        return {p: self._trace_scales.get(m, 1.0) * h for m, c in zip(self.modules, per_module) for p, h in c.items()}
+
     def step(self, closure=None):
         loss = self._evaluate(closure)
         self.steps += 1
         refresh = (self.steps - 1) % self.update_every == 0
         samples = {}
         if refresh:
-            samples = module_curvature(self.modules, self.module_curvature_scale)
+            samples = self._module_samples(closure)
             rest = [p for g in self.param_groups for p in self._params_with_grad(g) if p not in samples]
             if rest and self.curvature == "hutchinson":
                 samples.update(self._hutchinson(rest, closure))

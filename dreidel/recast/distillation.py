@@ -134,13 +134,16 @@ def _restore(params, saved):
         p.data[...] = value
 
 
-def _make_optimizer(kind, params, modules, lr, curvature_scale=1.0):
-    """DiagonalNewton: the layers' own Gauss–Newton diagonals (spectral layers) scaled by
-    `curvature_scale` (2/‖target‖² for our relative losses, exact when the layer's output is the
-    loss's), the squared gradient for the rest (an underestimate: the line search then shortens)."""
+def _make_optimizer(kind, params, modules, lr, seed=0):
+    """DiagonalNewton: every layer's own Gauss–Newton diagonal (spectral, low-rank and dense layers
+    define one), scaled per layer to the loss's curvature by a Hutchinson trace probe (so one rule
+    serves block MSE, cosine and logit KL, and layers deep inside the block); the squared gradient
+    for parameters no layer describes (the line search then shortens their steps)."""
     if kind == "newton":
-        return optim.DiagonalNewton(params, lr=lr, curvature="fisher", modules=modules, damping=1e-8,
-                                    beta=0.9, line_search=True, module_curvature_scale=curvature_scale)
+        layers = [m for module in modules for m in module.modules()]
+        return optim.DiagonalNewton(params, lr=lr, curvature="fisher", modules=layers, damping=1e-8,
+                                    beta=0.9, line_search=True, module_curvature_scale="trace",
+                                    rng=np.random.default_rng([int(seed), 1]))
     if kind == "adamw":
         return optim.AdamW(params, lr=lr, weight_decay=0.0)
     raise ValueError(f"optimizer must be 'newton' or 'adamw', got {kind!r}")
@@ -154,7 +157,7 @@ def default_lr(optimizer, kind):
 
 
 def train_parameters(student, params, modules, loss_of_batch, indices, steps, optimizer, lr, seed, label,
-                     evaluate, curvature_scale=1.0):
+                     evaluate):
     """`steps` optimizer steps on batches drawn from `indices` by a generator seeded with `seed`;
     keeps the best of before/after by `evaluate()` (so a stage never makes its loss worse).
     Returns (loss before, loss after)."""
@@ -166,7 +169,7 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
         p.requires_grad = True
     try:
         before, saved = evaluate(), _snapshot(params)
-        opt = _make_optimizer(optimizer, params, modules, lr, curvature_scale)
+        opt = _make_optimizer(optimizer, params, modules, lr, seed)
         order = np.random.default_rng(seed).integers(0, len(indices), size=steps)
         bar = progress(list(order), label)
         for j in bar:
@@ -187,6 +190,9 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
     finally:
         for p, flag in zip(everything, flags):
             p.requires_grad = flag
+        for m in (m for module in modules for m in module.modules()):
+            if getattr(m, "capture_curvature", False):
+                m.capture_curvature = False
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -264,11 +270,8 @@ def run_block_task(student, calibration, block, optimizer="newton", lr=None, ste
     def loss_of_batch(i):
         out = run_to_block_output(student, calibration.batches[i], calibration.boundaries, block)
         return relative_mse(out, np.asarray(calibration.block_outputs[block][i]))
-    energy = np.mean([np.sum(np.square(calibration.block_outputs[block][i], dtype=np.float64))
-                      for i in calibration.fit_indices])
     return train_parameters(student, params, modules, loss_of_batch, calibration.fit_indices, steps, optimizer,
-                            lr, seed, f"distil {block}", lambda: block_loss(student, calibration, block),
-                            curvature_scale=2.0 / max(energy, 1e-30))
+                            lr, seed, f"distil {block}", lambda: block_loss(student, calibration, block))
 
 
 def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, steps=10, seed=0):
@@ -277,14 +280,12 @@ def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, s
     loss_fn = GLOBAL_LOSSES[loss]
     modules = [student.get_submodule(t) for t in calibration.targets]
     params = [p for m in modules for p in m.parameters()]
-    lr = (default_lr(optimizer, "") * (0.5 if optimizer == "newton" else 0.5)) if lr is None else lr
+    lr = 0.5 * default_lr(optimizer, "") if lr is None else lr
 
     def loss_of_batch(i):
         return loss_fn(first_output(call_model(student, calibration.batches[i])), np.asarray(calibration.outputs[i]))
-    energy = np.mean([np.sum(np.square(calibration.outputs[i], dtype=np.float64)) for i in calibration.fit_indices])
     return train_parameters(student, params, modules, loss_of_batch, calibration.fit_indices, steps, optimizer,
-                            lr, seed, "distil global", lambda: output_loss(student, calibration, loss_fn),
-                            curvature_scale=2.0 / max(energy, 1e-30))
+                            lr, seed, "distil global", lambda: output_loss(student, calibration, loss_fn))
 
 
 def _unit_seed(seed, index):
