@@ -17,7 +17,7 @@ def generator(rng=None):
         return _generator
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
-    if not hasattr(rng, "integers"):
+    if isinstance(rng, (str, bytes, float, bool)):  # anything else is used as a generator (duck-typed)
         raise TypeError(f"rng must be a numpy Generator, an integer seed or None, got {type(rng).__name__}")
     return rng
 
