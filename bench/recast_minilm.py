@@ -107,7 +107,8 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--budget-kind", default="macs", choices=("macs", "latency", "params"))
     parser.add_argument("--families", default="lowrank,spectral")
-    parser.add_argument("--optimizer", default="newton", choices=("newton", "adamw"))
+    parser.add_argument("--optimizer", default="newton", choices=("newton", "adamw"), help="block-wise stage")
+    parser.add_argument("--global-optimizer", default="adamw", choices=("newton", "adamw"), help="global stage")
     parser.add_argument("--stages", default="init,refit,blockwise,global")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -139,7 +140,7 @@ def main(argv=None):
     print("blocks:", blocks)
     student, history = recast.distill(teacher, the_plan, calibration, stages=tuple(args.stages.split(",")),
                                 optimizer=args.optimizer, steps=args.steps, checkpoint_dir=Path(args.out) / "ckpt",
-                                resume=False, global_loss="cosine")
+                                resume=False, global_loss="cosine", global_optimizer=args.global_optimizer)
     recast_seconds = time.perf_counter() - start
 
     batches = list(evaluation.batches(args.batch_size))

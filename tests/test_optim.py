@@ -676,3 +676,24 @@ def test_diagonal_newton_trace_scale_measures_the_loss_curvature_per_module():
     with pytest.raises(ValueError, match="closure"):
         optim.DiagonalNewton(layer.parameters(), modules=layer, curvature="fisher",
                              module_curvature_scale="trace").step()
+
+
+def test_line_search_backtracks_where_the_curvature_along_the_step_is_negative():
+    # L(θ) = −exp(−θ²) at θ = 1.5: L'' < 0 there, and the Fisher step 1/L' lands at θ ≈ −1.66, higher
+    # than where it started; the safeguard must shorten it to a step that lowers the loss
+    def run(line_search):
+        p = nn.Parameter(np.array([1.5]))
+        opt = optim.DiagonalNewton([p], lr=1.0, damping=0.0, curvature="fisher", line_search=line_search)
+
+        def closure():
+            opt.zero_grad()
+            loss = -F.exp(-(p * p)).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        return float(-np.exp(-p.data[0] ** 2)), opt.last_step_scale
+    start = -np.exp(-1.5 ** 2)
+    plain, _ = run(False)
+    safe, alpha = run(True)
+    assert plain > start  # the unguarded step goes uphill: the case is real
+    assert safe < start and 0 < alpha < 1

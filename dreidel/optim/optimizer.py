@@ -93,7 +93,9 @@ class Optimizer:
 
         A preconditioner that ignores coupling between parameters (diagonal, block-diagonal) proposes
         steps that overshoot along correlated directions; this safeguard shrinks them (never grows
-        them). Parameters and gradients are restored. Non-positive curvature along d gives α = 1.
+        them). Parameters and gradients are restored. Where the curvature along d is not positive the
+        quadratic model says nothing about length, so α backtracks (1, ½, ¼, …) to the first step that
+        lowers the loss, and is 0 if none of ten does: a full step there can land anywhere.
         """
         params = [p for p in directions if p.grad is not None]
         if closure is None or not params:
@@ -118,8 +120,26 @@ class Optimizer:
             for p, g in saved_grads.items():
                 p.grad = g
         if not np.isfinite(curvature) or curvature <= 0:
-            return 1.0
+            return self._backtrack(closure, params, directions, saved_data, saved_grads)
         return float(min(1.0, slope / curvature))
+
+    def _backtrack(self, closure, params, directions, saved_data, saved_grads, tries=10):
+        def loss_at(alpha):
+            for p in params:
+                p.data[...] = saved_data[p] - alpha * directions[p]
+            return float(np.asarray(getattr(self._evaluate(closure), "data", np.nan)))
+        try:
+            start, alpha = loss_at(0.0), 1.0
+            for _ in range(tries):
+                if loss_at(alpha) < start:
+                    return alpha
+                alpha /= 2
+            return 0.0
+        finally:
+            for p in params:
+                p.data[...] = saved_data[p]
+            for p, g in saved_grads.items():
+                p.grad = g
 
     def _apply_directions(self, directions, closure, eps=1e-3):
         """p ← p·(1 − lr·decay) − lr·α·d for every proposed step d, α from `_step_scale` when the

@@ -270,7 +270,8 @@ def _recast_parser():
     parser.add_argument("--output", help="the teacher output to distil and score (name or index; default: the first)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
-    parser.add_argument("--optimizer", choices=("newton", "adamw"), default="newton")
+    parser.add_argument("--optimizer", choices=("newton", "adamw"), default="newton", help="block-wise stage")
+    parser.add_argument("--global-optimizer", choices=("newton", "adamw"), default="adamw", help="global stage")
     parser.add_argument("--stages", default="init,refit,blockwise,global")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per block and global stage")
     parser.add_argument("--global-loss", choices=("mse", "cosine", "kl"), default="mse")
@@ -365,6 +366,7 @@ def _recast(args, out):
     student, _ = recast.distill(teacher, the_plan, calibration, stages=stages, optimizer=args.optimizer,
                                 steps=args.steps, checkpoint_dir=out / "checkpoints", resume=args.resume,
                                 seed=args.seed, global_loss=args.global_loss, forcing=args.forcing,
+                                global_optimizer=args.global_optimizer,
                                 executor=args.executor)
     save_student(student, the_plan, out, args.output)
     write_report(teacher, student, the_plan, evaluation_set, args, out)
