@@ -557,7 +557,7 @@ def softmax(x, axis=-1, out=None):
     else:
         raise ValueError(f"softmax: out= needs the last axis, got axis {axis} of an array of {a.ndim} dimensions")
     if a.size:
-        _kernels.softmax_fwd(_rows(a), _rows(y))
+        _kernels.softmax_rows(_rows(a), _rows(y))
     return y if last else np.moveaxis(y, -1, axis)
 
 
