@@ -129,8 +129,18 @@ def bench_model(label, fn, old, repeats):
             finally:
                 restore()
         return go
+    outs = {}
+    for name, setter in (("old", set_old), ("new", set_new)):
+        setter()
+        try:
+            with dreidel.no_grad():
+                outs[name] = np.asarray(fn().numpy(), dtype=np.float64)
+        finally:
+            restore()
+    diff = np.abs(outs["new"] - outs["old"]).max() / np.abs(outs["old"]).max()
     med = interleaved({"old": run(set_old), "new": run(set_new)}, repeats)
-    print(f"| {label} | {med['old'] * 1e3:.1f} | {med['new'] * 1e3:.1f} | {med['new'] / med['old']:.3f} |")
+    print(f"| {label} | {med['old'] * 1e3:.1f} | {med['new'] * 1e3:.1f} | {med['new'] / med['old']:.3f} "
+          f"| {diff:.1e} |")
 
 
 def main():
@@ -142,7 +152,8 @@ def main():
     models = [p for p in args.parts if p != "kernel"]
     if models:
         print("\n### models, 1 thread: CPU ms (median of interleaved repeats), engine softmax new ÷ old\n")
-        print("| model | old ms | new ms | new ÷ old |\n| --- | ---: | ---: | ---: |")
+        print("| model | old ms | new ms | new ÷ old | max abs diff of the outputs ÷ max abs |\n"
+              "| --- | ---: | ---: | ---: | ---: |")
     if "whisper" in args.parts:
         from dreidel.audio import log_mel_spectrogram
         from dreidel.models.whisper import Whisper

@@ -3,8 +3,9 @@
    float32: three passes over a row (the row is L1-sized for attention, so the extra passes are
    cheap): max, then e = exp(x - max) stored to y with the sum in the same pass, then y *= 1/sum.
    Three paths picked at run time (dr_sm_isa; the build stays x86-64-v3, AVX-512 code is compiled
-   with target attributes): AVX-512F, AVX2+FMA, scalar. They compute every exp with the same
-   operations (bitwise equal); only the order of the sum differs.
+   with target attributes): AVX-512F, AVX2+FMA intrinsics, and portable C ("scalar": plain loops
+   the compiler may vectorise, e.g. NEON). They compute every exp with the same operations
+   (bitwise equal); only the order of the sum differs.
 
    exp(t), t = x - max <= 0: Cody-Waite reduction t = n ln2 + r, |r| <= ln2/2, the cephes degree-6
    polynomial (~1 ulp), 2^n built in the exponent bits. t < ln(FLT_MIN) gives 0: the true value
@@ -33,7 +34,11 @@
 #define DR_SM_P4 1.6666665459e-1f
 #define DR_SM_P5 5.0000001201e-1f
 
-/* ---------------- scalar (every CPU; the reference the vector paths match) ---------------- */
+/* ---------------- portable C (every CPU; the reference the vector paths match) ---------------- */
+/* no-trapping-math lets GCC if-convert the selects, so on a non-x86 CPU (NEON) the loops below
+   vectorise like the old kernel's; it does not change any computed value */
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
 /* explicit fmaf, so the vector paths (same fma sequence) give the same bits */
 static inline float dr_sm_exp1(float t) {
     float tc = t < DR_SM_TMIN ? DR_SM_TMIN : t;     /* NaN stays NaN */
@@ -53,15 +58,34 @@ static inline float dr_sm_exp1(float t) {
     float s; memcpy(&s, &sb, 4);
     return t < DR_SM_TMIN ? 0.0f : q * s;
 }
+typedef int32_t dr_sm_v8i __attribute__((vector_size(32)));
 static void dr_softmax_row_scalar_f32(const float* x, float* y, Py_ssize_t n) {
-    float m = x[0];
-    for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    /* max in 8 lanes of a generic vector (GCC does not vectorise the scalar select reduction) */
+    dr_v8f mm;
+    for (int k = 0; k < 8; k++) mm[k] = x[0];
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        dr_v8f v; memcpy(&v, x + i, sizeof v);
+        dr_sm_v8i gt = v > mm;
+        mm = (dr_v8f)(((dr_sm_v8i)v & gt) | ((dr_sm_v8i)mm & ~gt));
+    }
+    float m = mm[0];
+    for (int k = 1; k < 8; k++) m = mm[k] > m ? mm[k] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
     if (m == -INFINITY) m = NAN;    /* -inf - -inf is NaN in numpy too */
+    /* exp and sum: 8 float lanes, flushed to a double every 64 elements */
     double s = 0;
-    for (Py_ssize_t i = 0; i < n; i++) { float e = dr_sm_exp1(x[i] - m); y[i] = e; s += e; }
+    for (i = 0; i + 64 <= n; i += 64) {
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int j = 0; j < 64; j += 8)
+            for (int k = 0; k < 8; k++) { float e = dr_sm_exp1(x[i + j + k] - m); y[i + j + k] = e; acc[k] += e; }
+        s += (double)(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
+    }
+    for (; i < n; i++) { float e = dr_sm_exp1(x[i] - m); y[i] = e; s += e; }
     float inv = (float)(1.0 / s);
-    for (Py_ssize_t i = 0; i < n; i++) y[i] *= inv;
+    for (i = 0; i < n; i++) y[i] *= inv;
 }
+#pragma GCC pop_options
 
 /* ---------------- AVX2+FMA and AVX-512F ---------------- */
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))

@@ -13,7 +13,7 @@ dr_softmax_get_isa()    # probe the CPU once, at import (not inside a parallel l
 
 def _softmax_isa(isa=None):
     """Private dispatch switch of the float32 softmax, for tests and A/B: "avx512", "avx2" or
-    "scalar" (default: the CPU's best). Returns the one in use; asking for more than the CPU has
+    "scalar" (portable C, what non-x86 CPUs run; default: the CPU's best). Returns the one in use; asking for more than the CPU has
     gives its best. Every path computes each exp bitwise alike; only the sum's order differs."""
     if isa is not None:
         if isa not in _SM_ISAS:
