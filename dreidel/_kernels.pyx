@@ -19,7 +19,9 @@ Contents (each part a .pxi included below, its C in the .h of the same name)
 * ``_kernels_spectral.pxi`` / ``.h``: permutation gather / scatter, the fused spectral block
   y = H(P(x) * d), the whole spectral stack, and their backwards.
 * ``_kernels_activations.pxi`` / ``.h``: GELU (exact erf form and tanh form), forward / backward /
-  fused bias; softmax and its backward over the last axis.
+  fused bias; the softmax backward over the last axis.
+* ``_kernels_softmax.pxi`` / ``.h``: the softmax forward over the last axis (float32: AVX-512F /
+  AVX2 / scalar paths, dispatched at run time).
 * ``_kernels_hashing.pxi``: the ALSH hashing kernels (numpy API: dreidel/hashing.py).
 
 Every parallel loop is an OpenMP ``prange`` with the GIL released, dynamically scheduled (on a
@@ -43,5 +45,6 @@ include "_kernels_threads.pxi"
 include "_kernels_fwht.pxi"
 include "_kernels_spectral.pxi"
 include "_kernels_activations.pxi"
+include "_kernels_softmax.pxi"
 include "_kernels_hashing.pxi"
 include "_kernels_depthwise.pxi"

@@ -1,4 +1,4 @@
-/* C of GELU and softmax (_kernels_activations.pxi) */
+/* C of GELU and the softmax backward (_kernels_activations.pxi) */
 #ifndef DREIDEL_KERNELS_ACTIVATIONS_H
 #define DREIDEL_KERNELS_ACTIVATIONS_H
 
@@ -96,54 +96,9 @@ static void dr_dgelu_##SFX(const T* g, const T* x, const T* b, T* y, Py_ssize_t 
 }
 DR_GELU_LOOPS(float, f32)
 DR_GELU_LOOPS(double, f64)
-/* Softmax of one row: max (8 lanes), then e = exp(x - max) written to y with the sum in one
-   pass (8 T lanes, flushed to a double every 64 elements: vectorises, and float32 lanes add
-   at most 8 terms each), then y *= 1/sum. Semantics of the numpy expression
-   exp(x - max) / sum: a NaN or +inf anywhere, or a row of only -inf, gives a NaN row.
-   float32 exp(t) for t < -87 is flushed to 0 (true value < 1.7e-38), so masked (-inf)
-   entries give exactly 0. */
-static inline float dr_sm_expf(float t) { return t < -87.0f ? 0.0f : dr_expf(t); }
-static inline double dr_sm_exp(double t) { return exp(t); }
-/* Row max in one 32-byte vector of lanes (GCC does not vectorise the scalar select
-   reduction). A NaN never wins a '>' so it is dropped here, but exp(NaN - m) still turns
-   the whole row into NaN, as np.max would. */
-typedef int32_t dr_v8i __attribute__((vector_size(32)));
-typedef int64_t dr_v4l __attribute__((vector_size(32)));
-#define DR_ROWMAX(T, SFX, VT, VI, L) \
-static inline T dr_rowmax_##SFX(const T* x, Py_ssize_t n) { \
-    VT mm; \
-    for (int k = 0; k < L; k++) mm[k] = x[0]; \
-    Py_ssize_t i = 0; \
-    for (; i + L <= n; i += L) { \
-        VT v; memcpy(&v, x + i, sizeof v); \
-        VI gt = v > mm; \
-        mm = (VT)(((VI)v & gt) | ((VI)mm & ~gt)); \
-    } \
-    T m = mm[0]; \
-    for (int k = 1; k < L; k++) m = mm[k] > m ? mm[k] : m; \
-    for (; i < n; i++) m = x[i] > m ? x[i] : m; \
-    return m; \
-}
-DR_ROWMAX(float, f32, dr_v8f, dr_v8i, 8)
-DR_ROWMAX(double, f64, dr_v4d, dr_v4l, 4)
-#define DR_SOFTMAX_LOOPS(T, SFX, EXP) \
-static void dr_softmax_##SFX(const T* x, T* y, Py_ssize_t n) { \
-    T m = dr_rowmax_##SFX(x, n); \
-    Py_ssize_t i; \
-    if (m == -(T)INFINITY) m = (T)NAN;  /* -inf - -inf is NaN in numpy too */ \
-    double s = 0; \
-    for (i = 0; i + 64 <= n; i += 64) { \
-        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; \
-        for (int j = 0; j < 64; j += 8) \
-            for (int k = 0; k < 8; k++) { \
-                T e = EXP(x[i + j + k] - m); y[i + j + k] = e; acc[k] += e; } \
-        s += (double)(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))); \
-    } \
-    for (; i < n; i++) { T e = EXP(x[i] - m); y[i] = e; s += e; } \
-    T inv = (T)(1.0 / s); \
-    for (i = 0; i < n; i++) y[i] *= inv; \
-} \
-/* out = y * (g - sum(g * y)), the dot in 8 float64 lanes. */ \
+/* Softmax backward (the forward is in _kernels_softmax.h):
+   out = y * (g - sum(g * y)), the dot in 8 float64 lanes. */
+#define DR_SOFTMAX_BWD(T, SFX) \
 static void dr_softmax_bwd_##SFX(const T* g, const T* y, T* out, Py_ssize_t n) { \
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0; \
     Py_ssize_t i = 0; \
@@ -154,8 +109,8 @@ static void dr_softmax_bwd_##SFX(const T* g, const T* y, T* out, Py_ssize_t n) {
     T d = (T)s; \
     for (i = 0; i < n; i++) out[i] = y[i] * (g[i] - d); \
 }
-DR_SOFTMAX_LOOPS(float, f32, dr_sm_expf)
-DR_SOFTMAX_LOOPS(double, f64, dr_sm_exp)
+DR_SOFTMAX_BWD(float, f32)
+DR_SOFTMAX_BWD(double, f64)
 #pragma GCC pop_options
 
 #endif  /* DREIDEL_KERNELS_ACTIVATIONS_H */

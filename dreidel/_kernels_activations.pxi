@@ -1,6 +1,6 @@
-# GELU (exact erf form and tanh form; forward, backward, fused bias) and softmax over the last
-# axis (included by _kernels.pyx after _kernels_spectral.pxi, whose row chunking softmax uses; the
-# C is in _kernels_activations.h).
+# GELU (exact erf form and tanh form; forward, backward, fused bias) and the softmax backward over
+# the last axis (included by _kernels.pyx after _kernels_spectral.pxi, whose row chunking softmax
+# uses; the C is in _kernels_activations.h).
 cdef extern from "_kernels_activations.h":
     void dr_gelu_f32(const float* x, const float* b, float* y, Py_ssize_t n, int tf) noexcept nogil
     void dr_gelu_f64(const double* x, const double* b, double* y, Py_ssize_t n, int tf) noexcept nogil
@@ -9,8 +9,6 @@ cdef extern from "_kernels_activations.h":
     void dr_dgelu_f64(const double* g, const double* x, const double* b, double* y, Py_ssize_t n,
                       int tf) noexcept nogil
     float dr_expf(float x) noexcept nogil
-    void dr_softmax_f32(const float* x, float* y, Py_ssize_t n) noexcept nogil
-    void dr_softmax_f64(const double* x, double* y, Py_ssize_t n) noexcept nogil
     void dr_softmax_bwd_f32(const float* g, const float* y, float* out, Py_ssize_t n) noexcept nogil
     void dr_softmax_bwd_f64(const double* g, const double* y, double* out, Py_ssize_t n) noexcept nogil
 
@@ -104,22 +102,9 @@ def _expf_check(float x):
 
 
 # ------------------------------------------------------------------------------------------
-# softmax over the last axis (one row per task; a row never spans threads, so the bits do not
-# depend on the thread count)
+# softmax backward over the last axis (the forward: _kernels_softmax.pxi; one row per task; a
+# row never spans threads, so the bits do not depend on the thread count)
 # ------------------------------------------------------------------------------------------
-def softmax_fwd(const floating[:, ::1] x, floating[:, ::1] y):
-    """y[r] = exp(x[r] - max x[r]) / sum exp(x[r] - max x[r]) for every row r."""
-    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], T = _row_chunk(n), t, r
-    if rows == 0 or n == 0:
-        return
-    with nogil:
-        for t in prange((rows + T - 1) // T, num_threads=_threads_for(rows * n), schedule="dynamic"):
-            for r in range(t * T, min(rows, t * T + T)):
-                if floating is float:
-                    dr_softmax_f32(&x[0, 0] + r * n, &y[0, 0] + r * n, n)
-                else:
-                    dr_softmax_f64(&x[0, 0] + r * n, &y[0, 0] + r * n, n)
-
 def softmax_bwd(const floating[:, ::1] g, const floating[:, ::1] y, floating[:, ::1] out):
     """out[r] = y[r] * (g[r] - <g[r], y[r]>) for every row r (the softmax vector-Jacobian product)."""
     cdef Py_ssize_t rows = y.shape[0], n = y.shape[1], T = _row_chunk(n), t, r

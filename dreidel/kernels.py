@@ -539,9 +539,10 @@ def softmax(x, axis=-1, out=None):
     ``out`` (last axis only) may be x itself: in place.
 
     Same special values as that numpy expression: masked (-inf) entries give exactly 0; a row
-    of only -inf, or any NaN / +inf in a row, gives a NaN row. float32 exp is a ~1 ulp
-    polynomial (exp(t) for t < -87 is flushed to 0), float64 uses libm exp. Axes other than
-    the last cost one transposed copy.
+    of only -inf, or any NaN / +inf in a row, gives a NaN row. float32: AVX-512F / AVX2 /
+    portable paths picked at run time (dreidel/_kernels_softmax.h), exp a ~1 ulp polynomial
+    (exp(t) below FLT_MIN, t < -87.34, is flushed to 0); float64 uses libm exp. Axes other
+    than the last cost one transposed copy.
     """
     a = np.asarray(x)
     if a.ndim == 0:
@@ -557,7 +558,7 @@ def softmax(x, axis=-1, out=None):
     else:
         raise ValueError(f"softmax: out= needs the last axis, got axis {axis} of an array of {a.ndim} dimensions")
     if a.size:
-        _kernels.softmax_fwd(_rows(a), _rows(y))
+        _kernels.softmax_rows(_rows(a), _rows(y))
     return y if last else np.moveaxis(y, -1, axis)
 
 
