@@ -3,7 +3,8 @@
     python bench/whisper.py [--threads 2] [--repeats 5] [--clip clips/clip_0.wav] [--faster-whisper DIR]
 
 Same thread count for every runtime (dreidel.set_num_threads + BLAS/OpenMP environment; onnxruntime
-intra_op_num_threads, no spinning), medians of interleaved repeats, in one process:
+intra_op_num_threads, no spinning), medians of interleaved repeats, in one process, as wall time and as
+the process's CPU time (the figure to compare on a shared, loaded machine):
 
 - encoder forward on the clip's features: dreidel ÷ onnxruntime (encoder_model.onnx);
 - whole transcription of the clip (WAV → front end → encoder → greedy): dreidel (KV cache) ÷
@@ -236,7 +237,8 @@ def main():
     if "transcribe_importer" in r:
         print(f"                      importer greedy {1e3 * r['transcribe_importer']:8.1f} ms   ratio "
               f"{r['transcribe_dreidel'] / r['transcribe_importer']:.2f}")
-    print(f"  decoder step (cache) {r['step_ms']:.2f} ms [CPU {r['step_cpu_ms']:.2f} ms] (median of {r['steps']} steps)")
+    print(f"  decoder step (cache) {r['step_ms']:.2f} ms [CPU {r['step_cpu_ms']:.2f} ms] "
+          f"(median of {r['steps']} steps)")
     print(f"  front end           {r['frontend_ms']:.1f} ms for the clip, {r['frontend30_ms']:.1f} ms for 30 s")
     print(f"  peak RSS            {m['peak_rss_mib']:.0f} MiB transcribing one clip "
           f"({m['peak_rss_after_load_mib']:.0f} MiB after loading)")
