@@ -3,7 +3,8 @@
     python bench/whisper.py [--threads 2] [--repeats 5] [--clip clips/clip_0.wav] [--faster-whisper DIR]
 
 Same thread count for every runtime (dreidel.set_num_threads + BLAS/OpenMP environment; onnxruntime
-intra_op_num_threads, no spinning), medians of interleaved repeats, in one process:
+intra_op_num_threads, no spinning), medians of interleaved repeats, in one process, as wall time and as
+the process's CPU time (the figure to compare on a shared, loaded machine):
 
 - encoder forward on the clip's features: dreidel ÷ onnxruntime (encoder_model.onnx);
 - whole transcription of the clip (WAV → front end → encoder → greedy): dreidel (KV cache) ÷
@@ -69,9 +70,11 @@ def greedy_graph(run_encoder, run_decoder, features, config):
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of the whole process, result): CPU time is what to compare on a
+    shared machine, where wall time also counts other people's load."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def speed_worker(args):
@@ -124,12 +127,14 @@ def speed_worker(args):
     check = {"same_ids_as_ort": ids == ort_transcribe(), "ids": ids,
              "encoder_max_abs_diff": float(np.abs(dreidel_encode() - ort_encode(features)).max())}
     times = {k: [] for k in runs}
+    cpu_times = {k: [] for k in runs}
     for repeat in range(args.repeats):  # interleaved, so load changes hit every runtime alike
         for name, fn in runs.items():
             if name == "transcribe_importer" and repeat >= 2:
                 continue  # slow; two repeats are enough
-            seconds, out = timed(fn)
+            seconds, cpu, out = timed(fn)
             times[name].append(seconds)
+            cpu_times[name].append(cpu)
             if name.startswith("transcribe"):
                 check["same_ids_" + name] = list(out) == ids
     # ms per cached decoder step: one clip, after the prompt step
@@ -137,17 +142,20 @@ def speed_worker(args):
         hidden = model.encode(features)
         self_cache, cross_cache = model.new_caches(64)
         model.decode(np.array([config.prompt]), hidden, self_cache, cross_cache, last_only=True)
-        steps = []
+        steps, step_cpu = [], []
         for token in ids[2:-1]:
             with step_threads(1):  # as greedy() runs its steps
-                seconds, _ = timed(lambda: model.decode(np.array([[token]]), None, self_cache, cross_cache,
-                                                        last_only=True))
+                seconds, cpu, _ = timed(lambda: model.decode(np.array([[token]]), None, self_cache, cross_cache,
+                                                             last_only=True))
             steps.append(seconds)
+            step_cpu.append(cpu)
         frontend = [timed(lambda: log_mel_spectrogram([clip]))[0] for _ in range(args.repeats)]
         thirty = np.zeros(480000, np.float32)
         frontend30 = [timed(lambda: log_mel_spectrogram(thirty))[0] for _ in range(args.repeats)]
     result = {k: statistics.median(v) for k, v in times.items()}
-    result.update(step_ms=1e3 * statistics.median(steps), steps=len(steps),
+    result.update({k + "_cpu": statistics.median(v) for k, v in cpu_times.items()})
+    result.update(step_ms=1e3 * statistics.median(steps), step_cpu_ms=1e3 * statistics.median(step_cpu),
+                  steps=len(steps),
                   frontend_ms=1e3 * statistics.median(frontend), frontend30_ms=1e3 * statistics.median(frontend30),
                   **check)
     if args.faster_whisper:
@@ -217,15 +225,20 @@ def main():
     r = worker(args, "speed", extra)
     m = worker(args, "rss")
     print(f"Whisper tiny.en, {args.clip}, {args.threads} threads, medians of {args.repeats} interleaved repeats")
+    print("  (wall time; CPU time of the process in brackets, the fairer figure on a loaded machine)")
     print(f"  encoder forward     dreidel {1e3 * r['encoder_dreidel']:8.1f} ms   onnxruntime "
           f"{1e3 * r['encoder_ort']:8.1f} ms   ratio {r['encoder_dreidel'] / r['encoder_ort']:.2f}"
-          f"   (max |Δ| {r['encoder_max_abs_diff']:.1e})")
+          f" [CPU {1e3 * r['encoder_dreidel_cpu']:.1f} / {1e3 * r['encoder_ort_cpu']:.1f} ms, ratio "
+          f"{r['encoder_dreidel_cpu'] / r['encoder_ort_cpu']:.2f}]   (max |Δ| {r['encoder_max_abs_diff']:.1e})")
     print(f"  transcription       dreidel {1e3 * r['transcribe_dreidel']:8.1f} ms   onnxruntime greedy "
-          f"{1e3 * r['transcribe_ort']:8.1f} ms   ratio {r['transcribe_dreidel'] / r['transcribe_ort']:.2f}")
+          f"{1e3 * r['transcribe_ort']:8.1f} ms   ratio {r['transcribe_dreidel'] / r['transcribe_ort']:.2f}"
+          f" [CPU {1e3 * r['transcribe_dreidel_cpu']:.1f} / {1e3 * r['transcribe_ort_cpu']:.1f} ms, ratio "
+          f"{r['transcribe_dreidel_cpu'] / r['transcribe_ort_cpu']:.2f}]")
     if "transcribe_importer" in r:
         print(f"                      importer greedy {1e3 * r['transcribe_importer']:8.1f} ms   ratio "
               f"{r['transcribe_dreidel'] / r['transcribe_importer']:.2f}")
-    print(f"  decoder step (cache) {r['step_ms']:.2f} ms (median of {r['steps']} steps)")
+    print(f"  decoder step (cache) {r['step_ms']:.2f} ms [CPU {r['step_cpu_ms']:.2f} ms] "
+          f"(median of {r['steps']} steps)")
     print(f"  front end           {r['frontend_ms']:.1f} ms for the clip, {r['frontend30_ms']:.1f} ms for 30 s")
     print(f"  peak RSS            {m['peak_rss_mib']:.0f} MiB transcribing one clip "
           f"({m['peak_rss_after_load_mib']:.0f} MiB after loading)")

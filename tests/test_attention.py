@@ -279,11 +279,13 @@ def test_bad_construction():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("lead,length,key_length", [((2, 3), 1500, 600), ((), 257, 5), ((4,), 1, 513)])
+@pytest.mark.parametrize("lead,length,key_length", [((2, 3), 1500, 600), ((), 257, 5), ((4,), 1, 513),
+                                                      ((2, 3), 1, 40), ((1, 6), 4, 1500), ((3,), 5, 7)])
 def test_inference_attention_matches_the_reference(rng, dtype, lead, length, key_length):
-    """The blocked no-graph path (several equal query blocks, one block, a single query row)
-    of softmax_attention and scaled_dot_product_attention against the numpy reference, also on
-    strided head views (the (N, L, H, D) → (N, H, L, D) split)."""
+    """The no-graph paths (several equal query blocks, one block; up to _FEW_QUERIES query rows:
+    all heads in one stacked product, as cached decoding steps) of softmax_attention and
+    scaled_dot_product_attention against the numpy reference, also on strided head views (the
+    (N, L, H, D) → (N, H, L, D) split)."""
     from dreidel.ops import softmax_attention
     q = rng.standard_normal(lead + (length, 16)).astype(dtype)
     k = rng.standard_normal(lead + (key_length, 16)).astype(dtype)
