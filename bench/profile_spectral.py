@@ -8,8 +8,11 @@ One thread (the phase profiler in the stack kernels has no atomics). For each sh
 whole layer step (forward + backward, input and parameter gradients, as bench/layers.py does), the
 two kernel calls alone (kernels.spectral_stack / spectral_stack_backward), and, with the kernels'
 rdtsc phase profiler on (kernels._stack_profile), how the kernel time splits into: setup
-(allocation, inverse permutations, clearing the dD partials), copy_in, gather_scale, fwht, out,
-recompute (backward without saved inputs), dD_dot, gather_bwd, dD_reduce. Cycles are converted to
+(allocation, inverse permutations, clearing the dD partials), copy_in, gather_scale (only copies
+into saved now), fwht (the transforms with the permutation gathers, fused into their first pass or
+run just before it, and in the backward the dD sums done inside those gathers), out, recompute
+(backward without saved inputs), gather_bwd (the last gather, into grad x, with dD_1), dD_reduce.
+dD_dot is no longer a separate phase. Cycles are converted to
 milliseconds with the ratio of rdtsc ticks to wall time measured over the same calls.
 "outside" = layer step - kernel calls: the autograd, argument checks and numpy allocations.
 """

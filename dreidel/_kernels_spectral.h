@@ -240,10 +240,10 @@ DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* 
    (same products, same order: four rows through a float partial, single rows in float64),
    multiplied by pre and taken through the 8 in-register stages (dr_base256_pre_run_f32's
    arithmetic) before one store: the gathered tile is never stored and reloaded. */
-DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* DR_R idx,
-                                              const float* DR_R pre, float* DR_R dst, Py_ssize_t n,
-                                              Py_ssize_t nrows, const float* DR_R z, Py_ssize_t zs,
-                                              Py_ssize_t nz, double* DR_R acc) {
+DR_T512 static inline __attribute__((always_inline)) void dr_gather_base256_impl_f32(
+        const float* DR_R src, const int* DR_R idx, const float* DR_R pre, float* DR_R dst,
+        Py_ssize_t n, Py_ssize_t nrows, const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+        double* DR_R acc) {
     const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
     const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
     const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
@@ -261,20 +261,22 @@ DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* 
                     v[i] = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + c + 16 * i)), sr, 4);
                 if (z != NULL && c < nz) {
                     const float* zr = z + (r + rr) * zs;
-                    for (int i = 0; i < 16; i++) {
+                    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {   /* unrolled: v stays in registers */
                         Py_ssize_t j = c + 16 * i;
-                        if (j >= nz) break;
+                        if (j >= nz) continue;
                         __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
                         __m512 zv = _mm512_maskz_loadu_ps(m, zr + j);
                         if (grp == 4) {
                             __m512 t = rr == 0 ? _mm512_mul_ps(v[i], zv)
                                                : _mm512_fmadd_ps(v[i], zv, _mm512_load_ps(part + 16 * i));
-                            if (rr < 3) { _mm512_store_ps(part + 16 * i, t); continue; }
+                            if (rr < 3) _mm512_store_ps(part + 16 * i, t);
+                            else {
                             __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
                             lo = _mm512_mask_add_pd(lo, (__mmask8)m, lo, _mm512_cvtps_pd(_mm512_castps512_ps256(t)));
                             hi = _mm512_mask_add_pd(hi, (__mmask8)(m >> 8), hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1)));
                             _mm512_storeu_pd(acc + j, lo);
                             _mm512_storeu_pd(acc + j + 8, hi);
+                            }
                         } else {
                             __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
                             lo = _mm512_mask3_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v[i])),
@@ -299,6 +301,14 @@ DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* 
         }
         r += grp;
     }
+}
+/* two instances: without the dot (forward) the compiler sees a plain gather-transform loop */
+DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* DR_R idx,
+                                              const float* DR_R pre, float* DR_R dst, Py_ssize_t n,
+                                              Py_ssize_t nrows, const float* DR_R z, Py_ssize_t zs,
+                                              Py_ssize_t nz, double* DR_R acc) {
+    if (z == NULL) dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, NULL, 0, 0, NULL);
+    else dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, z, zs, nz, acc);
 }
 #else
 static void dr_gather_base256_run_f32(const float* src, const int* idx, const float* pre, float* dst,

@@ -31,8 +31,8 @@ def _block_forward(x, perm, d):
     return kernels.spectral_block(x, perm, d, validate=False)
 
 
-# DeepSpectralLinear keeps its K block inputs for the backward up to this many bytes (they then stay
-# in L3); larger batches recompute them in the backward from x (no K·rows·N activation buffer, but
+# DeepSpectralLinear keeps its block inputs for the backward when K·rows·N of them would fit in this
+# many bytes (it saves K − 1 of them, z_0 being x; they then stay in L3); larger batches recompute them in the backward from x (no K·rows·N activation buffer, but
 # K − 1 more FWHTs and K more gathers per row). 16 MiB covers 4096 × 256 at K = 4, where saving
 # measured 8% faster per fwd+bwd step than recomputing (bench/profile_spectral.py, 1 thread).
 SAVE_MAX_BYTES = 16 << 20
