@@ -273,6 +273,10 @@ def _stack_profile(on=None, reset=False):
 
 cdef inline Py_ssize_t _stack_tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
     cdef Py_ssize_t t = STACK_TILE_BYTES // (n * itemsize)
+    # rows up to 16 KiB: at least 4 per tile, so the backward's dD sums group four rows before
+    # their float64 accumulation (2048 and 4096 float32: 3-8% faster per step, L2-resident tiles)
+    if t < 4 and n * itemsize <= 16384:
+        t = 4
     return t if t >= 1 else 1
 
 cdef inline int _stack_threads(Py_ssize_t work) noexcept nogil:
