@@ -412,9 +412,9 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
                 src = dst
             dr_prof_mark(PF_COPY_IN, &tk)
             for k in range(nb):
-                # u_k = P_k z into a tile buffer that is not src, then z = H(u_k * d_k) (the
-                # diagonal applied by the transform's first pass) into the saved z_k, into y for
-                # the last block, else in place
+                # z = H(P_k z * d_k) (the gather and the diagonal in the transform's first pass,
+                # or the gather into tmp first) into the saved z_k, into y for the last block,
+                # else into tmp
                 tmp = buf if src != buf else buf + T * N + 64
                 if k == nb - 1 and direct_out:
                     dst = &y[0, 0] + r0 * N
@@ -477,7 +477,6 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
     cdef double acc
     cdef int* inv
     cdef floating* dinv
-    cdef const floating* pre
     cdef floating* ub
     cdef const floating* zs
     cdef Py_ssize_t nz, zstride
