@@ -8,8 +8,11 @@ One thread (the phase profiler in the stack kernels has no atomics). For each sh
 whole layer step (forward + backward, input and parameter gradients, as bench/layers.py does), the
 two kernel calls alone (kernels.spectral_stack / spectral_stack_backward), and, with the kernels'
 rdtsc phase profiler on (kernels._stack_profile), how the kernel time splits into: setup
-(allocation, inverse permutations, clearing the dD partials), copy_in, gather_scale, fwht, out,
-recompute (backward without saved inputs), dD_dot, gather_bwd, dD_reduce. Cycles are converted to
+(allocation, inverse permutations, clearing the dD partials), copy_in, gather_scale (only copies
+into saved now), fwht (the transforms with the permutation gathers, fused into their first pass or
+run just before it, and in the backward the dD sums done inside those gathers), out, recompute
+(backward without saved inputs), gather_bwd (the last gather, into grad x, with dD_1), dD_reduce.
+dD_dot is no longer a separate phase. Cycles are converted to
 milliseconds with the ratio of rdtsc ticks to wall time measured over the same calls.
 "outside" = layer step - kernel calls: the autograd, argument checks and numpy allocations.
 """
@@ -56,8 +59,8 @@ def profile(width, batch, depth, rng):
     save = D.size * batch * 4 <= SAVE_MAX_BYTES
     X = x.data
 
-    def fwd():
-        return kernels.spectral_stack(X, perms, D, width, b, save=save, validate=False)
+    def fwd():   # as the layer calls it: z_0 is not saved, the backward reads it from X
+        return kernels.spectral_stack(X, perms, D, width, b, save=save, validate=False, save_input=False)
     y, saved = fwd()
 
     def bwd():

@@ -131,6 +131,207 @@ static void dr_gather_scale_rows_f64(const double* DR_R src, const int* DR_R idx
                                      double* DR_R out, Py_ssize_t n, Py_ssize_t nr) {
     dr_gather_scale_rows_scalar_f64(src, idx, d, out, n, nr);
 }
+/* ---------------- backward gather fused with the diagonal gradient ---------------- */
+/* out[r][j] = src[r][idx[j]] (* d[j] if d), and acc[j] += sum_r src[r][idx[j]] * z[r][j] for
+   j < nz, z row r at z + r * zs. The stack saves the block inputs z before their permutation, so
+   with idx the inverse permutation src[idx[j]] * z[j] is exactly the product g_i * u_i of the
+   unfused dD (i = idx[j]): the reduction runs on the gathered values while they are in registers
+   and the saved inputs are read as a contiguous stream, in the gathered order (the caller permutes
+   acc back once). Four rows: their products summed in T in row order
+   (fma(v3,z3, fma(v2,z2, fma(v1,z1, v0*z0)))), that added to the float64 acc; a single row: acc = fma(v, z, acc) in float64. Explicit fmas,
+   so the scalar and AVX-512 paths round alike (no reliance on -ffp-contract). out may be NULL. */
+#define DR_GDOT(T, SFX, FMA) \
+static void dr_gather_dot_rows_scalar_##SFX(const T* DR_R src, const int* DR_R idx, const T* DR_R d, \
+                                            T* DR_R out, const T* DR_R z, Py_ssize_t zs, Py_ssize_t nz, \
+                                            double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) { \
+    Py_ssize_t r = 0; \
+    for (; r + 4 <= nr; r += 4) { \
+        const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; const T* DR_R s2 = s1 + n; const T* DR_R s3 = s2 + n; \
+        const T* DR_R z0 = z + r * zs; const T* DR_R z1 = z0 + zs; const T* DR_R z2 = z1 + zs; const T* DR_R z3 = z2 + zs; \
+        T* DR_R o0 = out != NULL ? out + r * n : NULL; \
+        for (Py_ssize_t j = 0; j < n; j++) { \
+            int i = idx[j]; T v0 = s0[i], v1 = s1[i], v2 = s2[i], v3 = s3[i]; \
+            if (j < nz) acc[j] += (double)FMA(v3, z3[j], FMA(v2, z2[j], FMA(v1, z1[j], v0 * z0[j]))); \
+            if (o0 != NULL) { \
+                T dj = d != NULL ? d[j] : (T)1; \
+                if (d != NULL) { v0 *= dj; v1 *= dj; v2 *= dj; v3 *= dj; } \
+                o0[j] = v0; o0[n + j] = v1; o0[2 * n + j] = v2; o0[3 * n + j] = v3; \
+            } \
+        } \
+    } \
+    for (; r < nr; r++) { \
+        const T* DR_R s0 = src + r * n; const T* DR_R z0 = z + r * zs; \
+        T* DR_R o0 = out != NULL ? out + r * n : NULL; \
+        for (Py_ssize_t j = 0; j < n; j++) { \
+            T v = s0[idx[j]]; \
+            if (j < nz) acc[j] = __builtin_fma((double)v, (double)z0[j], acc[j]); \
+            if (o0 != NULL) o0[j] = d != NULL ? v * d[j] : v; \
+        } \
+    } \
+}
+DR_GDOT(float, f32, __builtin_fmaf)
+DR_GDOT(double, f64, __builtin_fma)
+
+#if DR_AVX512_BUILD
+/* the same for float32, n % 16 == 0: one vgatherdps per row and 16 columns, the dot on the
+   gathered vectors; z beyond nz reads as zero (masked loads) and acc there is left alone */
+DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* DR_R idx,
+                                              const float* DR_R d, float* DR_R out,
+                                              const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+                                              double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) {
+    Py_ssize_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const float* s0 = src + r * n; const float* s1 = s0 + n; const float* s2 = s1 + n; const float* s3 = s2 + n;
+        const float* z0 = z + r * zs; const float* z1 = z0 + zs; const float* z2 = z1 + zs; const float* z3 = z2 + zs;
+        float* o0 = out != NULL ? out + r * n : NULL;
+        for (Py_ssize_t j = 0; j < n; j += 16) {
+            __m512i i = _mm512_loadu_si512((const void*)(idx + j));
+            __m512 g0 = _mm512_i32gather_ps(i, s0, 4), g1 = _mm512_i32gather_ps(i, s1, 4);
+            __m512 g2 = _mm512_i32gather_ps(i, s2, 4), g3 = _mm512_i32gather_ps(i, s3, 4);
+            if (j < nz) {
+                __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
+                __m512 p = _mm512_mul_ps(g0, _mm512_maskz_loadu_ps(m, z0 + j));
+                p = _mm512_fmadd_ps(g1, _mm512_maskz_loadu_ps(m, z1 + j), p);
+                p = _mm512_fmadd_ps(g2, _mm512_maskz_loadu_ps(m, z2 + j), p);
+                p = _mm512_fmadd_ps(g3, _mm512_maskz_loadu_ps(m, z3 + j), p);
+                __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
+                lo = _mm512_mask_add_pd(lo, (__mmask8)m, lo, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+                hi = _mm512_mask_add_pd(hi, (__mmask8)(m >> 8), hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
+                _mm512_storeu_pd(acc + j, lo);
+                _mm512_storeu_pd(acc + j + 8, hi);
+            }
+            if (o0 != NULL) {
+                if (d != NULL) {
+                    __m512 dv = _mm512_loadu_ps(d + j);
+                    g0 = _mm512_mul_ps(g0, dv); g1 = _mm512_mul_ps(g1, dv);
+                    g2 = _mm512_mul_ps(g2, dv); g3 = _mm512_mul_ps(g3, dv);
+                }
+                _mm512_storeu_ps(o0 + j, g0); _mm512_storeu_ps(o0 + n + j, g1);
+                _mm512_storeu_ps(o0 + 2 * n + j, g2); _mm512_storeu_ps(o0 + 3 * n + j, g3);
+            }
+        }
+    }
+    for (; r < nr; r++) {
+        const float* s0 = src + r * n; const float* z0 = z + r * zs;
+        float* o0 = out != NULL ? out + r * n : NULL;
+        for (Py_ssize_t j = 0; j < n; j += 16) {
+            __m512 g = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + j)), s0, 4);
+            if (j < nz) {
+                __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
+                __m512 zv = _mm512_maskz_loadu_ps(m, z0 + j);
+                __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
+                lo = _mm512_mask3_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(g)),
+                                           _mm512_cvtps_pd(_mm512_castps512_ps256(zv)), lo, (__mmask8)m);
+                hi = _mm512_mask3_fmadd_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1)),
+                                           _mm512_cvtps_pd(_mm512_extractf32x8_ps(zv, 1)), hi, (__mmask8)(m >> 8));
+                _mm512_storeu_pd(acc + j, lo);
+                _mm512_storeu_pd(acc + j + 8, hi);
+            }
+            if (o0 != NULL)
+                _mm512_storeu_ps(o0 + j, d != NULL ? _mm512_mul_ps(g, _mm512_loadu_ps(d + j)) : g);
+        }
+    }
+}
+#endif
+#if DR_AVX512_BUILD
+/* the stack's gather fused into the transform's first pass (float32, n a multiple of 256 that
+   fits an L1 block): per 256-column chunk the 16 vectors are gathered straight into registers
+   (src[r][idx[j]]), optionally summed against z into acc exactly as dr_gather_dot_rows does
+   (same products, same order: four rows through a float partial, single rows in float64),
+   multiplied by pre and taken through the 8 in-register stages (dr_base256_pre_run_f32's
+   arithmetic) before one store: the gathered tile is never stored and reloaded. */
+DR_T512 static inline __attribute__((always_inline)) void dr_gather_base256_impl_f32(
+        const float* DR_R src, const int* DR_R idx, const float* DR_R pre, float* DR_R dst,
+        Py_ssize_t n, Py_ssize_t nrows, const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+        double* DR_R acc) {
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    float part[256] __attribute__((aligned(64)));   /* the four-row float partial of one chunk */
+    Py_ssize_t r = 0;
+    while (r < nrows) {
+        int grp = (z != NULL && r + 4 <= nrows) ? 4 : 1;
+        for (Py_ssize_t c = 0; c < n; c += 256) {
+            for (int rr = 0; rr < grp; rr++) {
+                const float* sr = src + (r + rr) * n;
+                float* q = dst + (r + rr) * n + c;
+                __m512 v[16];
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+                    v[i] = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + c + 16 * i)), sr, 4);
+                if (z != NULL && c < nz) {
+                    const float* zr = z + (r + rr) * zs;
+                    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {   /* unrolled: v stays in registers */
+                        Py_ssize_t j = c + 16 * i;
+                        if (j >= nz) continue;
+                        __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
+                        __m512 zv = _mm512_maskz_loadu_ps(m, zr + j);
+                        if (grp == 4) {
+                            __m512 t = rr == 0 ? _mm512_mul_ps(v[i], zv)
+                                               : _mm512_fmadd_ps(v[i], zv, _mm512_load_ps(part + 16 * i));
+                            if (rr < 3) _mm512_store_ps(part + 16 * i, t);
+                            else {
+                            __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
+                            lo = _mm512_mask_add_pd(lo, (__mmask8)m, lo, _mm512_cvtps_pd(_mm512_castps512_ps256(t)));
+                            hi = _mm512_mask_add_pd(hi, (__mmask8)(m >> 8), hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1)));
+                            _mm512_storeu_pd(acc + j, lo);
+                            _mm512_storeu_pd(acc + j + 8, hi);
+                            }
+                        } else {
+                            __m512d lo = _mm512_loadu_pd(acc + j), hi = _mm512_loadu_pd(acc + j + 8);
+                            lo = _mm512_mask3_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v[i])),
+                                                       _mm512_cvtps_pd(_mm512_castps512_ps256(zv)), lo, (__mmask8)m);
+                            hi = _mm512_mask3_fmadd_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v[i], 1)),
+                                                       _mm512_cvtps_pd(_mm512_extractf32x8_ps(zv, 1)), hi, (__mmask8)(m >> 8));
+                            _mm512_storeu_pd(acc + j, lo);
+                            _mm512_storeu_pd(acc + j + 8, hi);
+                        }
+                    }
+                }
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_mul_ps(v[i], _mm512_loadu_ps(pre + c + 16 * i));
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s1, _mm512_permute_ps(v[i], 0xB1));
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s2, _mm512_permute_ps(v[i], 0x4E));
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s4, _mm512_shuffle_f32x4(v[i], v[i], 0xB1));
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s8, _mm512_shuffle_f32x4(v[i], v[i], 0x4E));
+                #define DR_BF(a, b) { __m512 t0 = v[a], t1 = v[b]; v[a] = _mm512_add_ps(t0, t1); v[b] = _mm512_sub_ps(t0, t1); }
+                DR_BF16
+                #undef DR_BF
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + 16 * i, v[i]);
+            }
+        }
+        r += grp;
+    }
+}
+/* two instances: without the dot (forward) the compiler sees a plain gather-transform loop */
+DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* DR_R idx,
+                                              const float* DR_R pre, float* DR_R dst, Py_ssize_t n,
+                                              Py_ssize_t nrows, const float* DR_R z, Py_ssize_t zs,
+                                              Py_ssize_t nz, double* DR_R acc) {
+    if (z == NULL) dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, NULL, 0, 0, NULL);
+    else dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, z, zs, nz, acc);
+}
+#else
+static void dr_gather_base256_run_f32(const float* src, const int* idx, const float* pre, float* dst,
+                                      Py_ssize_t n, Py_ssize_t nrows, const float* z, Py_ssize_t zs,
+                                      Py_ssize_t nz, double* acc) {
+    (void)src; (void)idx; (void)pre; (void)dst; (void)n; (void)nrows; (void)z; (void)zs; (void)nz; (void)acc;
+}
+#endif
+static void dr_gather_dot_rows_f32(const float* DR_R src, const int* DR_R idx, const float* DR_R d,
+                                   float* DR_R out, const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+                                   double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) {
+#if DR_AVX512_BUILD
+    if (dr_gather512 && n % 16 == 0 && dr_use_avx512()) {
+        dr_gather_dot_rows512_f32(src, idx, d, out, z, zs, nz, acc, n, nr); return;
+    }
+#endif
+    dr_gather_dot_rows_scalar_f32(src, idx, d, out, z, zs, nz, acc, n, nr);
+}
+static void dr_gather_dot_rows_f64(const double* DR_R src, const int* DR_R idx, const double* DR_R d,
+                                   double* DR_R out, const double* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+                                   double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_dot_rows_scalar_f64(src, idx, d, out, z, zs, nz, acc, n, nr);
+}
 static void dr_set_gather512(int on) { dr_gather512 = on; }
 static int dr_get_gather512(void) { return dr_gather512; }
 

@@ -18,6 +18,15 @@ cdef extern from "_kernels_spectral.h":
                         Py_ssize_t n) noexcept nogil
     void dr_dot_acc_f64(const double* a, const double* u, Py_ssize_t nr, double* acc,
                         Py_ssize_t n) noexcept nogil
+    void dr_gather_dot_rows_f32(const float* src, const int* idx, const float* d, float* out,
+                                const float* z, Py_ssize_t zs, Py_ssize_t nz, double* acc,
+                                Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_dot_rows_f64(const double* src, const int* idx, const double* d, double* out,
+                                const double* z, Py_ssize_t zs, Py_ssize_t nz, double* acc,
+                                Py_ssize_t n, Py_ssize_t nr) noexcept nogil
+    void dr_gather_base256_run_f32(const float* src, const int* idx, const float* pre, float* dst,
+                                   Py_ssize_t n, Py_ssize_t nrows, const float* z, Py_ssize_t zs,
+                                   Py_ssize_t nz, double* acc) noexcept nogil
     void dr_add_f32(const float* a, const float* b, float* out, Py_ssize_t n) noexcept nogil
     void dr_add_f64(const double* a, const double* b, double* out, Py_ssize_t n) noexcept nogil
     void dr_set_gather512(int on) noexcept nogil
@@ -216,11 +225,21 @@ cdef enum:
 
 cdef Py_ssize_t STACK_TILE_BYTES = 16384                # one of the two ping-pong tile buffers
 cdef Py_ssize_t STACK_PARALLEL_MIN_ELEMENTS = 1 << 19   # K * rows * N below this: one thread
+cdef int STACK_SAVE_MODE = 0        # forward: 0 transform straight into saved (measured ~4% faster), 1 into the tile then copy
+cdef int STACK_FUSE_GATHER = 1      # gathers fused into the transform's first pass where possible
 
-def _stack_tuning(tile_bytes=None, parallel_min_elements=None, gather512=None):
+def _stack_tuning(tile_bytes=None, parallel_min_elements=None, gather512=None, save_mode=None,
+                  fuse_gather=None):
     """Benchmark / test hook: set / read the stack kernels' tile size, parallel threshold and
-    whether the float32 permutation gathers may use AVX-512 (same bits either way)."""
-    global STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS
+    whether the float32 permutation gathers may use AVX-512 (same bits either way); save_mode
+    (0: block outputs transformed straight into saved, 1: in the tile, then copied) and
+    fuse_gather (AVX-512 gathers inside the transform's first pass or not) are set-only A/B
+    switches, same bits either way. Returns (tile_bytes, parallel_min_elements, gather512)."""
+    global STACK_TILE_BYTES, STACK_PARALLEL_MIN_ELEMENTS, STACK_SAVE_MODE, STACK_FUSE_GATHER
+    if fuse_gather is not None:
+        STACK_FUSE_GATHER = 1 if fuse_gather else 0
+    if save_mode is not None:
+        STACK_SAVE_MODE = int(save_mode)
     if gather512 is not None:
         dr_set_gather512(1 if gather512 else 0)
     if tile_bytes is not None:
@@ -233,12 +252,12 @@ def _stack_tuning(tile_bytes=None, parallel_min_elements=None, gather512=None):
 cdef enum:
     PF_SETUP = 0        # allocations, inverse permutations, clearing the partials
     PF_COPY_IN = 1      # pad / copy x or g into the tile
-    PF_GATHER = 2       # forward: u = P z (saved when asked), z = u * d
-    PF_FWHT = 3         # the transforms (forward and backward)
+    PF_GATHER = 2       # forward: copies of block outputs into saved (save_mode 1 only)
+    PF_FWHT = 3         # the transforms with their gathers (and, backward, the fused dD sums)
     PF_OUT = 4          # bias add / copy out of y or gx
     PF_RECOMPUTE = 5    # backward without saved inputs: the forward again (gathers + FWHTs)
-    PF_DOT = 6          # backward: dD partials (sum over rows of g * u)
-    PF_GATHER_BWD = 7   # backward: g <- P^T (d * g)
+    PF_DOT = 6          # unused since the dD sums moved into the backward gathers
+    PF_GATHER_BWD = 7   # backward: the last gather g <- P_1^T (d_1 * g) into gx, with dD_1
     PF_REDUCE = 8       # backward: the partials summed into gD
 STACK_PROFILE_PHASES = ("setup", "copy_in", "gather_scale", "fwht", "out", "recompute", "dD_dot",
                         "gather_bwd", "dD_reduce")
@@ -254,6 +273,10 @@ def _stack_profile(on=None, reset=False):
 
 cdef inline Py_ssize_t _stack_tile_rows(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
     cdef Py_ssize_t t = STACK_TILE_BYTES // (n * itemsize)
+    # rows up to 16 KiB: at least 4 per tile, so the backward's dD sums group four rows before
+    # their float64 accumulation (2048 and 4096 float32: 3-8% faster per step, L2-resident tiles)
+    if t < 4 and n * itemsize <= 16384:
+        t = 4
     return t if t >= 1 else 1
 
 cdef inline int _stack_threads(Py_ssize_t work) noexcept nogil:
@@ -274,12 +297,77 @@ cdef inline void _gather_pure(const floating* src, const int* idx, floating* out
     else:
         dr_gather_pure_rows_f64(src, idx, out, n, nr)
 
+cdef inline void _gather_dot(const floating* src, const int* idx, const floating* d, floating* out,
+                             const floating* z, Py_ssize_t zs, Py_ssize_t nz, double* acc,
+                             Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
+    """out[r][j] = src[r][idx[j]] (* d[j] unless d is NULL; no store if out is NULL) and
+    acc[j] += sum_r src[r][idx[j]] * z[r][j] for j < nz (z row stride zs): dr_gather_dot_rows."""
+    if floating is float:
+        dr_gather_dot_rows_f32(src, idx, d, out, z, zs, nz, acc, n, nr)
+    else:
+        dr_gather_dot_rows_f64(src, idx, d, out, z, zs, nz, acc, n, nr)
+
+cdef inline void _gather_fwht(floating* dst, const floating* src, const int* idx, const floating* pre,
+                              Py_ssize_t nr, Py_ssize_t N, int m, Py_ssize_t Kp, const floating* H,
+                              floating scale, const floating* z, Py_ssize_t zs, Py_ssize_t nz,
+                              double* acc, floating* tmp) noexcept nogil:
+    """dst = H(pre * src[:, idx]) per row (src must not be dst), and if z is not NULL
+    acc[j] += sum_r src[r][idx[j]] * z[r][j] for j < nz. float32 powers of two 256 .. one L1 block
+    with the AVX-512 gather gather straight into the transform's first pass
+    (dr_gather_base256_run_f32); otherwise gather (and dot) into tmp (may be dst), then transform.
+    Same bits either way."""
+    cdef Py_ssize_t c
+    if floating is float:
+        if (STACK_FUSE_GATHER and m == 1 and 256 <= N <= _blk(dst) and dr_get_gather512()
+                and dr_use_avx512()):
+            dr_gather_base256_run_f32(src, idx, pre, dst, N, nr, z, zs, nz, acc)
+            if N > 256:
+                c = 0
+                while c < nr * N:
+                    _stages(dst + c, N // 256, 256, 256, scale)
+                    c += N
+            elif scale != 1:
+                dr_scale_f32(dst, nr * N, scale)
+            return
+    if z != NULL:
+        _gather_dot(src, idx, NULL, tmp, z, zs, nz, acc, N, nr)
+    else:
+        _gather_pure(src, idx, tmp, N, nr)
+    _fwht_tile_pre(dst, tmp, nr, N, m, Kp, H, scale, pre)
+
+def _gather_dot_rows(const floating[:, ::1] src, const int[::1] idx, d, floating[:, ::1] out,
+                     const floating[:, ::1] z, Py_ssize_t nz, double[::1] acc):
+    """Test hook of the fused backward gather (dr_gather_dot_rows): out = src[:, idx] (* d),
+    acc[:nz] += sum over rows of src[:, idx][:, :nz] * z[:, :nz]. out may have 0 rows (no store);
+    Checks shapes and indices (the stack kernels call the C directly, unchecked)."""
+    cdef Py_ssize_t nr = src.shape[0], n = src.shape[1], j
+    cdef const floating[::1] dv
+    cdef const floating* dp = NULL
+    if (idx.shape[0] != n or out.shape[1] != n or out.shape[0] not in (0, nr) or z.shape[0] != nr
+            or not 0 <= nz <= z.shape[1] or nz > n or acc.shape[0] < n
+            or (d is not None and len(d) != n)):
+        raise ValueError("_gather_dot_rows: inconsistent shapes")
+    for j in range(n):
+        if not 0 <= idx[j] < n:
+            raise ValueError("_gather_dot_rows: index out of range")
+    if nr == 0:
+        return
+    if d is not None:
+        dv = d
+        dp = &dv[0]
+    with nogil:
+        _gather_dot(&src[0, 0], &idx[0], dp, &out[0, 0] if out.shape[0] else NULL, &z[0, 0],
+                    z.shape[1], nz, &acc[0], n, nr)
+
 def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[:, ::1] D,
               const floating[::1] bias, bint has_bias, floating[:, ::1] y, floating[::1] saved,
-              bint save, int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized):
+              bint save, int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized,
+              bint save0=True):
     """y = trunc(z_K) (+ bias) with z_0 = pad(x) and z_k = H(P_k z_{k-1} * d_k); x (rows, n_in),
     y (rows, n_out), n_in, n_out <= N = perms.shape[1]. If save, saved (flat K * rows * N) gets
-    the permuted block inputs u_k = P_k z_{k-1}, all the backward needs."""
+    the block inputs z_0 .. z_{K-1} before their permutation (what the backward's fused gather
+    reads as a stream; u_k = P_k z_{k-1} = saved[k][:, perm_k]); without save0 it gets only
+    z_1 .. z_{K-1} ((K - 1) * rows * N; the backward then reads z_0 from x)."""
     cdef Py_ssize_t rows = x.shape[0], n_in = x.shape[1], n_out = y.shape[1]
     cdef Py_ssize_t nb = perms.shape[0], N = perms.shape[1]
     cdef Py_ssize_t T = _stack_tile_rows(N, sizeof(floating)), ntiles, t, r, r0, nr, k
@@ -287,16 +375,19 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
     cdef floating* buf
     cdef const floating* src
     cdef floating* dst
+    cdef floating* tmp
     cdef floating* yr
     cdef const floating* bp = &bias[0] if has_bias else NULL
-    cdef floating* sp = &saved[0] if save else NULL
-    cdef floating* up
+    cdef floating* sp = &saved[0] if save and (save0 or nb > 1) else NULL
+    cdef floating* sp0
+    cdef Py_ssize_t s0 = 0 if save0 else 1     # saved slot of z_k is k - s0
     cdef bint direct_in = n_in == N, direct_out = n_out == N
     cdef int failed[1]
     cdef uint64_t tk
     failed[0] = 0
     if rows == 0:
         return
+    sp0 = sp if save0 else NULL
     ntiles = (rows + T - 1) // T
     buf = NULL
     with nogil, parallel(num_threads=_stack_threads(nb * rows * N)):
@@ -311,25 +402,32 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
             nr = min(rows, r0 + T) - r0
             if direct_in:           # block 1 gathers straight from x
                 src = &x[0, 0] + r0 * N
-            else:
-                dst = buf + T * N + 64
+                if sp0 != NULL:
+                    memcpy(sp0 + r0 * N, src, nr * N * sizeof(floating))
+            else:                   # pad into the saved z_0 (or a tile buffer) and gather from there
+                dst = sp0 + r0 * N if sp0 != NULL else buf + T * N + 64
                 for r in range(nr):
                     memcpy(dst + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
                     memset(dst + r * N + n_in, 0, (N - n_in) * sizeof(floating))
                 src = dst
             dr_prof_mark(PF_COPY_IN, &tk)
             for k in range(nb):
-                if k == nb - 1 and direct_out:      # the last block writes straight into y
+                # z = H(P_k z * d_k) (the gather and the diagonal in the transform's first pass,
+                # or the gather into tmp first) into the saved z_k, into y for the last block,
+                # else into tmp
+                tmp = buf if src != buf else buf + T * N + 64
+                if k == nb - 1 and direct_out:
                     dst = &y[0, 0] + r0 * N
+                elif k < nb - 1 and sp != NULL and STACK_SAVE_MODE == 0:
+                    dst = sp + ((k + 1 - s0) * rows + r0) * N
                 else:
-                    dst = buf if (src != buf) else buf + T * N + 64
-                # u_k = P_k z (into saved, or straight into the tile), then z = H(u_k * d_k) with
-                # the diagonal applied by the transform's first pass
-                up = sp + (k * rows + r0) * N if sp != NULL else dst
-                _gather_pure(src, &perms[0, 0] + k * N, up, N, nr)
-                dr_prof_mark(PF_GATHER, &tk)
-                _fwht_tile_pre(dst, up, nr, N, m, Kp, &H[0, 0], scale, &D[0, 0] + k * N)
+                    dst = tmp
+                _gather_fwht(dst, src, &perms[0, 0] + k * N, &D[0, 0] + k * N, nr, N, m, Kp, &H[0, 0],
+                             scale, NULL, 0, 0, NULL, tmp)
                 dr_prof_mark(PF_FWHT, &tk)
+                if k < nb - 1 and sp != NULL and STACK_SAVE_MODE != 0:
+                    memcpy(sp + ((k + 1 - s0) * rows + r0) * N, dst, nr * N * sizeof(floating))
+                    dr_prof_mark(PF_GATHER, &tk)
                 src = dst
             for r in range(nr):
                 yr = &y[0, 0] + (r0 + r) * n_out
@@ -348,35 +446,41 @@ def stack_fwd(const floating[:, ::1] x, const int[:, ::1] perms, const floating[
 def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floating[:, ::1] x,
               bint recompute, const int[:, ::1] perms, const floating[:, ::1] D,
               floating[:, ::1] gx, bint need_x, double[:, ::1] gD,
-              int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized):
+              int m, Py_ssize_t Kp, const floating[:, ::1] H, bint normalized,
+              bint z0_from_x=False):
     """Backward of stack_fwd from g = dL/dy (rows, n_out). Per block, from the last:
     g <- H g (H symmetric); dD_k = sum_rows g * u_k; g <- P_k^T (d_k * g), done as a gather with
     the inverse permutation. gx (rows, n_in) = the first n_in columns of the final g (if need_x).
-    The block inputs u_k come from saved (flat K * rows * N), or, if recompute, are recomputed
-    tile by tile from x (rows, n_in) into an L2-resident buffer (K - 1 FWHTs per tile instead of
-    a write and a read of K * rows * N from memory: cheaper once that exceeds the caches).
-    dD: the products of 4 rows at a time are summed in the input precision (dr_dot_acc), those
-    sums accumulated in float64 per fixed row chunk (a count that depends on the shapes only),
-    chunks summed in order: bitwise independent of the thread count."""
+    The dD_k reduction is fused into that gather (_gather_dot): with the block inputs z_{k-1}
+    saved before their permutation, g[inv[j]] * u_k[inv[j]] = (P_k^T g)[j] * z_{k-1}[j], so it
+    sums the gathered values against a contiguous stream of z, in the gathered order, and the
+    final reduction permutes back. The z come from saved (flat K * rows * N), or, if recompute,
+    are recomputed tile by tile from x (rows, n_in) into an L2-resident buffer (K - 1 FWHTs per
+    tile instead of a write and a read of K * rows * N from memory: cheaper once that exceeds the
+    caches). With z0_from_x, saved holds z_1 .. z_{K-1} only (stack_fwd without save0) and z_0
+    is read from x (rows, n_in: the padding columns add nothing to dD). Tiles run last to first: the forward's latest saved rows are still in cache.
+    dD: the products of 4 rows at a time are summed in the input precision, those sums
+    accumulated in float64 per fixed row chunk (a count that depends on the shapes only), chunks
+    summed in order: bitwise independent of the thread count."""
     cdef Py_ssize_t rows = g.shape[0], n_out = g.shape[1], n_in = x.shape[1]
     cdef Py_ssize_t nb = perms.shape[0], N = perms.shape[1]
-    cdef Py_ssize_t T = _stack_tile_rows(N, sizeof(floating)), ntiles, nch, ch, t, t0, t1
-    cdef Py_ssize_t r, r0, nr, k, j, c
+    cdef Py_ssize_t T = _stack_tile_rows(N, sizeof(floating)), ntiles, nch, ch, chi, t, t0, t1
+    cdef Py_ssize_t r, r0, nr, k, j, c, kk
     cdef floating scale = <floating>(1.0 / sqrt(<double>N)) if normalized else <floating>1
     cdef floating* buf
     cdef floating* a
     cdef floating* b
     cdef floating* tmp
+    cdef floating* out
     cdef double* pr
     cdef double* part
     cdef double acc
     cdef int* inv
     cdef floating* dinv
-    cdef const floating* pre
     cdef floating* ub
-    cdef const floating* us
+    cdef const floating* zs
+    cdef Py_ssize_t nz, zstride
     cdef const floating* src
-    cdef floating* dst
     cdef bint direct_out = n_in == N
     cdef int failed[1]
     cdef uint64_t tk = dr_ticks()
@@ -405,7 +509,8 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
     buf = NULL
     with nogil, parallel(num_threads=_stack_threads(nb * rows * N)):
         buf = <floating*>malloc((2 * T * N + 64 + (nb * T * N if recompute else 0)) * sizeof(floating))
-        for ch in prange(nch, schedule="dynamic"):
+        for chi in prange(nch, schedule="dynamic"):
+            ch = nch - 1 - chi
             if buf == NULL:
                 failed[0] = 1
                 continue
@@ -413,65 +518,65 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
             dr_prof_mark(PF_SETUP, &tk)
             t0 = ntiles * ch // nch
             t1 = ntiles * (ch + 1) // nch
-            for t in range(t0, t1):
+            t = t1
+            while t > t0:
+                t = t - 1
                 r0 = t * T
                 nr = min(rows, r0 + T) - r0
                 a = buf
                 b = buf + T * N + 64
                 ub = b + T * N
-                if recompute:       # the forward again, keeping u_1 .. u_K of this tile in ub
+                if recompute:       # the forward again, keeping z_0 .. z_{K-1} of this tile in ub
                     if direct_out:
                         src = &x[0, 0] + r0 * N
                     else:
                         for r in range(nr):
-                            memcpy(b + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
-                            memset(b + r * N + n_in, 0, (N - n_in) * sizeof(floating))
-                        src = b
-                    for k in range(nb):
-                        _gather_pure(src, &perms[0, 0] + k * N, ub + k * T * N, N, nr)
-                        if k < nb - 1:     # z_K itself is not needed
-                            dst = a if src != a else b
-                            _fwht_tile_pre(dst, ub + k * T * N, nr, N, m, Kp, &H[0, 0], scale,
-                                           &D[0, 0] + k * N)
-                            src = dst
-                    a = buf
-                    b = buf + T * N + 64
+                            memcpy(ub + r * N, &x[0, 0] + (r0 + r) * n_in, n_in * sizeof(floating))
+                            memset(ub + r * N + n_in, 0, (N - n_in) * sizeof(floating))
+                        src = ub
+                    for k in range(nb - 1):     # z_K itself is not needed
+                        _gather_fwht(ub + (k + 1) * T * N, src, &perms[0, 0] + k * N, &D[0, 0] + k * N,
+                                     nr, N, m, Kp, &H[0, 0], scale, NULL, 0, 0, NULL, a)
+                        src = ub + (k + 1) * T * N
                     dr_prof_mark(PF_RECOMPUTE, &tk)
                 for r in range(nr):
                     memcpy(a + r * N, &g[0, 0] + (r0 + r) * n_out, n_out * sizeof(floating))
                     if n_out < N:
                         memset(a + r * N + n_out, 0, (N - n_out) * sizeof(floating))
-                k = nb - 1
-                pre = NULL
                 dr_prof_mark(PF_COPY_IN, &tk)
+                _fwht_tile(a, nr, N, m, Kp, &H[0, 0], scale)
+                dr_prof_mark(PF_FWHT, &tk)
+                k = nb - 1
                 while k >= 0:
-                    if pre == NULL:
-                        _fwht_tile(a, nr, N, m, Kp, &H[0, 0], scale)
-                    else:           # the previous block's d, deferred into this transform
-                        _fwht_tile_pre(a, a, nr, N, m, Kp, &H[0, 0], scale, pre)
-                    dr_prof_mark(PF_FWHT, &tk)
+                    # a = H g of block k + 1's output side; g <- P_k^T a with dD_k fused
                     pr = part + (ch * nb + k) * N
+                    nz = N
                     if recompute:
-                        us = ub + k * T * N
+                        zs = (&x[0, 0] + r0 * N) if (k == 0 and direct_out) else ub + k * T * N
+                    elif z0_from_x:
+                        zs = (&x[0, 0] + r0 * n_in) if k == 0 else &saved[0] + ((k - 1) * rows + r0) * N
+                        if k == 0:
+                            nz = n_in
                     else:
-                        us = &saved[0] + (k * rows + r0) * N
-                    if floating is float:
-                        dr_dot_acc_f32(a, us, nr, pr, N)
-                    else:
-                        dr_dot_acc_f64(a, us, nr, pr, N)
-                    dr_prof_mark(PF_DOT, &tk)
-                    if k > 0 or need_x:
-                        if k == 0 and direct_out:   # the last gather writes straight into gx
-                            b = &gx[0, 0] + r0 * N
-                        if k > 0:   # g <- P_k^T g; its factor d_k waits for the next transform
-                            _gather_pure(a, inv + k * N, b, N, nr)
-                            pre = dinv + k * N
-                        else:
-                            _gather_rows(a, inv + k * N, dinv + k * N, b, N, nr)
+                        zs = &saved[0] + (k * rows + r0) * N
+                    zstride = n_in if (k == 0 and z0_from_x and not recompute) else N
+                    if k > 0:       # the gather fused with the next transform, d_k its first factor
+                        _gather_fwht(b, a, inv + k * N, dinv + k * N, nr, N, m, Kp, &H[0, 0], scale,
+                                     zs, zstride, nz, pr, b)
                         tmp = a
                         a = b
                         b = tmp
-                    dr_prof_mark(PF_GATHER_BWD, &tk)
+                        dr_prof_mark(PF_FWHT, &tk)
+                    else:           # the last gather writes straight into gx (times d_1)
+                        out = b
+                        if not need_x:
+                            out = NULL
+                        elif direct_out:
+                            out = &gx[0, 0] + r0 * N
+                        _gather_dot(a, inv, dinv, out, zs, zstride, nz, pr, N, nr)
+                        if out != NULL:
+                            a = out
+                        dr_prof_mark(PF_GATHER_BWD, &tk)
                     k = k - 1
                 if need_x and not direct_out:
                     for r in range(nr):
@@ -479,12 +584,14 @@ def stack_bwd(const floating[:, ::1] g, const floating[::1] saved, const floatin
                 dr_prof_mark(PF_OUT, &tk)
         free(buf)
     if not failed[0]:
-        with nogil:
+        with nogil:         # the partials are in the gathered order: entry i of dD_k is at perm_k[i]
             for c in prange(nb * N, num_threads=_stack_threads(nch * nb * N), schedule="static"):
+                kk = c // N
+                j = kk * N + perms[kk, c % N]
                 acc = 0
                 for ch in range(nch):
-                    acc = acc + part[ch * nb * N + c]
-                gD[c // N, c % N] = acc
+                    acc = acc + part[ch * nb * N + j]
+                gD[kk, c % N] = acc
         dr_prof_mark(PF_REDUCE, &tk)
     free(part)
     free(inv)

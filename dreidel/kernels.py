@@ -370,7 +370,7 @@ def _stack_args(perms, D, dtype, validate, what):
 
 
 def spectral_stack(x, perms, D, out_features=None, bias=None, normalized=True, save=True,
-                   validate=True):
+                   validate=True, save_input=True):
     """K spectral blocks in one pass, a tile of rows at a time (the tile stays in L1 through
     all K blocks):
 
@@ -378,8 +378,10 @@ def spectral_stack(x, perms, D, out_features=None, bias=None, normalized=True, s
 
     perms (K, N) integer permutations ((P v)[j] = v[perm[j]]), D (K, N); x (..., n_in) with
     n_in <= N; out_features <= N (default N). Returns (y, saved): saved (K, rows, N) holds the
-    permuted block inputs u_k = P_k z_{k-1} that ``spectral_stack_backward`` needs (None when
-    save=False)."""
+    block inputs z_0 = pad(x), z_1 .. z_{K-1} before their permutation (the permuted inputs are
+    u_k = saved[k][:, perms[k]]) that ``spectral_stack_backward`` needs (None when save=False).
+    save_input=False leaves z_0 out (saved (K - 1, rows, N)): the backward must then be given x,
+    which saves a copy of x to memory and back."""
     a = _as_float_array(x, "spectral_stack")
     p, Dv, N, m, k, h = _stack_args(perms, D, a.dtype, validate, "spectral_stack")
     n_in = a.shape[-1]
@@ -389,11 +391,12 @@ def spectral_stack(x, perms, D, out_features=None, bias=None, normalized=True, s
     b = _vector(bias, n_out, a.dtype, "spectral_stack", "bias") if bias is not None else _DUMMY_VEC[a.dtype]
     rows = a.reshape(-1, n_in)
     y = np.empty(a.shape[:-1] + (n_out,), dtype=a.dtype)
-    saved = np.empty((p.shape[0], rows.shape[0], N), dtype=a.dtype) if save else None
+    save_input = bool(save_input)
+    saved = np.empty((p.shape[0] - (not save_input), rows.shape[0], N), dtype=a.dtype) if save else None
     if rows.shape[0]:
         _kernels.stack_fwd(rows, p, Dv, b, bias is not None, y.reshape(-1, n_out),
-                           saved.reshape(-1) if save else _DUMMY_VEC[a.dtype], bool(save), m, k, h,
-                           bool(normalized))
+                           saved.reshape(-1) if save and saved.size else _DUMMY_VEC[a.dtype], bool(save),
+                           m, k, h, bool(normalized), save_input)
     return y, saved
 
 
@@ -401,14 +404,20 @@ def spectral_stack_backward(grad_y, saved, perms, D, in_features=None, normalize
                             x=None, validate=True):
     """Backward of ``spectral_stack`` (bias excluded: its gradient is grad_y summed over rows).
     Per block from the last: g <- H g; dD_k = sum_rows g * u_k; g <- P_k^T (d_k * g); grad_x is
-    the first in_features columns of the final g. The block inputs u_k come from `saved`
+    the first in_features columns of the final g (dD_k is computed inside that gather, in its
+    order, against the saved z_{k-1}: one pass over the saved inputs). The block inputs u_k come from `saved`
     (spectral_stack(save=True)), or, when saved is None, are recomputed tile by tile from the
     forward's input `x` (cheaper than a memory round trip once K * rows * N exceeds the caches).
+    saved from spectral_stack(save_input=False) (K - 1 blocks) needs `x` too, for z_0.
     Returns (grad_x or None, grad_D (K, N)). grad_D: the products of each group of 4 rows are
     summed in the input precision, those sums accumulated in float64 per fixed row chunk and the
     chunks added in order (input-precision rounding does not pile up over the batch; the bits do
     not depend on the thread count)."""
     g = np.asarray(grad_y)
+    z0_from_x = False
+    if saved is not None and x is not None and np.ndim(saved) == 3 and np.shape(saved)[0] == np.shape(perms)[0] - 1:
+        z0_from_x = True    # saved without z_0 (spectral_stack(save_input=False)): read it from x
+        xa = _as_float_array(x, "spectral_stack_backward")
     if saved is None:
         if x is None:
             raise ValueError("spectral_stack_backward: need the saved block inputs or the input x")
@@ -435,18 +444,25 @@ def spectral_stack_backward(grad_y, saved, perms, D, in_features=None, normalize
         s = np.empty((p.shape[0], 0, N), dtype=dtype)
         x2 = xa.reshape(-1, n_in)
     else:
-        if s.shape[0] != p.shape[0] or s.shape[2] != N:
-            raise ValueError(f"spectral_stack_backward: saved shape {s.shape} does not match perms {p.shape}")
+        if s.shape[0] != p.shape[0] - z0_from_x or s.shape[2] != N:
+            raise ValueError(f"spectral_stack_backward: saved shape {s.shape} does not match perms {p.shape} "
+                             f"(K blocks, or K - 1 with x)")
         if rows.shape[0] != s.shape[1]:
             raise ValueError(f"spectral_stack_backward: grad_y has {rows.shape[0]} rows, saved has {s.shape[1]}")
         s = np.ascontiguousarray(s)
-        x2 = np.empty((0, n_in), dtype=dtype)
+        if z0_from_x:
+            if xa.shape[-1] != n_in or xa.size // max(n_in, 1) != rows.shape[0]:
+                raise ValueError(f"spectral_stack_backward: x shape {xa.shape} does not match grad_y "
+                                 f"{g.shape} and in_features {n_in}")
+            x2 = np.ascontiguousarray(xa, dtype=dtype).reshape(-1, n_in)
+        else:
+            x2 = np.empty((0, n_in), dtype=dtype)
     gx = np.empty(g.shape[:-1] + (n_in,), dtype=dtype) if need_x else None
     gD = np.empty(p.shape, dtype=np.float64)
     flat = s.reshape(-1) if s.size else _DUMMY_VEC[np.dtype(dtype)]
     _kernels.stack_bwd(rows, flat, x2, saved is None, p, Dv,
                        gx.reshape(-1, n_in) if need_x else np.empty((0, n_in), dtype=dtype),
-                       bool(need_x), gD, m, k, h, bool(normalized))
+                       bool(need_x), gD, m, k, h, bool(normalized), z0_from_x)
     return gx, gD.astype(dtype, copy=False)
 
 

@@ -316,7 +316,7 @@ def test_spectral_stack_vector_gather_equals_scalar_and_reference(n, rows, depth
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
     ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
-    np.testing.assert_allclose(b[1], ref_u, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_permuted_saved(b[1], perms), ref_u, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b[0], ref_y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b[2], ref_gx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b[3], ref_gD, rtol=1e-4, atol=1e-4 * rows)
@@ -450,6 +450,11 @@ def test_spectral_block_errors():
 # ------------------------------------------------------------------------------------------
 # whole spectral stack (K blocks per call)
 # ------------------------------------------------------------------------------------------
+def _permuted_saved(saved, perms):
+    """The permuted block inputs u_k = z_{k-1}[perm_k] from spectral_stack's saved z (K, rows, N)."""
+    return np.stack([s[..., p] for s, p in zip(saved, perms)])
+
+
 def ref_stack(x, perms, D, n_out, bias, normalized, g):
     """Plain float64 numpy: z_0 = pad(x), z_k = H(z_{k-1}[perm_k] * d_k), y = z_K[:n_out] + b, and
     the backward of <y, g> by the chain rule, block by block."""
@@ -497,7 +502,7 @@ def test_spectral_stack_equals_reference(n, batch, depth, dtype, normalized, wit
                                    atol=TOL[dtype]["atol"] * rows)
 
     close(y, ref_y)
-    close(saved, ref_u.reshape(depth, -1, n))
+    close(_permuted_saved(saved, perms), ref_u.reshape(depth, -1, n))
     rows = max(1, x.size // n_in)
     for grads in (K.spectral_stack_backward(g, saved, perms, D, n_in, normalized),
                   K.spectral_stack_backward(g, None, perms, D, n_in, normalized, x=x)):
@@ -516,6 +521,59 @@ def test_spectral_stack_equals_reference(n, batch, depth, dtype, normalized, wit
     y2, nothing = K.spectral_stack(x, perms, D, n_out, bias, normalized, save=False)
     assert nothing is None
     np.testing.assert_array_equal(y2, y)
+    # without z_0 in saved (the layer's mode) the backward reads it from x: same bits
+    y3, inner = K.spectral_stack(x, perms, D, n_out, bias, normalized, save_input=False)
+    assert inner.shape == (depth - 1,) + saved.shape[1:]
+    np.testing.assert_array_equal(y3, y)
+    np.testing.assert_array_equal(inner, saved[1:])
+    for need_x in (True, False):
+        c = K.spectral_stack_backward(g, inner, perms, D, n_in, normalized, need_x=need_x, x=x)
+        np.testing.assert_array_equal(c[1], a[1])
+        if need_x:
+            np.testing.assert_array_equal(c[0], a[0])
+    with pytest.raises(ValueError, match="saved shape"):
+        K.spectral_stack_backward(g, inner, perms, D, n_in, normalized)
+
+
+@SET
+@given(n=st.sampled_from([1, 5, 16, 48, 96, 1024]), rows=st.sampled_from([1, 2, 3, 4, 5, 8, 9]),
+       dtype=st.sampled_from(DTYPES), scaled=st.booleans(), store=st.booleans(),
+       vector=st.booleans(), data=st.data())
+def test_gather_dot_rows_equals_numpy(n, rows, dtype, scaled, store, vector, data):
+    # the backward's gather fused with the dD reduction: out = src[:, idx] (* d) and
+    # acc[:nz] += sum_rows src[:, idx][:, :nz] * z[:, :nz]; the AVX-512 path (float32, n % 16 == 0)
+    # must give the scalar path's bits
+    nz = data.draw(st.integers(0, n), "nz")
+    zw = data.draw(st.integers(nz, n + 3), "z width")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 31), "seed"))
+    src, z = _data(rng, (rows, n), dtype), _data(rng, (rows, zw), dtype)
+    idx = rng.permutation(n).astype(np.intc)
+    d = _data(rng, (n,), dtype) if scaled else None
+    acc0 = rng.standard_normal(n)
+    results = []
+    before = K._kernels._stack_tuning()[2]
+    try:
+        for vec in (False, vector):
+            K._kernels._stack_tuning(gather512=vec)
+            out = np.full((rows if store else 0, n), np.nan, dtype=dtype)
+            acc = acc0.copy()
+            K._kernels._gather_dot_rows(src, idx, d, out, z, nz, acc)
+            results.append((out, acc))
+    finally:
+        K._kernels._stack_tuning(gather512=before)
+    for u, v in zip(*results):
+        np.testing.assert_array_equal(u, v)
+    out, acc = results[1]
+    gathered = src.astype(np.float64)[:, idx]
+    if store:
+        want = gathered * (1 if d is None else d.astype(np.float64))
+        np.testing.assert_allclose(out, want, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"])
+    ref = acc0.copy()
+    ref[:nz] += (gathered[:, :nz] * z[:, :nz].astype(np.float64)).sum(0)
+    np.testing.assert_allclose(acc, ref, rtol=TOL[dtype]["rtol"] * rows, atol=TOL[dtype]["atol"] * rows)
+    with pytest.raises(ValueError, match="shapes"):
+        K._kernels._gather_dot_rows(src, idx, d, out, np.ascontiguousarray(z[:, :nz - 1] if nz else z[:0]),
+                                    nz, acc)
 
 
 def test_spectral_stack_errors():

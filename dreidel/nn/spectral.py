@@ -31,8 +31,8 @@ def _block_forward(x, perm, d):
     return kernels.spectral_block(x, perm, d, validate=False)
 
 
-# DeepSpectralLinear keeps its K block inputs for the backward up to this many bytes (they then stay
-# in L3); larger batches recompute them in the backward from x (no K·rows·N activation buffer, but
+# DeepSpectralLinear keeps its block inputs for the backward when K·rows·N of them would fit in this
+# many bytes (it saves K − 1 of them, z_0 being x; they then stay in L3); larger batches recompute them in the backward from x (no K·rows·N activation buffer, but
 # K − 1 more FWHTs and K more gathers per row). 16 MiB covers 4096 × 256 at K = 4, where saving
 # measured 8% faster per fwd+bwd step than recomputing (bench/profile_spectral.py, 1 thread).
 SAVE_MAX_BYTES = 16 << 20
@@ -161,8 +161,8 @@ class DeepSpectralLinear(Module):
     are one Parameter `d` of shape (K, N). The whole stack is one autograd node and one kernel call
     each way (`kernels.spectral_stack`, `kernels.spectral_stack_backward`: a tile of rows runs
     through all K blocks while it sits in L1, padding, truncation and bias fused in); the backward
-    is, per block from the last, ∂z = Pᵀ(d ⊙ H g), ∂d = Σ_s (H g) ⊙ P z. The forward keeps the
-    block inputs P_k z_{k−1} when they fit in `SAVE_MAX_BYTES`, else the backward recomputes them
+    is, per block from the last, ∂z = Pᵀ(d ⊙ H g), ∂d = Σ_s (H g) ⊙ P z (summed inside the gather
+    Pᵀ, against the unpermuted z). The forward keeps the block inputs z_{k−1} when they fit in `SAVE_MAX_BYTES`, else the backward recomputes them
     from x tile by tile (then the layer holds no activations beyond x).
 
     Initialisation keeps the signal's variance: every block with d = ±1 is orthogonal (norm-
@@ -206,12 +206,16 @@ class DeepSpectralLinear(Module):
         rows = x.size // x.shape[-1]
         itemsize = np.result_type(x.dtype, d.dtype).itemsize
         # the whole stack in one kernel call, a tile of rows through all K blocks at a time; it keeps
-        # the permuted block inputs u_k = P_k z_{k-1} for the backward while they fit in the caches,
+        # the block inputs z_{k-1} (unpermuted) for the backward while they fit in the caches,
         # beyond that the backward recomputes them tile by tile from X (cheaper than a memory round trip)
         save = self.capture_curvature or (needs_grad and d.size * rows * itemsize <= SAVE_MAX_BYTES)
         y, saved = spectral_stack(x, perms, d, bias, self.out_features, save)
-        if self.capture_curvature:  # Σ_s (P_k z)² per block, for gauss_newton_diagonal
-            self._curvature = (np.einsum("ksn,ksn->kn", saved, saved, dtype=np.float64), rows)
+        if self.capture_curvature:  # Σ_s (P_k z)² per block, for gauss_newton_diagonal (saved holds z)
+            X = x.data.reshape(-1, self.in_features).astype(np.float64)
+            sum_z2 = np.zeros((self.depth, self.size))
+            sum_z2[0, :self.in_features] = np.einsum("sn,sn->n", X, X)     # z_0 = pad(x) is not saved
+            sum_z2[1:] = np.einsum("ksn,ksn->kn", saved, saved, dtype=np.float64)
+            self._curvature = (np.take_along_axis(sum_z2, self.perms.data, axis=1), rows)
         return y
 
     def _checked_perms(self):

@@ -89,7 +89,7 @@ def linear_wht(x, d, bias, size, out_features):
 def spectral_stack(x, perms, d, bias, out_features, save):
     """K Walsh–Hadamard blocks z₀ = pad(x), z_k = H(P_k z_{k−1} ⊙ d_k), y = trunc(z_K) + b in one kernel
     call each way: `DeepSpectralLinear`'s op. `perms` (K, N) intc permutations (validated by the
-    caller), d (K, N), bias (out,) or None. `save` keeps the permuted block inputs for the backward
+    caller), d (K, N), bias (out,) or None. `save` keeps the block inputs for the backward
     (else it recomputes them tile by tile from x). Returns (y, saved), saved None unless `save`."""
     n_in, n_out = x.shape[-1], int(out_features)
     lead = x.shape[:-1]
@@ -97,7 +97,8 @@ def spectral_stack(x, perms, d, bias, out_features, save):
     D = d.data if d.dtype == dtype else d.data.astype(dtype)
     B = None if bias is None else bias.data
     X = x.data.reshape(-1, n_in).astype(dtype, copy=False)
-    y, saved = kernels.spectral_stack(X, perms, D, n_out, B, save=save, validate=False)
+    # z_0 is X itself: the backward reads it from X instead of a saved copy
+    y, saved = kernels.spectral_stack(X, perms, D, n_out, B, save=save, validate=False, save_input=False)
 
     def backward(g):
         need_x = x.requires_grad
