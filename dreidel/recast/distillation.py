@@ -160,6 +160,8 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
     Returns (loss before, loss after)."""
     everything = list(student.parameters())
     flags = [p.requires_grad for p in everything]
+    # DiagonalNewton switches curvature capture on; left on, every later forward (inference) pays for it
+    capture = [(m, m.capture_curvature) for m in modules if hasattr(m, "capture_curvature")]
     for p in everything:
         p.requires_grad = False
     for p in params:
@@ -187,6 +189,8 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
     finally:
         for p, flag in zip(everything, flags):
             p.requires_grad = flag
+        for m, flag in capture:
+            m.capture_curvature = flag
 
 
 # -- stages ----------------------------------------------------------------------------------------
