@@ -11,6 +11,12 @@ agreement of each sentence's neighbours, Spearman correlation of each similarity
 medians of interleaved runs over all evaluation batches at the same thread count, in CPU time
 (process_time, the figure that survives a shared machine at --threads 1) and wall time; the load
 average is printed with them. `--json FILE` writes the table, plan, blocks and stage history.
+
+`--uniform FAMILY:VALUE` skips the planner and gives every target Linear the same student (a `Plan`
+built directly; `--budget`/`--families` are then ignored): `spectral:K` (DeepSpectralLinear depth K),
+`lowrank:R` (rank R), or `lowrank:spectralK` (per layer the rank whose multiply-adds equal those of
+depth-K spectral on that layer, r = K·(FWHT(N) + N) / (in + out), rounded; the low-rank row at the
+spectral row's MACs).
 """
 import argparse
 import json
@@ -83,6 +89,38 @@ def linear_macs(model, targets):
     return total
 
 
+def uniform_plan(teacher, calibration, spec):
+    """A `Plan` giving every calibration target the student `spec` (see `--uniform`)."""
+    from dreidel.recast.planning import Plan
+    from dreidel.recast.students import family
+    name, _, value = spec.partition(":")
+    matched = name == "lowrank" and value.startswith("spectral")
+    try:
+        number = int(value[len("spectral"):] if matched else value)
+    except ValueError:
+        number = 0
+    if name not in ("spectral", "lowrank") or number < 1:
+        sys.exit(f"--uniform: expected spectral:K, lowrank:R or lowrank:spectralK (positive integers), got {spec!r}")
+    layers, shapes = {}, {}
+    for target in calibration.targets:
+        layer = teacher.get_submodule(target)
+        n_in, n_out, bias = layer.in_features, layer.out_features, layer.bias is not None
+        shapes[target] = [n_in, n_out]
+        if name == "spectral":
+            options = {"depth": number}
+        elif matched:  # the bias costs out in both families: match the rest
+            spectral = family("spectral").empty(n_in, n_out, bias, depth=number)
+            work = spectral.multiply_adds() - (n_out if bias else 0)
+            options = {"rank": int(np.clip(round(work / (n_in + n_out)), 1, min(n_in, n_out)))}
+        else:
+            options = {"rank": min(number, n_in, n_out)}
+        module = family(name).empty(n_in, n_out, bias, **options)
+        layers[target] = {"family": name, "options": options, "macs": family(name).multiply_adds(module),
+                          "params": family(name).parameter_count(module)}
+    return Plan(layers, {"fingerprint": calibration.fingerprint, "shapes": shapes,
+                         "threads": dreidel.get_num_threads()}, budget=None, budget_kind=f"uniform {spec}")
+
+
 def parameter_count(model):
     return int(sum(p.data.size for p in model.parameters()))
 
@@ -116,6 +154,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="/tmp/recast_minilm", help="checkpoints and the int8 model")
     parser.add_argument("--json", default=None, help="write the results table here")
+    parser.add_argument("--uniform", default=None, metavar="FAMILY:VALUE",
+                        help="every Linear the same student, no planner: spectral:K, lowrank:R, or "
+                             "lowrank:spectralK (per-layer rank at depth-K spectral's MACs)")
     args = parser.parse_args(argv)
     dreidel.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -134,14 +175,21 @@ def main(argv=None):
     targets = recast.find_targets(teacher, blocks)
     calibration = recast.calibrate(teacher, list(calib.batches(args.batch_size)), targets, blocks,
                                    spill_dir=Path(args.out) / "spill")
-    the_plan = recast.plan(teacher, calibration, families=tuple(args.families.split(",")), budget=args.budget,
-                           budget_kind=args.budget_kind)
+    if args.uniform:
+        the_plan = uniform_plan(teacher, calibration, args.uniform)
+    else:
+        the_plan = recast.plan(teacher, calibration, families=tuple(args.families.split(",")), budget=args.budget,
+                               budget_kind=args.budget_kind)
     the_plan.save(Path(args.out) / "plan.json")
     print("blocks:", blocks)
     student, history = recast.distill(teacher, the_plan, calibration, stages=tuple(args.stages.split(",")),
                                 optimizer=args.optimizer, steps=args.steps, checkpoint_dir=Path(args.out) / "ckpt",
                                 resume=False, global_loss="cosine", global_optimizer=args.global_optimizer)
     recast_seconds = time.perf_counter() - start
+    for entry in history:  # a stage whose update made its loss worse was undone (after == before)
+        if "before" in entry:
+            print(f"  {entry['unit'].split('.')[-1] if '.' in entry['unit'] else entry['unit']:12} loss {entry['before']:.5f} → {entry['after']:.5f} "
+                  f"{'kept' if entry['after'] < entry['before'] else 'rejected'}")
 
     batches = list(evaluation.batches(args.batch_size))
     reference, got = embeddings(teacher, batches), embeddings(student, batches)

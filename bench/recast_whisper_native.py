@@ -107,6 +107,11 @@ def train(args):
         the_plan = recast.Plan({t: {"family": "lowrank", "options": {"rank": max(1, round(
             args.budget * a * b / (a + b)))}} for t, (a, b) in shapes.items()},
             {"fingerprint": calib.fingerprint, "shapes": shapes})
+    elif args.families[0].startswith("uniform-spectral:"):  # DeepSpectralLinear depth K everywhere (no planner)
+        depth = int(args.families[0].split(":")[1])
+        shapes = {t: [teacher.get_submodule(t).in_features, teacher.get_submodule(t).out_features] for t in targets}
+        the_plan = recast.Plan({t: {"family": "spectral", "options": {"depth": depth}} for t in targets},
+                               {"fingerprint": calib.fingerprint, "shapes": shapes})
     else:
         the_plan = recast.plan(teacher, calib, families=tuple(args.families), budget=args.budget,
                                budget_kind=args.budget_kind, sensitivity_batches=args.sensitivity_batches)
@@ -239,7 +244,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["train", "int8", "speed"])
     parser.add_argument("names", nargs="*")
-    parser.add_argument("--families", nargs="+", default=["lowrank", "spectral", "hybrid"])
+    parser.add_argument("--families", nargs="+", default=["lowrank", "spectral", "hybrid"],
+                        help="planner families, or one of uniform-lowrank (rank = budget·ab/(a+b) everywhere), "
+                             "uniform-spectral:K (depth K everywhere)")
     parser.add_argument("--budget", type=float, default=0.4)
     parser.add_argument("--budget-kind", default="latency")
     parser.add_argument("--calib", type=int, default=24, help="clips 000..calib-1 calibrate/distil")

@@ -197,6 +197,16 @@ def test_block_loss_never_increases_over_the_stages(setup):
     assert mse(full) < mse(recast.distill(teacher, plan, calib, stages=("init",))[0])
 
 
+def test_newton_leaves_no_curvature_capture_on(setup):
+    # a spectral student trained by DiagonalNewton must not keep capturing curvature at inference
+    teacher, calib, plan = setup
+    spectral = recast.Plan({t: {"family": "spectral", "options": {"depth": 2}} for t in plan.layers}, plan.teacher)
+    student, _ = recast.distill(teacher, spectral, calib, stages=("init", "blockwise", "global"), steps=2,
+                                optimizer="newton")
+    layers = [student.get_submodule(t) for t in calib.targets]
+    assert layers and all(hasattr(m, "capture_curvature") and not m.capture_curvature for m in layers)
+
+
 def states_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
