@@ -319,3 +319,12 @@ def test_replacing_a_child_keeps_its_place():
     before = [n for n, _ in block.named_modules()]
     block.set_submodule("fc1", nn.Linear(4, 8))
     assert [n for n, _ in block.named_modules()] == before
+
+
+def test_a_step_that_raises_its_batch_loss_is_undone(setup):
+    # DiagonalNewton at lr 50 overflows this block unguarded (the stage then keeps nothing); with each
+    # step checked on its batch, the rate halves until steps help and the block loss drops
+    teacher, calib, plan = setup
+    student, _ = recast.distill(teacher, plan, calib, stages=("init",))
+    before, after = distill_module.run_block_task(student, calib, calib.blocks[1], "newton", lr=50.0, steps=12)
+    assert after < 0.9 * before
