@@ -288,3 +288,15 @@ def test_ids_equal_the_imported_graphs_greedy(teacher, clips):
                     scores[config.begin_suppress_tokens] = -np.inf
                 tokens.append(int(scores.argmax()))
         assert tokens == teacher.generate(features[i:i + 1])[0] == clip["expected_token_ids"]
+
+
+def test_every_linear_runs_through_its_module_at_inference():
+    # recast.calibrate and users' hooks see a layer only when its forward runs: no fast path may skip it
+    model = tiny_model()
+    seen = set()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name in names:
+        model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: seen.add(name))
+    with dreidel.no_grad():
+        model.generate(tiny_features(1), max_new_tokens=3)
+    assert names and seen == set(names)

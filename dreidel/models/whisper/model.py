@@ -16,7 +16,7 @@ import numpy as np
 
 import dreidel
 import dreidel.functional as F
-from dreidel import kernels, nn, ops
+from dreidel import nn, ops
 from dreidel.models.weights import WeightMappingError, load_named_weights
 from dreidel.nn.kv_cache import StaticKVCache
 
@@ -97,17 +97,7 @@ class _Block(nn.Module):
         x = x + self.self_attn(self.self_attn_layer_norm(x), cache=self_cache)
         if hasattr(self, "encoder_attn"):
             x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), encoder_hidden_states, cache=cross_cache)
-        return x + self.fc2(self._fc1_gelu(self.final_layer_norm(x)))
-
-    def _fc1_gelu(self, x):
-        """gelu(fc1(x)); at inference with a dense fc1 the bias add is fused into the GELU kernel
-        (one pass over the (T, ffn_dim) activations instead of two)."""
-        fc1 = self.fc1
-        if type(fc1) is nn.Linear and fc1.bias is not None and not dreidel.is_grad_enabled():
-            hidden = F.linear(x, fc1.weight).data
-            return dreidel.Tensor(kernels.bias_gelu(hidden, fc1.bias.data, approximate=self.approximate))
-        return F.gelu(fc1(x), approximate=self.approximate)
-
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x)), approximate=self.approximate))
 
 class WhisperEncoder(nn.Module):
     """Log-mel features (N, num_mel_bins, 2·max_source_positions) → hidden states (N, T, d_model)."""
