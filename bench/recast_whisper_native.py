@@ -29,7 +29,7 @@ from dreidel.audio import log_mel_spectrogram  # noqa: E402
 from dreidel.models.whisper import Whisper  # noqa: E402
 from dreidel.recast.planning import median_latencies  # noqa: E402
 
-ROOT = Path(os.environ.get("DREIDEL_SHARED", "/work/shared")) / "onnx/whisper-tiny-en"
+ROOT = Path(os.environ.get("DREIDEL_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "onnx/whisper-tiny-en"
 EVAL = range(60, 100)
 
 

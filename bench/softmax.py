@@ -1,6 +1,6 @@
 """Row-softmax benchmark: this tree's kernel (each ISA path) against another build's old kernel.
 
-    python bench/softmax.py [--old /work/main] [--repeats 15] [--parts kernel whisper vits]
+    python bench/softmax.py --old TREE [--repeats 15] [--parts kernel whisper vits]
 
 The old kernel is `softmax_fwd` of the compiled extension in the --old tree (a build from before
 dreidel/_kernels_softmax.h), loaded beside this tree's. CPU time (time.process_time) of
@@ -32,7 +32,8 @@ from dreidel import kernels as K  # noqa: E402
 
 def parse():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", type=Path, default=Path("/work/main"), help="tree with the old build")
+    parser.add_argument("--old", type=Path, required=True,
+                        help="a source tree built before dreidel/_kernels_softmax.h (e.g. a git worktree)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--parts", nargs="+", default=["kernel", "whisper", "vits"],
                         choices=["kernel", "whisper", "vits"])
