@@ -157,8 +157,9 @@ def default_lr(optimizer, kind):
 
 
 def train_parameters(student, params, modules, loss_of_batch, indices, steps, optimizer, lr, seed, label,
-                     evaluate):
-    """`steps` optimizer steps on batches drawn from `indices` by a generator seeded with `seed`;
+                     evaluate, batches_per_step=1):
+    """`steps` optimizer steps on batches drawn from `indices` by a generator seeded with `seed`
+    (`batches_per_step` > 1: each step's gradient is the mean over that many distinct batches);
     keeps the best of before/after by `evaluate()` (so a stage never makes its loss worse).
     Every step is checked on its own batch: one that raises that batch's loss (or gives NaN) is
     undone and the learning rate halved; each accepted step grows it back by 1.25, up to `lr`
@@ -176,21 +177,29 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
     try:
         before, saved = evaluate(), _snapshot(params)
         opt = _make_optimizer(optimizer, params, modules, lr, seed)
-        order = np.random.default_rng(seed).integers(0, len(indices), size=steps)
+        rng = np.random.default_rng(seed)
+        group = min(int(batches_per_step), len(indices))
+        if group == 1:
+            order = [[j] for j in rng.integers(0, len(indices), size=steps)]
+        else:
+            order = [rng.choice(len(indices), size=group, replace=False) for _ in range(steps)]
         scale = 1.0
-        bar = progress(list(order), label)
-        for j in bar:
-            batch_index = indices[int(j)]
+        bar = progress(order, label)
+        for chosen in bar:
+            batch_indices = [indices[int(j)] for j in chosen]
 
             def closure():
                 opt.zero_grad()
-                loss = loss_of_batch(batch_index)
-                loss.backward()
-                return loss
+                total = 0.0
+                for i in batch_indices:  # backward per batch: one batch's graph alive at a time
+                    loss = loss_of_batch(i) * (1.0 / len(batch_indices))
+                    loss.backward()
+                    total += float(as_array(loss))
+                return Tensor(np.float64(total))
             step_start = _snapshot(params)
             loss = float(as_array(opt.step(closure)))
             with no_grad():
-                new_loss = float(as_array(loss_of_batch(batch_index)))
+                new_loss = float(np.mean([float(as_array(loss_of_batch(i))) for i in batch_indices]))
             if new_loss <= loss:
                 scale = min(1.0, scale * 1.25)
             else:
@@ -290,9 +299,11 @@ def run_block_task(student, calibration, block, optimizer="newton", lr=None, ste
                             lr, seed, f"distil {block}", lambda: block_loss(student, calibration, block))
 
 
-def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, steps=10, seed=0):
+def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, steps=10, seed=0, batches_per_step=4):
     """Gradient distillation of every student layer on the model's output (`loss`: "mse" relative
-    squared error, "cosine", or "kl" on logits). Returns (loss before, loss after)."""
+    squared error, "cosine", or "kl" on logits), each step's gradient the mean over `batches_per_step`
+    calibration batches (every layer moves at once: one batch's gradient overfits it). Returns
+    (loss before, loss after)."""
     loss_fn = GLOBAL_LOSSES[loss]
     modules = [student.get_submodule(t) for t in calibration.targets]
     params = [p for m in modules for p in m.parameters()]
@@ -301,7 +312,8 @@ def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, s
     def loss_of_batch(i):
         return loss_fn(first_output(call_model(student, calibration.batches[i])), np.asarray(calibration.outputs[i]))
     return train_parameters(student, params, modules, loss_of_batch, calibration.fit_indices, steps, optimizer,
-                            lr, seed, "distil global", lambda: output_loss(student, calibration, loss_fn))
+                            lr, seed, "distil global", lambda: output_loss(student, calibration, loss_fn),
+                            batches_per_step=batches_per_step)
 
 
 def _unit_seed(seed, index):
@@ -310,7 +322,7 @@ def _unit_seed(seed, index):
 
 def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="newton", lr_by_block_kind=None,
             steps=None, checkpoint_dir=None, resume=True, seed=0, global_loss="mse", forcing="student",
-            executor=None, on_block_done=None, global_optimizer="adamw"):
+            executor=None, on_block_done=None, global_optimizer="adamw", global_batches_per_step=4):
     """Distil a student from `teacher` on `calibration`, in `stages` (a subset of STAGES, in order):
 
     1. "init": a `Plan` is built (each layer's closed-form / ALS fit on the teacher's activations); a
@@ -322,7 +334,8 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
     4. "global": `global_task` on the model output with `global_loss`, by `global_optimizer`: AdamW
        by default, since a diagonal preconditioner ignores the coupling of all layers through the
        model's output (measured on MiniLM's cosine loss: DiagonalNewton's line search cut its steps
-       to α ≈ 2e-4 and the loss did not move in 12 steps; AdamW at 1e-4 cut it 24 %).
+       to α ≈ 2e-4 and the loss did not move in 12 steps; AdamW at 1e-4 cut it 24 %); each step's
+       gradient the mean over `global_batches_per_step` batches.
     `steps`: an int or {"blockwise": n, "global": n}: optimizer steps per block / for the global stage
     (default 2 and 1 passes over the fit batches). With `checkpoint_dir`, every unit ends with a
     checkpoint and `resume=True` continues an interrupted run identically.
@@ -347,7 +360,8 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
         steps = {"blockwise": steps if steps is not None else 2 * n_fit, "global": steps if steps is not None else n_fit}
     lrs = dict(lr_by_block_kind or {})
     settings = {"stages": list(stages), "optimizer": optimizer, "steps": steps, "seed": seed,
-                "global_loss": global_loss, "global_optimizer": global_optimizer, "lr": {k: float(v) for k, v in sorted(lrs.items())}}
+                "global_loss": global_loss, "global_optimizer": global_optimizer,
+                "global_batches_per_step": int(global_batches_per_step), "lr": {k: float(v) for k, v in sorted(lrs.items())}}
     if forcing == "teacher":
         settings["forcing"] = "teacher"  # (absent for "student": older checkpoints stay valid)
     if isinstance(student_or_plan, Plan):
@@ -392,7 +406,7 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
                                     _unit_seed(seed, index))
         elif stage == "global":
             result = global_task(student, calibration, global_loss, global_optimizer, lrs.get("global"), steps["global"],
-                                 _unit_seed(seed, index))
+                                 _unit_seed(seed, index), global_batches_per_step)
         entry = {"unit": key}
         if result is not None:
             entry.update(before=result[0], after=result[1])
