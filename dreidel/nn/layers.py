@@ -121,6 +121,13 @@ class Flatten(Module):
 
 
 # -- dense and embedding ---------------------------------------------------------------------------
+def squared_column_sums(x):
+    """(Σ_rows x², number of rows) of x seen as (rows, last dim), in float64: the input energy a
+    layer's Gauss–Newton diagonal is built from."""
+    rows = np.asarray(getattr(x, "data", x)).reshape(-1, x.shape[-1]).astype(np.float64)
+    return np.sum(rows ** 2, axis=0), rows.shape[0]
+
+
 class Linear(Module):
     """y = x Wᵀ + b, W of shape (out_features, in_features); PyTorch's initialisation."""
 
@@ -159,8 +166,7 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expected last dimension {self.in_features}, got input shape {x.shape}")
         if self.capture_curvature:
-            rows = np.asarray(getattr(x, "data", x)).reshape(-1, self.in_features).astype(np.float64)
-            self._curvature = (np.sum(rows ** 2, axis=0), rows.shape[0])
+            self._curvature = squared_column_sums(x)
         return F.linear(x, self.weight, self.bias)
 
     def gauss_newton_diagonal(self):

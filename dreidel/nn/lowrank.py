@@ -4,6 +4,7 @@ measured against, and the hybrid `SpectralLowRankLinear` (spectral blocks + a lo
 import numpy as np
 
 from dreidel import functional as F
+from dreidel.nn.layers import squared_column_sums
 from dreidel.nn.module import Module, Parameter, check_dtype
 from dreidel.progress import progress
 from dreidel.nn.fitting import finish_fit, output_subspace, spectral_als_sweep, start_fit
@@ -45,8 +46,8 @@ class LowRankLinear(Module):
             raise ValueError(f"LowRankLinear expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
         z = F.matmul(x, self.U)
         if self.capture_curvature:
-            rows = lambda a: np.asarray(getattr(a, "data", a)).reshape(-1, a.shape[-1]).astype(np.float64)
-            self._curvature = (np.sum(rows(x) ** 2, axis=0), np.sum(rows(z) ** 2, axis=0), int(np.prod(x.shape[:-1])))
+            (sum_x2, batch), (sum_z2, _) = squared_column_sums(x), squared_column_sums(z)
+            self._curvature = (sum_x2, sum_z2, batch)
         y = F.matmul(z, self.V)
         return y + self.bias if self.bias is not None else y
 
@@ -58,7 +59,8 @@ class LowRankLinear(Module):
             raise RuntimeError("no curvature captured: set layer.capture_curvature = True and run a forward pass")
         sum_x2, sum_z2, batch = self._curvature
         v2 = np.sum(self.V.data.astype(np.float64) ** 2, axis=1)
-        result = {self.U: np.outer(sum_x2, v2), self.V: np.repeat(sum_z2[:, None], self.out_features, axis=1)}
+        result = {self.U: np.outer(sum_x2, v2),
+                  self.V: np.repeat(sum_z2[:, None], self.out_features, axis=1)}
         if self.bias is not None:
             result[self.bias] = np.full(self.out_features, float(batch))
         return result

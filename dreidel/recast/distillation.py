@@ -161,7 +161,7 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
     """`steps` optimizer steps on batches drawn from `indices` by a generator seeded with `seed`
     (`batches_per_step` > 1: each step's gradient is the mean over that many distinct batches);
     keeps the best of before/after by `evaluate()` (so a stage never makes its loss worse).
-    Every step is checked on its own batch: one that raises that batch's loss (or gives NaN) is
+    Every step is checked on its own batches: one that raises their loss (or gives NaN) is
     undone and the learning rate halved; each accepted step grows it back by 1.25, up to `lr`
     (measured on Whisper: unguarded, a single bad step took a block's loss from 4e-4 to 1.4, and the
     global stage's AdamW from 0.019 to 1.4, and 24 steps did not recover). Returns (loss before, loss after)."""
@@ -205,8 +205,8 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
             else:
                 _restore(params, step_start)
                 scale *= 0.5
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
+            for param_group in opt.param_groups:
+                param_group["lr"] = lr * scale
             bar.set(loss=min(loss, new_loss), lr=lr * scale)
         after = evaluate()
         if not after <= before:  # worse (or NaN): keep what we had
@@ -299,7 +299,7 @@ def run_block_task(student, calibration, block, optimizer="newton", lr=None, ste
                             lr, seed, f"distil {block}", lambda: block_loss(student, calibration, block))
 
 
-def global_task(student, calibration, loss="mse", optimizer="newton", lr=None, steps=10, seed=0, batches_per_step=4):
+def global_task(student, calibration, loss="mse", optimizer="adamw", lr=None, steps=10, seed=0, batches_per_step=4):
     """Gradient distillation of every student layer on the model's output (`loss`: "mse" relative
     squared error, "cosine", or "kl" on logits), each step's gradient the mean over `batches_per_step`
     calibration batches (every layer moves at once: one batch's gradient overfits it). Returns
@@ -361,7 +361,8 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
     lrs = dict(lr_by_block_kind or {})
     settings = {"stages": list(stages), "optimizer": optimizer, "steps": steps, "seed": seed,
                 "global_loss": global_loss, "global_optimizer": global_optimizer,
-                "global_batches_per_step": int(global_batches_per_step), "lr": {k: float(v) for k, v in sorted(lrs.items())}}
+                "global_batches_per_step": int(global_batches_per_step),
+                "lr": {k: float(v) for k, v in sorted(lrs.items())}}
     if forcing == "teacher":
         settings["forcing"] = "teacher"  # (absent for "student": older checkpoints stay valid)
     if isinstance(student_or_plan, Plan):
@@ -405,8 +406,8 @@ def distill(teacher, student_or_plan, calibration, stages=STAGES, optimizer="new
             result = run_block_task(student, calibration, unit[1], optimizer, lr, steps["blockwise"],
                                     _unit_seed(seed, index))
         elif stage == "global":
-            result = global_task(student, calibration, global_loss, global_optimizer, lrs.get("global"), steps["global"],
-                                 _unit_seed(seed, index), global_batches_per_step)
+            result = global_task(student, calibration, global_loss, global_optimizer, lrs.get("global"),
+                                 steps["global"], _unit_seed(seed, index), global_batches_per_step)
         entry = {"unit": key}
         if result is not None:
             entry.update(before=result[0], after=result[1])
