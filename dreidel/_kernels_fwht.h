@@ -281,9 +281,10 @@ DR_T512 static void dr_base256_run_f32(float* p, Py_ssize_t nchunks) {
         _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + 16 * i, v[i]);
     }
 }
-/* dr_base256_run_f32 of (src * pre), row by row (n a multiple of 256, pre of length n) */
-DR_T512 static void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst,
-                                           Py_ssize_t n, Py_ssize_t nrows) {
+/* dr_base256_run_f32 of (src * pre), row by row (n a multiple of 256, pre of length n; pre
+   NULL: of src itself, out of place, so a copy into the buffer costs no pass of its own) */
+DR_T512 static inline __attribute__((always_inline)) void dr_base256_pre_impl_f32(
+        const float* src, const float* pre, float* dst, Py_ssize_t n, Py_ssize_t nrows) {
     const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
     const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
     const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
@@ -294,8 +295,13 @@ DR_T512 static void dr_base256_pre_run_f32(const float* src, const float* pre, f
             const float* a = src + r * n + c;
             const float* w = pre + c;
             __m512 v[16];
-            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
-                v[i] = _mm512_mul_ps(_mm512_loadu_ps(a + 16 * i), _mm512_loadu_ps(w + 16 * i));
+            if (pre != NULL) {
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+                    v[i] = _mm512_mul_ps(_mm512_loadu_ps(a + 16 * i), _mm512_loadu_ps(w + 16 * i));
+            } else {
+                (void)w;
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_ps(a + 16 * i);
+            }
             _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s1, _mm512_permute_ps(v[i], 0xB1));
             _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s2, _mm512_permute_ps(v[i], 0x4E));
             _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) v[i] = _mm512_fmadd_ps(v[i], s4, _mm512_shuffle_f32x4(v[i], v[i], 0xB1));
@@ -305,6 +311,14 @@ DR_T512 static void dr_base256_pre_run_f32(const float* src, const float* pre, f
             #undef DR_BF
             _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) _mm512_storeu_ps(q + 16 * i, v[i]);
         }
+}
+DR_T512 static void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst,
+                                           Py_ssize_t n, Py_ssize_t nrows) {
+    dr_base256_pre_impl_f32(src, pre, dst, n, nrows);
+}
+DR_T512 static void dr_base256_copy_run_f32(const float* src, float* dst, Py_ssize_t n,
+                                            Py_ssize_t nrows) {
+    dr_base256_pre_impl_f32(src, NULL, dst, n, nrows);
 }
 /* radix-16 lane pass: rows q + i * hs (i < 16), L lanes (a multiple of 16), stages in the
    order h = 1, 2, 4, 8 (as four radix-2 passes would do them); times s unless s == 1 */
@@ -329,6 +343,8 @@ static void dr_base256_run_f32(float* p, Py_ssize_t nchunks) { (void)p; (void)nc
 static void dr_bfly16_f32(float* q, Py_ssize_t hs, Py_ssize_t L, float s) { (void)q; (void)hs; (void)L; (void)s; }
 static void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
                                    Py_ssize_t nrows) { (void)src; (void)pre; (void)dst; (void)n; (void)nrows; }
+static void dr_base256_copy_run_f32(const float* src, float* dst, Py_ssize_t n, Py_ssize_t nrows) {
+    (void)src; (void)dst; (void)n; (void)nrows; }
 #endif
 static void dr_set_fwht_isa(int isa) { dr_fwht_isa = (isa && dr_cpu_has_avx512()) ? 1 : 0; }
 static int dr_get_fwht_isa(void) { return dr_use_avx512(); }

@@ -37,6 +37,8 @@ cdef extern from "_kernels_fwht.h":
                              Py_ssize_t nrows) noexcept nogil
     void dr_base256_pre_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
                                 Py_ssize_t nrows) noexcept nogil
+    void dr_base256_copy_run_f32(const float* src, float* dst, Py_ssize_t n,
+                                 Py_ssize_t nrows) noexcept nogil
 
 def _fwht_isa(isa=None):
     """Private dispatch switch of the float32 FWHT: "avx512" (the default where the CPU has

@@ -116,6 +116,14 @@ static void dr_gather_pure_rows_f32(const float* DR_R src, const int* DR_R idx, 
 #endif
     dr_gather_pure_rows_scalar_f32(src, idx, out, n, nr);
 }
+static void dr_gather_pure_rows_scalar_only_f32(const float* DR_R src, const int* DR_R idx, float* DR_R out,
+                                                Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_pure_rows_scalar_f32(src, idx, out, n, nr);
+}
+static void dr_gather_pure_rows_scalar_only_f64(const double* DR_R src, const int* DR_R idx, double* DR_R out,
+                                                Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_pure_rows_scalar_f64(src, idx, out, n, nr);
+}
 static void dr_gather_pure_rows_f64(const double* DR_R src, const int* DR_R idx, double* DR_R out,
                                     Py_ssize_t n, Py_ssize_t nr) {
     dr_gather_pure_rows_scalar_f64(src, idx, out, n, nr);
@@ -175,19 +183,21 @@ DR_GDOT(double, f64, __builtin_fma)
 #if DR_AVX512_BUILD
 /* the same for float32, n % 16 == 0: one vgatherdps per row and 16 columns, the dot on the
    gathered vectors; z beyond nz reads as zero (masked loads) and acc there is left alone */
-DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* DR_R idx,
-                                              const float* DR_R d, float* DR_R out,
-                                              const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
-                                              double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) {
+/* idx NULL: src is already gathered (read contiguously; dr_load_dot_rows512_f32) */
+#define DR_G512(iv, s, j) (idx != NULL ? _mm512_i32gather_ps(iv, s, 4) : _mm512_loadu_ps((s) + (j)))
+DR_T512 static inline __attribute__((always_inline)) void dr_gather_dot_rows512_impl_f32(
+        const float* DR_R src, const int* DR_R idx, const float* DR_R d, float* DR_R out,
+        const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz, double* DR_R acc, Py_ssize_t n,
+        Py_ssize_t nr) {
     Py_ssize_t r = 0;
     for (; r + 4 <= nr; r += 4) {
         const float* s0 = src + r * n; const float* s1 = s0 + n; const float* s2 = s1 + n; const float* s3 = s2 + n;
         const float* z0 = z + r * zs; const float* z1 = z0 + zs; const float* z2 = z1 + zs; const float* z3 = z2 + zs;
         float* o0 = out != NULL ? out + r * n : NULL;
         for (Py_ssize_t j = 0; j < n; j += 16) {
-            __m512i i = _mm512_loadu_si512((const void*)(idx + j));
-            __m512 g0 = _mm512_i32gather_ps(i, s0, 4), g1 = _mm512_i32gather_ps(i, s1, 4);
-            __m512 g2 = _mm512_i32gather_ps(i, s2, 4), g3 = _mm512_i32gather_ps(i, s3, 4);
+            __m512i i = idx != NULL ? _mm512_loadu_si512((const void*)(idx + j)) : _mm512_setzero_si512();
+            __m512 g0 = DR_G512(i, s0, j), g1 = DR_G512(i, s1, j);
+            __m512 g2 = DR_G512(i, s2, j), g3 = DR_G512(i, s3, j);
             if (j < nz) {
                 __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
                 __m512 p = _mm512_mul_ps(g0, _mm512_maskz_loadu_ps(m, z0 + j));
@@ -215,7 +225,7 @@ DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* 
         const float* s0 = src + r * n; const float* z0 = z + r * zs;
         float* o0 = out != NULL ? out + r * n : NULL;
         for (Py_ssize_t j = 0; j < n; j += 16) {
-            __m512 g = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + j)), s0, 4);
+            __m512 g = DR_G512(idx != NULL ? _mm512_loadu_si512((const void*)(idx + j)) : _mm512_setzero_si512(), s0, j);
             if (j < nz) {
                 __mmask16 m = j + 16 <= nz ? (__mmask16)0xFFFF : (__mmask16)((1u << (nz - j)) - 1);
                 __m512 zv = _mm512_maskz_loadu_ps(m, z0 + j);
@@ -231,6 +241,20 @@ DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* 
                 _mm512_storeu_ps(o0 + j, d != NULL ? _mm512_mul_ps(g, _mm512_loadu_ps(d + j)) : g);
         }
     }
+}
+DR_T512 static void dr_gather_dot_rows512_f32(const float* DR_R src, const int* DR_R idx,
+                                              const float* DR_R d, float* DR_R out,
+                                              const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+                                              double* DR_R acc, Py_ssize_t n, Py_ssize_t nr) {
+    dr_gather_dot_rows512_impl_f32(src, idx, d, out, z, zs, nz, acc, n, nr);
+}
+/* dr_gather_dot_rows512_f32 of rows already gathered (src[r][j] instead of src[r][idx[j]]): the
+   same products in the same order, so the same bits; src must not be out */
+DR_T512 static void dr_load_dot_rows512_f32(const float* DR_R src, const float* DR_R d,
+                                            float* DR_R out, const float* DR_R z, Py_ssize_t zs,
+                                            Py_ssize_t nz, double* DR_R acc, Py_ssize_t n,
+                                            Py_ssize_t nr) {
+    dr_gather_dot_rows512_impl_f32(src, NULL, d, out, z, zs, nz, acc, n, nr);
 }
 #endif
 #if DR_AVX512_BUILD
@@ -258,7 +282,8 @@ DR_T512 static inline __attribute__((always_inline)) void dr_gather_base256_impl
                 float* q = dst + (r + rr) * n + c;
                 __m512 v[16];
                 _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
-                    v[i] = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + c + 16 * i)), sr, 4);
+                    v[i] = idx != NULL ? _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(idx + c + 16 * i)), sr, 4)
+                                       : _mm512_loadu_ps(sr + c + 16 * i);
                 if (z != NULL && c < nz) {
                     const float* zr = z + (r + rr) * zs;
                     _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {   /* unrolled: v stays in registers */
@@ -310,11 +335,29 @@ DR_T512 static void dr_gather_base256_run_f32(const float* DR_R src, const int* 
     if (z == NULL) dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, NULL, 0, 0, NULL);
     else dr_gather_base256_impl_f32(src, idx, pre, dst, n, nrows, z, zs, nz, acc);
 }
+/* the same with src already gathered (idx the identity, read contiguously; src must not be dst):
+   the scalar four-row gather into a buffer plus this beat the vgatherdps path here */
+DR_T512 static void dr_load_base256_run_f32(const float* DR_R src, const float* DR_R pre,
+                                            float* DR_R dst, Py_ssize_t n, Py_ssize_t nrows,
+                                            const float* DR_R z, Py_ssize_t zs, Py_ssize_t nz,
+                                            double* DR_R acc) {
+    if (z == NULL) dr_gather_base256_impl_f32(src, NULL, pre, dst, n, nrows, NULL, 0, 0, NULL);
+    else dr_gather_base256_impl_f32(src, NULL, pre, dst, n, nrows, z, zs, nz, acc);
+}
 #else
 static void dr_gather_base256_run_f32(const float* src, const int* idx, const float* pre, float* dst,
                                       Py_ssize_t n, Py_ssize_t nrows, const float* z, Py_ssize_t zs,
                                       Py_ssize_t nz, double* acc) {
     (void)src; (void)idx; (void)pre; (void)dst; (void)n; (void)nrows; (void)z; (void)zs; (void)nz; (void)acc;
+}
+static void dr_load_base256_run_f32(const float* src, const float* pre, float* dst, Py_ssize_t n,
+                                    Py_ssize_t nrows, const float* z, Py_ssize_t zs, Py_ssize_t nz,
+                                    double* acc) {
+    (void)src; (void)pre; (void)dst; (void)n; (void)nrows; (void)z; (void)zs; (void)nz; (void)acc;
+}
+static void dr_load_dot_rows512_f32(const float* src, const float* d, float* out, const float* z,
+                                    Py_ssize_t zs, Py_ssize_t nz, double* acc, Py_ssize_t n, Py_ssize_t nr) {
+    (void)src; (void)d; (void)out; (void)z; (void)zs; (void)nz; (void)acc; (void)n; (void)nr;
 }
 #endif
 static void dr_gather_dot_rows_f32(const float* DR_R src, const int* DR_R idx, const float* DR_R d,
