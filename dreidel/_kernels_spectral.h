@@ -36,6 +36,16 @@ static void dr_gather_scale_rows_scalar_##SFX(const T* DR_R src, const int* DR_R
 static void dr_gather_pure_rows_scalar_##SFX(const T* DR_R src, const int* DR_R idx, T* DR_R out, \
                                       Py_ssize_t n, Py_ssize_t nr) { \
     Py_ssize_t r = 0; \
+    /* rows over 8 KiB: two rows per index load, so the rows read in random order (32 KiB at \
+       4096 float32) stay in L1; four such rows did not (1.3 vs 0.8 ticks per element) */ \
+    if (n * (Py_ssize_t)sizeof(T) > 8192) { \
+        for (; r + 2 <= nr; r += 2) { \
+            const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; \
+            T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; \
+            _Pragma("GCC unroll 8") \
+            for (Py_ssize_t j = 0; j < n; j++) { int i = idx[j]; o0[j] = s0[i]; o1[j] = s1[i]; } \
+        } \
+    } \
     for (; r + 4 <= nr; r += 4) { \
         const T* DR_R s0 = src + r * n; const T* DR_R s1 = s0 + n; const T* DR_R s2 = s1 + n; const T* DR_R s3 = s2 + n; \
         T* DR_R o0 = out + r * n; T* DR_R o1 = o0 + n; T* DR_R o2 = o1 + n; T* DR_R o3 = o2 + n; \
