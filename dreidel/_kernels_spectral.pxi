@@ -387,6 +387,20 @@ cdef inline bint _fwht_from(floating* dst, const floating* src, Py_ssize_t nr, P
             return True
     return False
 
+def _gather_rows_scalar(const float[:, ::1] src, const int[::1] idx, float[:, ::1] out):
+    """Test hook of the stack's scalar gather (dr_gather_pure_rows_scalar_f32): out = src[:, idx].
+    Checks shapes and indices (the stack kernels call the C directly)."""
+    cdef Py_ssize_t nr = src.shape[0], n = src.shape[1], j
+    if idx.shape[0] != n or out.shape[0] != nr or out.shape[1] != n:
+        raise ValueError("_gather_rows_scalar: inconsistent shapes")
+    for j in range(n):
+        if not 0 <= idx[j] < n:
+            raise ValueError("_gather_rows_scalar: index out of range")
+    if nr == 0 or n == 0:
+        return
+    with nogil:
+        dr_gather_pure_rows_scalar_only_f32(&src[0, 0], &idx[0], &out[0, 0], n, nr)
+
 def _gather_dot_rows(const floating[:, ::1] src, const int[::1] idx, d, floating[:, ::1] out,
                      const floating[:, ::1] z, Py_ssize_t nz, double[::1] acc):
     """Test hook of the fused backward gather (dr_gather_dot_rows): out = src[:, idx] (* d),

@@ -322,6 +322,54 @@ def test_spectral_stack_vector_gather_equals_scalar_and_reference(n, rows, depth
     np.testing.assert_allclose(b[3], ref_gD, rtol=1e-4, atol=1e-4 * rows)
 
 
+@SET
+@given(n=st.sampled_from([16, 96, 256, 512, 1024, 2048, 3072, 4096]), rows=st.sampled_from([1, 2, 3, 4, 5, 9]),
+       depth=st.integers(1, 4), n_in=st.sampled_from([None, 7]), seed=st.integers(0, 2 ** 31))
+def test_spectral_stack_scalar_gather_equals_vgather_and_reference(n, rows, depth, n_in, seed):
+    # float32 with AVX-512: by default the permutations are gathered by scalar loads into a buffer
+    # and the transform's first pass (backward: with the dD sums; the last gather: dr_load_dot_rows512,
+    # times d) runs on that buffer; scalar_gather=False gathers with vgatherdps inside that pass.
+    # The same products in the same order: the bits must agree, and both match numpy
+    rng = np.random.default_rng(seed)
+    n_in = n if n_in is None else min(n_in, n)
+    x, g = _data(rng, (rows, n_in), np.float32), _data(rng, (rows, n), np.float32)
+    D = _data(rng, (depth, n), np.float32)
+    perms = np.stack([rng.permutation(n) for _ in range(depth)])
+
+    def run(scalar):
+        try:
+            K._kernels._stack_tuning(scalar_gather=scalar)
+            y, saved = K.spectral_stack(x, perms, D)
+            y2, inner = K.spectral_stack(x, perms, D, save_input=False)
+            return (y, saved, y2, inner, *K.spectral_stack_backward(g, saved, perms, D, n_in),
+                    *K.spectral_stack_backward(g, None, perms, D, n_in, x=x),
+                    *K.spectral_stack_backward(g, inner, perms, D, n_in, x=x),
+                    K.spectral_stack_backward(g, saved, perms, D, n_in, need_x=False)[1])
+        finally:
+            K._kernels._stack_tuning(scalar_gather=True)
+    a, b = run(False), run(True)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
+    np.testing.assert_allclose(_permuted_saved(b[1], perms), ref_u, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b[0], ref_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b[4], ref_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b[5], ref_gD, rtol=1e-4, atol=1e-4 * rows)
+    np.testing.assert_allclose(b[-1], ref_gD, rtol=1e-4, atol=1e-4 * rows)
+
+
+@SET
+@given(n=st.sampled_from([16, 48, 1024, 4096]), rows=st.sampled_from([1, 2, 3, 4, 5, 9]), data=st.data())
+def test_scalar_gather_rows_equals_numpy(n, rows, data):
+    # the stack's scalar gather (two rows per index over 8 KiB rows, four below, single-row tails)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 31), "seed"))
+    src = _data(rng, (rows, n), np.float32)
+    idx = rng.permutation(n).astype(np.intc)
+    out = np.full((rows, n), np.nan, dtype=np.float32)
+    K._kernels._gather_rows_scalar(src, idx, out)
+    np.testing.assert_array_equal(out, src[:, idx])
+
+
 def test_fwht_batch_shapes_and_edge_cases():
     rng = np.random.default_rng(4)
     x = _data(rng, (8,), np.float64)                 # no batch dims
