@@ -87,16 +87,22 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--ab-gather", action="store_true",
                         help="profile each shape twice in this process: scalar gathers, then AVX-512 (if any)")
+    parser.add_argument("--ab-scalar", action="store_true",
+                        help="profile each shape twice: vgatherdps inside the transform's first pass, then "
+                             "the scalar gathers into a buffer (the default)")
     args = parser.parse_args(argv)
     dreidel.set_num_threads(1)
     rng = np.random.default_rng(0)
     print(f"DeepSpectralLinear(K={args.depth}) fwd+bwd, 1 thread, float32; ms per call "
           f"(phases: share of the kernel time measured with the profiler on)")
-    variants = [False, True] if args.ab_gather else [None]
+    variants = [False, True] if args.ab_gather or args.ab_scalar else [None]
     for width in args.widths:
         for batch in args.batches:
           for vector in variants:
-            if vector is not None:
+            if vector is not None and args.ab_scalar:
+                _kernels._stack_tuning(scalar_gather=vector)
+                print(f"\n[{'scalar gathers into a buffer' if vector else 'vgatherdps in the first pass'}]", end="")
+            elif vector is not None:
                 _kernels._stack_tuning(gather512=vector)
                 print(f"\n[{'AVX-512' if vector else 'scalar'} gathers]", end="")
             t_step, t_fwd, t_bwd, save, phases, ticks, wall = profile(width, batch, args.depth, rng)

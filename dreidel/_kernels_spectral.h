@@ -84,7 +84,11 @@ DR_STACK(double, f64)
 /* AVX-512 pure gather (float32, n % 16 == 0): 16 indices per load, one vgatherdps and one vector
    store per row and 16 columns. The scalar gather is bound by its one store per element; this
    does a sixteenth of the stores. A copy, so bitwise the same as the scalar path. dr_gather512
-   (kernels._stack_tuning(gather512=...)) switches it off for A/B. */
+   (kernels._stack_tuning(gather512=...)) switches it off for A/B. Measured later on the 2-core
+   Ice Lake VM (its microcode makes vgatherdps slow: ~1.6-2 rdtsc ticks per element against
+   ~0.8 for the scalar gather, two or four rows per index load), the stack kernels gather with the
+   scalar loops into a buffer and run the transform's first pass on it (dr_load_base256_run_f32,
+   dr_load_dot_rows512_f32; STACK_SCALAR_GATHER, _stack_tuning(scalar_gather=...)). */
 static int dr_gather512 = 1;
 #if DR_AVX512_BUILD
 DR_T512 static void dr_gather_pure_rows512_f32(const float* DR_R src, const int* DR_R idx,
