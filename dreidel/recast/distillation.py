@@ -196,10 +196,14 @@ def train_parameters(student, params, modules, loss_of_batch, indices, steps, op
                     loss.backward()
                     total += float(as_array(loss))
                 return Tensor(np.float64(total))
+
+            def loss_only():
+                return float(np.mean([float(as_array(loss_of_batch(i))) for i in batch_indices]))
+            closure.loss_only = loss_only
             step_start = _snapshot(params)
             loss = float(as_array(opt.step(closure)))
             with no_grad():
-                new_loss = float(np.mean([float(as_array(loss_of_batch(i))) for i in batch_indices]))
+                new_loss = loss_only()
             if new_loss <= loss:
                 scale = min(1.0, scale * 1.25)
             else:
