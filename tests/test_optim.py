@@ -697,3 +697,32 @@ def test_line_search_backtracks_where_the_curvature_along_the_step_is_negative()
     safe, alpha = run(True)
     assert plain > start  # the unguarded step goes uphill: the case is real
     assert safe < start and 0 < alpha < 1
+
+
+def test_backtracking_trial_points_use_the_closures_loss_only_without_backward():
+    # same problem as above; with `closure.loss_only` the trial points run no backward pass, and the
+    # step found is the same as with the full closure
+    def run(with_loss_only):
+        p = nn.Parameter(np.array([1.5]))
+        opt = optim.DiagonalNewton([p], lr=1.0, damping=0.0, curvature="fisher", line_search=True)
+        calls = {"backward": 0, "loss_only": 0}
+
+        def closure():
+            opt.zero_grad()
+            loss = -F.exp(-(p * p)).sum()
+            loss.backward()
+            calls["backward"] += 1
+            return loss
+
+        def loss_only():
+            calls["loss_only"] += 1
+            return -F.exp(-(p * p)).sum()
+        if with_loss_only:
+            closure.loss_only = loss_only
+        opt.step(closure)
+        return float(p.data[0]), opt.last_step_scale, calls
+    p_full, alpha_full, full = run(False)
+    p_fast, alpha_fast, fast = run(True)
+    assert p_fast == p_full and alpha_fast == alpha_full and 0 < alpha_fast < 1
+    assert full["loss_only"] == 0 and fast["loss_only"] >= 2
+    assert fast["backward"] == full["backward"] - fast["loss_only"]

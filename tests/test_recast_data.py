@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from dreidel import nn
 from dreidel.recast.data import DataError, Samples, load_data, read_png, read_wav
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "bench" / "data" / "minilm_tokenizer.json"
@@ -129,6 +130,38 @@ def test_text_file_batches_are_padded_per_batch(tmp_path):
     assert set(only) == {"input_ids", "attention_mask"}
     with pytest.raises(DataError, match="tokenizer"):
         load_data(path)
+
+
+class _ByteTokenizer:
+    """A stand-in for a language model's own tokenizer: one id per UTF-8 byte."""
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+
+def test_language_model_text_is_packed_into_rows_of_whole_batches(tmp_path):
+    sentences = ["Hello, world!", "The quick brown fox.", "Jumps over", "the lazy dog, twice over."]
+    path = tmp_path / "lm.txt"
+    path.write_text("\n\n".join(sentences) + "\n")
+    data = load_data(path, tokenizer=_ByteTokenizer(), max_length=8)
+    assert data.kind == "lm-text" and len(data) == 4
+    first, second = data.batches(2)
+    for batch, part in ((first, sentences[:2]), (second, sentences[2:])):
+        stream = np.frombuffer("".join(s + "\n" for s in part).encode(), np.uint8).astype(np.int64)
+        rows = len(stream) // 8
+        assert batch["input_ids"].shape == (rows, 8)
+        np.testing.assert_array_equal(batch["input_ids"].ravel(), stream[:rows * 8])
+    with pytest.raises(DataError, match="fewer than one row"):
+        next(load_data(path, tokenizer=_ByteTokenizer(), max_length=64).batches(1))
+
+
+def test_a_language_model_teacher_brings_its_own_tokenizer(tmp_path):
+    from dreidel.recast.cli import load_samples
+    path = tmp_path / "lm.txt"
+    path.write_text("one sentence that is long enough " * 4 + "\nand another one\n")
+    teacher = nn.Module()
+    teacher.tokenizer = _ByteTokenizer()
+    batch = next(load_samples(path, teacher).batches(2))   # 133 + 16 bytes: two rows of 64
+    assert set(batch) == {"input_ids"} and batch["input_ids"].shape == (2, 64)
 
 
 def test_text_file_that_is_not_utf8(tmp_path):

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from dreidel.tensor import Tensor, enable_grad
+from dreidel.tensor import Tensor, enable_grad, no_grad
 
 
 def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
@@ -123,17 +123,26 @@ class Optimizer:
             return self._backtrack(closure, params, directions, saved_data, saved_grads)
         return float(min(1.0, slope / curvature))
 
-    def _backtrack(self, closure, params, directions, saved_data, saved_grads, tries=10):
+    def _backtrack(self, closure, params, directions, saved_data, saved_grads, tries=10, shrink=0.25):
+        """The first α of 1, ¼, 1/16, … (`tries` of them, down to ~4e-6) that lowers the loss, else 0.
+        Trial points need only the loss: a closure that carries `loss_only` (a callable returning the
+        loss, no gradients) is spared its backward pass there, about two thirds of each trial's cost."""
+        loss_only = getattr(closure, "loss_only", None)
+
         def loss_at(alpha):
             for p in params:
                 p.data[...] = saved_data[p] - alpha * directions[p]
+            if loss_only is not None:
+                with no_grad():
+                    loss = loss_only()
+                return float(np.asarray(getattr(loss, "data", loss)))
             return float(np.asarray(getattr(self._evaluate(closure), "data", np.nan)))
         try:
             start, alpha = loss_at(0.0), 1.0
             for _ in range(tries):
                 if loss_at(alpha) < start:
                     return alpha
-                alpha /= 2
+                alpha *= shrink
             return 0.0
         finally:
             for p in params:

@@ -177,6 +177,8 @@ def load_student(teacher, folder):
 # -- data ------------------------------------------------------------------------------------------
 def load_samples(path, teacher, tokenizer=None, teacher_path=None):
     """The data at `path`, restricted to the inputs the teacher takes (for imported graphs)."""
+    if tokenizer is None and getattr(teacher, "tokenizer", None) is not None:
+        tokenizer = teacher.tokenizer  # a language model's own (GGUF): text becomes packed token rows
     if tokenizer is None and str(path).lower().endswith(".txt") and teacher_path is not None:
         beside = Path(teacher_path).parent / "tokenizer.json"
         tokenizer = beside if beside.exists() else None

@@ -7,7 +7,8 @@
 
 Loaders (`load_data` picks one from the path):
 - a text file, one sentence per line (blank lines skipped): WordPiece ids from a `tokenizer.json`
-  (`input_ids`, `attention_mask`, `token_type_ids`, padded to the longest sentence of each batch);
+  (`input_ids`, `attention_mask`, `token_type_ids`, padded to the longest sentence of each batch), or,
+  for a causal language model, its own tokenizer's ids packed into rows (`lm_text_data`);
 - a folder of WAV files (Whisper): log-mel features from `dreidel.audio.log_mel_spectrogram`
   (`input_features` [N, 80, 3000]); a folder of `*_logmel.npy` files is read as features directly;
 - images: a folder of `.png` files (8-bit gray, gray+alpha, RGB or RGBA, non-interlaced) or `.npy`
@@ -114,6 +115,28 @@ def text_data(path, tokenizer, max_length=None):
         tokenizer = WordPieceTokenizer.from_file(tokenizer)
     sentences = read_sentences(path)
     return Samples(sentences, lambda batch: tokenizer(batch, max_length=max_length), "text", os.fspath(path))
+
+
+def lm_text_data(path, tokenizer, row_length=64):
+    """One sentence per line for a causal language model: each batch's sentences are encoded by the
+    model's own `tokenizer` (anything with `encode(text) -> ids`, e.g. a GGUF model's byte-level BPE),
+    joined and cut into rows of `row_length` tokens (`input_ids` [rows, row_length], the tail that does
+    not fill a row dropped), so no position is padding and no sentence crosses from one batch, or one
+    calibration/evaluation part, into another."""
+    if row_length < 2:
+        raise ValueError(f"row_length must be at least 2, got {row_length}")
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise DataError(f"{path}: language-model text needs the model's tokenizer (an object with encode())")
+    sentences = read_sentences(path)
+
+    def collate(batch):
+        ids = [i for sentence in batch for i in tokenizer.encode(sentence + "\n")]
+        rows = len(ids) // row_length
+        if rows == 0:
+            raise DataError(f"{path}: a batch of {len(batch)} sentences holds {len(ids)} tokens, fewer than "
+                            f"one row of {row_length}; use larger batches or shorter rows")
+        return {"input_ids": np.asarray(ids[:rows * row_length], np.int64).reshape(rows, row_length)}
+    return Samples(sentences, collate, "lm-text", os.fspath(path))
 
 
 # -- audio -----------------------------------------------------------------------------------------
@@ -298,12 +321,17 @@ def image_data(path):
 
 
 def load_data(path, tokenizer=None, max_length=None):
-    """Pick the loader from `path`: .txt → text, a folder of WAVs/log-mels → audio, else images."""
+    """Pick the loader from `path`: .txt → text, a folder of WAVs/log-mels → audio, else images.
+    A tokenizer object with `encode` (a language model's own) makes text `lm_text_data` rows of
+    `max_length` (default 64) tokens."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file():
         if path.suffix.lower() == ".txt":
+            from dreidel.tokenizers.wordpiece import WordPieceTokenizer
+            if callable(getattr(tokenizer, "encode", None)) and not isinstance(tokenizer, WordPieceTokenizer):
+                return lm_text_data(path, tokenizer, max_length or 64)
             return text_data(path, tokenizer, max_length)
         if path.suffix.lower() == ".npy":
             return image_data(path)
