@@ -189,7 +189,7 @@ def main(argv=None):
         rows.append((b, seconds, block_parameters(teacher, calib, b), out_bytes))
     tokens = sum(int(np.prod(np.shape(calib.block_outputs[blocks[0]][i])[:-1])) for i in fit)
     hidden = np.shape(calib.block_outputs[blocks[0]][fit[0]])[-1]
-    print(f"\nper block (serial, {cores} threads; {tokens} calibration tokens of width {hidden}; batches "
+    print(f"\nper block (serial, 1 thread; {tokens} calibration tokens of width {hidden}; batches "
           f"{batch_bytes / 1e6:.2f} MB read by every task)")
     print("| block | task seconds | teacher forward to its output (fit batches) | teacher parameters | "
           "block-output bytes read |")
