@@ -152,7 +152,7 @@ def main(argv=None):
         results[(backend, workers)] = (seconds, state, finished, threads)
         print(f"  ran {backend} × {workers}: {seconds:.2f} s", flush=True)
     serial_seconds, reference, serial_finished, _ = results[("serial", 1)]
-    print(f"\n| backend | workers × threads | stage seconds | speed-up vs serial | identical student |")
+    print("\n| backend | workers × threads | stage seconds | speed-up vs serial | identical student |")
     print("| --- | --- | ---: | ---: | --- |")
     for (backend, workers), (seconds, state, _, threads) in results.items():
         same = list(state) == list(reference) and all(np.array_equal(state[k], reference[k]) for k in state)

@@ -24,7 +24,6 @@ the planned layers replaced (`Plan.build(teacher)`) and loads the weights into i
 import argparse
 import importlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import dreidel
 from dreidel import nn
 from dreidel.progress import progress
-from dreidel.recast.data import DataError, Samples, load_data
+from dreidel.recast.data import DataError, load_data
 from dreidel.recast.executor import ExecutorError
 from dreidel.serialization import atomic_write_bytes
 
