@@ -293,6 +293,15 @@ def test_spectral_stack_avx2_and_avx512_paths_agree(n, rows, depth, seed):
 
 
 @SET
+def _assert_stack_matches_numpy(x, perms, D, n, g, y, saved, gx, gD):
+    rows = x.shape[0]
+    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
+    np.testing.assert_allclose(_permuted_saved(saved, perms), ref_u, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gD, ref_gD, rtol=1e-4, atol=1e-4 * rows)
+
+
 @given(n=st.sampled_from([8, 12, 16, 96, 160, 1024, 1536]), rows=st.sampled_from([1, 2, 3, 4, 5, 9]),
        depth=st.integers(1, 4), seed=st.integers(0, 2 ** 31))
 def test_spectral_stack_vector_gather_equals_scalar_and_reference(n, rows, depth, seed):
@@ -315,11 +324,7 @@ def test_spectral_stack_vector_gather_equals_scalar_and_reference(n, rows, depth
     a, b = run(False), run(True)
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
-    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
-    np.testing.assert_allclose(_permuted_saved(b[1], perms), ref_u, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[0], ref_y, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[2], ref_gx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[3], ref_gD, rtol=1e-4, atol=1e-4 * rows)
+    _assert_stack_matches_numpy(x, perms, D, n, g, b[0], b[1], b[2], b[3])
 
 
 @SET
@@ -350,12 +355,8 @@ def test_spectral_stack_scalar_gather_equals_vgather_and_reference(n, rows, dept
     a, b = run(False), run(True)
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
-    ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
-    np.testing.assert_allclose(_permuted_saved(b[1], perms), ref_u, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[0], ref_y, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[4], ref_gx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[5], ref_gD, rtol=1e-4, atol=1e-4 * rows)
-    np.testing.assert_allclose(b[-1], ref_gD, rtol=1e-4, atol=1e-4 * rows)
+    _assert_stack_matches_numpy(x, perms, D, n, g, b[0], b[1], b[4], b[5])
+    _assert_stack_matches_numpy(x, perms, D, n, g, b[0], b[1], b[4], b[-1])
 
 
 @SET
