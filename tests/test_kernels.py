@@ -292,7 +292,6 @@ def test_spectral_stack_avx2_and_avx512_paths_agree(n, rows, depth, seed):
     np.testing.assert_allclose(b[3], ref_gD, rtol=1e-4, atol=1e-4 * rows)
 
 
-@SET
 def _assert_stack_matches_numpy(x, perms, D, n, g, y, saved, gx, gD):
     rows = x.shape[0]
     ref_y, ref_u, ref_gx, ref_gD = ref_stack(x, perms, D, n, None, True, g)
@@ -302,6 +301,7 @@ def _assert_stack_matches_numpy(x, perms, D, n, g, y, saved, gx, gD):
     np.testing.assert_allclose(gD, ref_gD, rtol=1e-4, atol=1e-4 * rows)
 
 
+@SET
 @given(n=st.sampled_from([8, 12, 16, 96, 160, 1024, 1536]), rows=st.sampled_from([1, 2, 3, 4, 5, 9]),
        depth=st.integers(1, 4), seed=st.integers(0, 2 ** 31))
 def test_spectral_stack_vector_gather_equals_scalar_and_reference(n, rows, depth, seed):

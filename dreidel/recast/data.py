@@ -121,7 +121,7 @@ def lm_text_data(path, tokenizer, row_length=64):
     """One sentence per line for a causal language model: each batch's sentences are encoded by the
     model's own `tokenizer` (anything with `encode(text) -> ids`, e.g. a GGUF model's byte-level BPE),
     joined and cut into rows of `row_length` tokens (`input_ids` [rows, row_length], the tail that does
-    not fill a row dropped), so no position is padding and no sentence crosses from one batch, or one
+    not fill a row dropped; a batch shorter than one row is one shorter row), so no position is padding and no sentence crosses from one batch, or one
     calibration/evaluation part, into another."""
     if row_length < 2:
         raise ValueError(f"row_length must be at least 2, got {row_length}")
@@ -132,9 +132,11 @@ def lm_text_data(path, tokenizer, row_length=64):
     def collate(batch):
         ids = [i for sentence in batch for i in tokenizer.encode(sentence + "\n")]
         rows = len(ids) // row_length
-        if rows == 0:
-            raise DataError(f"{path}: a batch of {len(batch)} sentences holds {len(ids)} tokens, fewer than "
-                            f"one row of {row_length}; use larger batches or shorter rows")
+        if rows == 0:  # a short last batch: one shorter row rather than losing it
+            if len(ids) < 2:
+                raise DataError(f"{path}: a batch of {len(batch)} sentences holds {len(ids)} token; a "
+                                f"language model needs at least 2")
+            return {"input_ids": np.asarray(ids, np.int64)[None]}
         return {"input_ids": np.asarray(ids[:rows * row_length], np.int64).reshape(rows, row_length)}
     return Samples(sentences, collate, "lm-text", os.fspath(path))
 
