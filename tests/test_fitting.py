@@ -122,3 +122,20 @@ def test_spectral_sweep_changes_are_the_true_error_changes():
     changes = spectral_als_sweep(layer, problem, D, 1e-9)
     assert len(changes) == 3 and all(c <= 0 for c in changes)
     assert before + sum(changes) == pytest.approx(squared(D), rel=1e-7, abs=1e-9 * before)
+
+
+def test_output_subspace_reuses_its_last_eigh_only_for_the_same_weights_and_covariance():
+    from dreidel.nn import fitting
+    rng = np.random.default_rng(3)
+    W, X = rng.standard_normal((40, 24)), rng.standard_normal((200, 24))
+    C = X.T @ X / 200
+    first = [fitting.output_subspace(W, C, r) for r in (4, 9)]   # the second reuses the first's eigh
+    fitting._last_eigh.clear()
+    fresh = [fitting.output_subspace(W, C, r) for r in (9, 4)]
+    np.testing.assert_array_equal(first[0], fresh[1])
+    np.testing.assert_array_equal(first[1], fresh[0])
+    W2 = W.copy()
+    W2[0, 0] += 1.0  # one changed entry: a different problem, never the cached answer
+    values, vectors = np.linalg.eigh(W2 @ C @ W2.T)
+    P = fitting.output_subspace(W2, C, 3)
+    np.testing.assert_allclose(np.abs(P.T @ vectors[:, ::-1][:, :3]), np.eye(3), atol=1e-8)

@@ -14,6 +14,8 @@
 Everything runs in float64; the fitted layer gets the dtype of the dense weight (float32 for an
 integer weight) unless `dtype=` says otherwise.
 """
+import hashlib
+
 import numpy as np
 
 from dreidel import kernels
@@ -268,6 +270,21 @@ def spectral_als_sweep(layer, problem, D, ridge):
 
 
 # -- low-rank fits ---------------------------------------------------------------------------------
+_last_eigh = {}
+
+
+def _output_eigh(W, C):
+    """Eigenpairs of W C Wᵀ, largest first. The last one is kept, keyed by the bytes of W and C: a
+    planner fits several ranks of one layer in a row, and the eigh (seconds at width 1536) is all
+    they share; the same input gives the same bits either way."""
+    key = (W.shape, C.shape, hashlib.blake2b(W.tobytes() + C.tobytes(), digest_size=16).digest())
+    if _last_eigh.get("key") != key:
+        values, vectors = np.linalg.eigh(W @ C @ W.T)
+        _last_eigh.clear()
+        _last_eigh.update(key=key, values=values[::-1], vectors=vectors[:, ::-1])
+    return _last_eigh["values"], _last_eigh["vectors"]
+
+
 def output_subspace(W, C, rank):
     """Top-`rank` left singular vectors P_r of W C^{1/2}, C the centred input covariance.
 
@@ -277,8 +294,7 @@ def output_subspace(W, C, rank):
     ridge, and stays exact when C is singular; then the directions the data does not reach are taken
     from W itself (truncated SVD of what is left). Without inputs (C = I) it is the truncated SVD.
     """
-    values, vectors = np.linalg.eigh(W @ C @ W.T)
-    values, vectors = values[::-1], vectors[:, ::-1]
+    values, vectors = _output_eigh(W, C)
     reached = int(np.sum(values > 1e-12 * max(values[0], 1e-300)))
     P = vectors[:, :min(rank, reached)]
     if P.shape[1] < rank:
