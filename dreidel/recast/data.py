@@ -121,8 +121,8 @@ def lm_text_data(path, tokenizer, row_length=64):
     """One sentence per line for a causal language model: each batch's sentences are encoded by the
     model's own `tokenizer` (anything with `encode(text) -> ids`, e.g. a GGUF model's byte-level BPE),
     joined and cut into rows of `row_length` tokens (`input_ids` [rows, row_length], the tail that does
-    not fill a row dropped; a batch shorter than one row is one shorter row), so no position is padding and no sentence crosses from one batch, or one
-    calibration/evaluation part, into another."""
+    not fill a row dropped; a batch shorter than one row is one shorter row), so no position is
+    padding and no sentence crosses from one batch, or one calibration/evaluation part, into another."""
     if row_length < 2:
         raise ValueError(f"row_length must be at least 2, got {row_length}")
     if not callable(getattr(tokenizer, "encode", None)):
