@@ -303,6 +303,33 @@ def test_a_saved_student_reloads_into_an_unfitted_build(tmp_path, setup):
         np.testing.assert_array_equal(shell(dreidel.Tensor(x)).numpy(), student(dreidel.Tensor(x)).numpy())
 
 
+def test_a_student_of_a_bias_free_teacher_reloads_with_the_biases_its_fit_added(tmp_path):
+    # fits on activations give every replaced layer an intercept, also where the teacher's layer had
+    # no bias (Llama); the saved state says which layers have one, and the shell must follow it
+    teacher = Tiny()
+    for block in teacher.layers:
+        block.fc1.bias = None
+    calib = recast.calibrate(teacher, batches())
+    layers = {"layers.0.fc1": {"family": "lowrank", "options": {"rank": 5}},
+              "layers.1.fc1": {"family": "spectral", "options": {"depth": 2}},
+              "layers.2.fc1": {"family": "dense", "options": {}}}
+    plan = recast.Plan(layers, {"fingerprint": calib.fingerprint,
+                                "shapes": {t: [teacher.get_submodule(t).in_features,
+                                               teacher.get_submodule(t).out_features] for t in layers}})
+    student, _ = recast.distill(teacher, plan, calib, stages=("init",))
+    state = student.state_dict()
+    assert "layers.0.fc1.bias" in state and "layers.2.fc1.bias" not in state
+    dreidel.save(state, tmp_path / "student.safetensors")
+    saved = dreidel.load(tmp_path / "student.safetensors")
+    with pytest.raises(KeyError, match="unexpected keys"):
+        plan.build(teacher).load_state_dict(saved)  # the teacher's bias layout is not the student's
+    shell = plan.build(teacher, state=saved)
+    shell.load_state_dict(saved)
+    x = batches(1, seed=3)[0]
+    with dreidel.no_grad():
+        np.testing.assert_array_equal(shell(dreidel.Tensor(x)).numpy(), student(dreidel.Tensor(x)).numpy())
+
+
 def test_planning_leaves_the_teacher_as_it_was(setup):
     """The sensitivity probe swaps layers in and out of the teacher: its module order (hence its
     fingerprint, which plans and checkpoints are tied to) must come back unchanged."""

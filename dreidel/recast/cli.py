@@ -168,8 +168,9 @@ def load_student(teacher, folder):
     if described.exists():
         teacher = select_output(teacher, json.loads(described.read_text()).get("output"))
     the_plan = recast.Plan.load(folder / PLAN_FILE, teacher=teacher)
-    student = the_plan.build(teacher)
-    student.load_state_dict(dreidel.load(folder / STUDENT_WEIGHTS))
+    state = dreidel.load(folder / STUDENT_WEIGHTS)
+    student = the_plan.build(teacher, state=state)
+    student.load_state_dict(state)
     return student.eval(), the_plan, teacher
 
 

@@ -215,19 +215,21 @@ class Plan:
             raise PlanError(f"{where}: made for another teacher (weights fingerprint "
                             f"{self.teacher['fingerprint']}, this teacher has {fingerprint})")
 
-    def build(self, teacher, calibration=None, stats=None, fit=None):
+    def build(self, teacher, calibration=None, stats=None, fit=None, state=None):
         """A copy of the teacher with every planned layer replaced by its family's closed-form fit on the
         calibration's fit statistics (`stats`: {layer: InputStatistics} instead). Without either, the
-        layers are unfitted modules of the planned structure, to `load_state_dict` a saved student into;
-        `fit=True` then asks for weight-only fits (data-free) instead."""
+        layers are unfitted modules of the planned structure, to `load_state_dict` a saved student into
+        (`state`: that state dict, which says which layers have a bias: a fit on activations adds one
+        to a layer whose teacher had none); `fit=True` then asks for weight-only fits (data-free)."""
         fit = (calibration is not None or stats is not None) if fit is None else fit
         self.check(teacher)
         student = copy.deepcopy(teacher)
         for name, choice in progress(list(self.layers.items()), "fit students" if fit else "build students"):
             layer = teacher.get_submodule(name)
             if not fit:
+                bias = f"{name}.bias" in state if state is not None else layer.bias is not None
                 student.set_submodule(name, family(choice["family"]).empty(
-                    layer.in_features, layer.out_features, layer.bias is not None, **choice.get("options", {})))
+                    layer.in_features, layer.out_features, bias, **choice.get("options", {})))
                 continue
             layer_stats = stats.get(name) if stats is not None else (
                 calibration.stats[name]["fit"] if calibration is not None else None)
